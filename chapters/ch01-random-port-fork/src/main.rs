@@ -1,0 +1,77 @@
+//! Chapter 1: a master starts one worker per CPU, and each worker serves HTTP on a port
+//! of its own, drawn at random.
+//!
+//! The same binary plays both parts. Run it and it is the master; the master runs it
+//! again with `CLUSTER_WORKER_ID` set, and that copy is a worker. This is what Node's
+//! `cluster.fork()` does, and `main` asks the same question as `cluster.isPrimary`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use shared::args::{Args, Cli};
+use shared::cluster::{Cluster, Event};
+use shared::log;
+use shared::net;
+use shared::server::Server;
+use shared::spawn;
+
+// ANCHOR: main
+fn main() -> ExitCode {
+    let args = Cli::new(
+        "ch01-random-port-fork",
+        "Chapter 1: a master starts one worker per CPU; each serves HTTP on a random port.",
+    )
+    .default_port(0)
+    .parse();
+    // Am I a worker? The same question as Node's `cluster.isPrimary`.
+    let result = match spawn::worker_id() {
+        Some(id) => worker(id, &args),
+        None => master(&args),
+    };
+    log::exit_code(result)
+}
+// ANCHOR_END: main
+
+// ANCHOR: master
+fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    log!(
+        "master started; forking {} workers, one per CPU",
+        args.workers
+    );
+    // No IPC yet: this master can start its workers and stop them, nothing more.
+    let mut cluster: Cluster = Cluster::without_channels()?;
+    for _ in 0..args.workers {
+        cluster.fork()?;
+    }
+    loop {
+        match cluster.next_event() {
+            Event::Exit { .. } => {
+                if cluster.is_empty() {
+                    log!("no workers left; the master exits");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            Event::Shutdown => {
+                cluster.shutdown(Duration::from_secs(5));
+                return Ok(ExitCode::SUCCESS);
+            }
+            Event::Message { .. } | Event::BadMessage { .. } | Event::Other(()) => {}
+        }
+    }
+}
+// ANCHOR_END: master
+
+// ANCHOR: worker
+fn worker(id: u32, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    // Every worker picks its own port. Nothing is shared yet, so nothing can clash.
+    let listener = match args.port {
+        0 => net::listen_random(args.host)?,
+        port => net::listen(args.host, port)?,
+    };
+    log!("listening on http://{}", listener.local_addr()?);
+    let mut server = Server::new(id, args.idle_timeout)?;
+    server.add_listener(listener)?;
+    server.run()?;
+    Ok(ExitCode::SUCCESS)
+}
+// ANCHOR_END: worker

@@ -1,0 +1,125 @@
+//! Chapter 2: master and workers talk over an IPC channel.
+//!
+//! Before starting each worker the master makes a socketpair, keeps one end and lets the
+//! worker inherit the other; the worker finds it through `CLUSTER_CHANNEL_FD`, as a Node
+//! child finds `NODE_CHANNEL_FD`. The worker announces `<port> ready`; the master logs it
+//! and answers. Both sides log every message, so the conversation is on screen.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use shared::args::{Args, Cli};
+use shared::channel::Message;
+use shared::cluster::{Cluster, Event};
+use shared::log;
+use shared::net;
+use shared::server::Server;
+use shared::spawn;
+
+fn main() -> ExitCode {
+    let args = Cli::new(
+        "ch02-ipc-messaging",
+        "Chapter 2: master and workers exchange messages over a socketpair.",
+    )
+    .default_port(0)
+    .parse();
+    // Am I a worker? The same question as Node's `cluster.isPrimary`.
+    let result = match spawn::worker_id() {
+        Some(id) => worker(id, &args),
+        None => master(&args),
+    };
+    log::exit_code(result)
+}
+
+// ANCHOR: master
+fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    log!("master started; forking {} workers", args.workers);
+    let mut cluster: Cluster = Cluster::new()?;
+    for _ in 0..args.workers {
+        cluster.fork()?;
+    }
+    loop {
+        match cluster.next_event() {
+            // Like `worker.on('message', msg => ...)` in Node.
+            Event::Message { id, message } => {
+                log!("message from worker {id}: {}", message.text);
+                if message.fd.is_some() {
+                    log!("worker {id} sent an fd we did not ask for; closing it");
+                }
+                if message.text.ends_with(" ready") {
+                    cluster.send(id, "ok")?;
+                }
+            }
+            Event::BadMessage { id, error } => log!("worker {id}: {error}"),
+            Event::Exit { .. } => {
+                if cluster.is_empty() {
+                    log!("no workers left; the master exits");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            Event::Shutdown => {
+                cluster.shutdown(Duration::from_secs(5));
+                return Ok(ExitCode::SUCCESS);
+            }
+            Event::Other(()) => {}
+        }
+    }
+}
+// ANCHOR_END: master
+
+// ANCHOR: worker
+fn worker(id: u32, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let Some(channel) = spawn::channel_from_env() else {
+        return Err(format!(
+            "no IPC channel in {}: a worker is started by its master; run the binary \
+             without {} to start one",
+            spawn::CHANNEL_FD_VAR,
+            spawn::WORKER_ID_VAR
+        )
+        .into());
+    };
+    let listener = net::listen_random(args.host)?;
+    let port = listener.local_addr()?.port();
+    log!("listening on http://{}", listener.local_addr()?);
+    // The channel joins the same event loop as the HTTP sockets: one thread serves both.
+    let mut server = Server::new(id, args.idle_timeout)?.on_message(channel, on_message)?;
+    server.add_listener(listener)?;
+    // Like `process.send(`${port} ready`)` in the Node version.
+    server.send(&format!("{port} ready"));
+    server.run()?;
+    Ok(ExitCode::SUCCESS)
+}
+// ANCHOR_END: worker
+
+/// What a worker does with each message from its master.
+// ANCHOR: on_message
+fn on_message(server: &mut Server, message: Message) {
+    if message.fd.is_some() {
+        // Dropping the message closes the fd: nothing we did not ask for stays open.
+        log!(
+            "an fd came with '{}' unasked; closing it",
+            short(&message.text)
+        );
+    }
+    let text = message.text.as_str();
+    if let Some(payload) = text.strip_prefix("echo ") {
+        // Sends the payload back unchanged: the tests use this to push thousands of
+        // messages, and large ones, through the channel and compare what returns.
+        server.send(&format!("echo {payload}"));
+    } else if text == "served?" {
+        // ANCHOR: solution_ch02_served
+        server.send(&format!("served {}", server.stats().served));
+        // ANCHOR_END: solution_ch02_served
+    } else {
+        log!("message from master: {}", short(text));
+    }
+}
+// ANCHOR_END: on_message
+
+/// The first 60 characters of a message, for the log.
+fn short(text: &str) -> String {
+    match text.char_indices().nth(60) {
+        Some((at, _)) => format!("{}... ({} bytes)", &text[..at], text.len()),
+        None => text.to_string(),
+    }
+}

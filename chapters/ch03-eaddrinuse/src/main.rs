@@ -1,0 +1,139 @@
+//! Chapter 3: every worker binds the same port, and all but one fail with EADDRINUSE.
+//!
+//! This is what happens if you take chapter 1 and give every worker the same fixed port,
+//! as the first Node example in the articles does: the first `bind` wins and every later
+//! one is refused by the kernel. The master hands out the port over the IPC channel,
+//! collects each worker's answer, and says how many failed.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use shared::args::{Args, Cli};
+use shared::cluster::{Cluster, Event};
+use shared::log;
+use shared::net;
+use shared::server::Server;
+use shared::spawn;
+
+fn main() -> ExitCode {
+    let args = Cli::new(
+        "ch03-eaddrinuse",
+        "Chapter 3: every worker binds the same port; one wins, the rest get EADDRINUSE.",
+    )
+    .option(
+        "--reuseport",
+        "on|off",
+        "set SO_REUSEPORT so every worker can bind the port (exercise 3.2)",
+        "off",
+    )
+    .parse();
+    // Am I a worker? The same question as Node's `cluster.isPrimary`.
+    let result = match spawn::worker_id() {
+        Some(id) => worker(id, &args),
+        None => master(&args),
+    };
+    log::exit_code(result)
+}
+
+// ANCHOR: master
+fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    // With --port 0 the master asks the kernel for a free port once and gives that same
+    // number to every worker: the clash is the point of this chapter.
+    let port = match args.port {
+        0 => net::listen(args.host, 0)?.local_addr()?.port(),
+        port => port,
+    };
+    let addr = SocketAddr::new(args.host, port);
+    log!("master started; every worker will bind {addr}");
+    let mut cluster: Cluster = Cluster::new()?;
+    for _ in 0..args.workers {
+        let id = cluster.fork()?;
+        cluster.send(id, &format!("listen {addr}"))?;
+    }
+    let (mut listening, mut failed) = (Vec::new(), Vec::new());
+    loop {
+        match cluster.next_event() {
+            Event::Message { id, message } => {
+                let mut words = message.text.split(' ');
+                match (words.next(), words.next()) {
+                    (Some("listening"), _) => listening.push(id),
+                    (Some("error"), Some(code)) => failed.push((id, code.to_string())),
+                    _ => log!("unexpected message from worker {id}: {}", message.text),
+                }
+                if listening.len() + failed.len() == args.workers {
+                    report(&listening, &failed);
+                }
+            }
+            Event::BadMessage { id, error } => log!("worker {id}: {error}"),
+            Event::Exit { .. } => {
+                if cluster.is_empty() {
+                    log!("no workers left; the master exits");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            Event::Shutdown => {
+                cluster.shutdown(Duration::from_secs(5));
+                return Ok(ExitCode::SUCCESS);
+            }
+            Event::Other(()) => {}
+        }
+    }
+}
+// ANCHOR_END: master
+
+/// The master's summary, once every worker has answered.
+fn report(listening: &[u32], failed: &[(u32, String)]) {
+    let ids = |ids: &mut dyn Iterator<Item = u32>| {
+        ids.map(|id| id.to_string()).collect::<Vec<_>>().join(", ")
+    };
+    log!(
+        "{} worker(s) listening (worker {}); {} failed to bind{}",
+        listening.len(),
+        ids(&mut listening.iter().copied()),
+        failed.len(),
+        match failed.first() {
+            Some((_, code)) => format!(
+                " with {code} (worker {})",
+                ids(&mut failed.iter().map(|(id, _)| *id))
+            ),
+            None => String::new(),
+        }
+    );
+}
+
+// ANCHOR: worker
+fn worker(id: u32, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let channel = spawn::channel_from_env().ok_or("no IPC channel: start the master instead")?;
+    // The first message from the master says where to listen.
+    let order = channel.recv()?;
+    let addr: SocketAddr = order
+        .text
+        .strip_prefix("listen ")
+        .and_then(|a| a.parse().ok())
+        .ok_or(format!(
+            "expected 'listen ADDR' from the master, got '{}'",
+            order.text
+        ))?;
+    let reuse_port = args.get::<String>("--reuseport") == "on";
+    match net::listen_with(addr.ip(), addr.port(), reuse_port) {
+        Ok(listener) => {
+            log!("listening on http://{}", listener.local_addr()?);
+            channel.send(&format!("listening {addr}"))?;
+            let mut server = Server::new(id, args.idle_timeout)?;
+            server.add_listener(listener)?;
+            server.run()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            // ANCHOR: solution_ch03_report
+            // Node prints an uncaught `Error: listen EADDRINUSE: ...` and the worker dies.
+            // We print the same, tell the master why, and exit with code 1.
+            log!("Error: {e}");
+            channel.send(&format!("error {} {}", e.code(), e.errno()))?;
+            Ok(ExitCode::FAILURE)
+            // ANCHOR_END: solution_ch03_report
+        }
+    }
+}
+// ANCHOR_END: worker

@@ -1,0 +1,301 @@
+//! Command-line arguments shared by every chapter binary.
+//!
+//! Explained in chapter 1. Every chapter takes `--host`, `--port`, `--workers` and
+//! `--idle-timeout`, and may add options of its own. Workers are started by re-running the
+//! same binary with the same arguments (see [`crate::spawn`]), so a worker parses exactly
+//! what its master parsed.
+//!
+//! We parse by hand rather than pull in a parser crate: the whole grammar is
+//! `--name value` or `--name=value`, and a learner can read all of it here.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A chapter's command line: the common options and the chapter's own.
+pub struct Cli {
+    name: &'static str,
+    about: &'static str,
+    default_port: u16,
+    extra: Vec<Opt>,
+}
+
+struct Opt {
+    name: &'static str,
+    value: &'static str,
+    help: &'static str,
+    default: &'static str,
+}
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct Args {
+    /// Address to listen on (default 127.0.0.1: a classroom server is not public).
+    pub host: IpAddr,
+    /// Port to listen on; 0 lets the kernel pick a free one.
+    pub port: u16,
+    /// How many workers to start (default: one per CPU, like `os.cpus().length`).
+    pub workers: usize,
+    /// How long a connection may stay silent before the worker drops it.
+    pub idle_timeout: Duration,
+    extra: Vec<(&'static str, String)>,
+}
+
+impl Cli {
+    /// A command line for the binary `name`, described by `about` in `--help`.
+    pub fn new(name: &'static str, about: &'static str) -> Cli {
+        Cli {
+            name,
+            about,
+            default_port: 8000,
+            extra: Vec::new(),
+        }
+    }
+
+    /// The port used when `--port` is not given (8000 unless a chapter says otherwise).
+    pub fn default_port(mut self, port: u16) -> Cli {
+        self.default_port = port;
+        self
+    }
+
+    /// Adds a chapter-specific option `--name VALUE`, read back with [`Args::get`].
+    pub fn option(
+        mut self,
+        name: &'static str,
+        value: &'static str,
+        help: &'static str,
+        default: &'static str,
+    ) -> Cli {
+        self.extra.push(Opt {
+            name,
+            value,
+            help,
+            default,
+        });
+        self
+    }
+
+    /// Parses the process's arguments. Prints help and exits 0 on `--help`; prints what is
+    /// wrong and exits 2 on a bad argument.
+    pub fn parse(self) -> Args {
+        let words: Vec<String> = std::env::args().skip(1).collect();
+        match self.parse_from(&words) {
+            Ok(Some(args)) => args,
+            Ok(None) => {
+                print!("{}", self.usage());
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                std::process::exit(0);
+            }
+            Err(message) => {
+                eprintln!(
+                    "{}: {message}\n\n{}",
+                    self.name,
+                    self.usage().lines().next().unwrap_or_default()
+                );
+                eprintln!("Run with --help to see every option.");
+                std::process::exit(2);
+            }
+        }
+    }
+
+    /// Parses `words`; `Ok(None)` means `--help` was asked for.
+    pub fn parse_from(&self, words: &[String]) -> Result<Option<Args>, String> {
+        let mut args = Args {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: self.default_port,
+            workers: num_cpus::get(),
+            idle_timeout: Duration::from_secs(10),
+            extra: self
+                .extra
+                .iter()
+                .map(|o| (o.name, o.default.into()))
+                .collect(),
+        };
+        let mut rest = words.iter();
+        while let Some(word) = rest.next() {
+            if word == "--help" || word == "-h" {
+                return Ok(None);
+            }
+            let (name, inline) = match word.split_once('=') {
+                Some((name, value)) => (name, Some(value.to_string())),
+                None => (word.as_str(), None),
+            };
+            let known = ["--host", "--port", "--workers", "--idle-timeout"].contains(&name)
+                || self.extra.iter().any(|o| o.name == name);
+            if !known {
+                return Err(format!("unknown argument '{word}'"));
+            }
+            let value = match inline.or_else(|| rest.next().cloned()) {
+                Some(value) => value,
+                None => return Err(format!("{name} needs a value")),
+            };
+            match name {
+                "--host" => args.host = parse(name, &value, "an IP address like 127.0.0.1")?,
+                "--port" => args.port = parse(name, &value, "a port from 0 to 65535")?,
+                "--workers" => args.workers = parse_workers(&value)?,
+                "--idle-timeout" => {
+                    let secs: f64 = parse(name, &value, "a number of seconds, like 10 or 0.5")?;
+                    args.idle_timeout = Duration::try_from_secs_f64(secs)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .ok_or(format!("--idle-timeout must be above 0, not '{value}'"))?;
+                }
+                _ => {
+                    for (extra, slot) in args.extra.iter_mut() {
+                        if *extra == name {
+                            *slot = value.clone();
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Some(args))
+    }
+
+    fn usage(&self) -> String {
+        let mut text = format!(
+            "Usage: {} [--host ADDR] [--port PORT] [--workers N]",
+            self.name
+        );
+        for o in &self.extra {
+            text += &format!(" [{} {}]", o.name, o.value);
+        }
+        text += &format!("\n\n{}\n\nOptions:\n", self.about);
+        let port = match self.default_port {
+            0 => "0: every worker picks a free port".to_string(),
+            p => format!("{p}; 0 picks a free port"),
+        };
+        let mut rows = vec![
+            (
+                "--host ADDR".to_string(),
+                "address to listen on (default 127.0.0.1)".to_string(),
+            ),
+            (
+                "--port PORT".into(),
+                format!("port to listen on (default {port})"),
+            ),
+            (
+                "--workers N".into(),
+                format!(
+                    "how many workers, or a share of the CPUs like 50% (default {}, one per CPU)",
+                    num_cpus::get()
+                ),
+            ),
+            (
+                "--idle-timeout SECS".into(),
+                "drop a connection that sends nothing for this long (default 10)".into(),
+            ),
+        ];
+        for o in &self.extra {
+            rows.push((
+                format!("{} {}", o.name, o.value),
+                format!("{} (default {})", o.help, o.default),
+            ));
+        }
+        for (flag, help) in rows {
+            text += &format!("  {flag:<22} {help}\n");
+        }
+        text + "  --help                 print this help\n"
+    }
+}
+
+impl Args {
+    /// The value of a chapter-specific option declared with [`Cli::option`].
+    ///
+    /// Exits with a clear message if the value does not parse as a `T`.
+    pub fn get<T: FromStr>(&self, name: &str) -> T {
+        let value = self
+            .extra
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("option {name} was never declared with Cli::option"));
+        match value.parse() {
+            Ok(v) => v,
+            Err(_) => {
+                eprintln!("{name}: '{value}' is not a valid value; see --help");
+                std::process::exit(2);
+            }
+        }
+    }
+}
+
+fn parse<T: FromStr>(name: &str, value: &str, expected: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{name} expects {expected}, not '{value}'"))
+}
+
+/// `--workers 4`, or `--workers 50%` for a share of the machine's CPUs.
+fn parse_workers(value: &str) -> Result<usize, String> {
+    let n = match value.strip_suffix('%') {
+        Some(percent) => {
+            let percent: u32 = parse("--workers", percent, "a whole percentage like 50%")?;
+            workers_for_share(percent, num_cpus::get())
+        }
+        None => parse("--workers", value, "a number of workers like 4, or 50%")?,
+    };
+    if n == 0 {
+        return Err(format!(
+            "--workers {value} means no worker at all; ask for 1 or more"
+        ));
+    }
+    Ok(n)
+}
+
+/// How many workers `percent`% of `cpus` CPUs is: rounded to the nearest whole worker,
+/// and never fewer than one, so `--workers 10%` on a 2-CPU machine still starts one.
+// ANCHOR: workers_for_share
+pub fn workers_for_share(percent: u32, cpus: usize) -> usize {
+    // ANCHOR: solution_ch01_percent
+    let exact = cpus as f64 * f64::from(percent) / 100.0;
+    (exact.round() as usize).max(1)
+    // ANCHOR_END: solution_ch01_percent
+}
+// ANCHOR_END: workers_for_share
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_words(words: &[&str]) -> Result<Option<Args>, String> {
+        let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        Cli::new("test", "a test")
+            .option("--interval", "SECS", "how often", "1")
+            .parse_from(&words)
+    }
+
+    #[test]
+    fn reads_common_and_extra_options() {
+        let args = parse_words(&["--port", "0", "--workers=3", "--interval", "2.5"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(args.port, 0);
+        assert_eq!(args.workers, 3);
+        assert_eq!(args.get::<f64>("--interval"), 2.5);
+    }
+
+    #[test]
+    fn explains_bad_input() {
+        let err = parse_words(&["--port", "99999"]).unwrap_err();
+        assert!(err.contains("--port expects a port"), "{err}");
+        assert!(parse_words(&["--workers", "0"])
+            .unwrap_err()
+            .contains("no worker"));
+        assert!(parse_words(&["--bogus"])
+            .unwrap_err()
+            .contains("unknown argument"));
+        assert!(parse_words(&["--port"])
+            .unwrap_err()
+            .contains("needs a value"));
+        assert!(parse_words(&["--help"]).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_share_of_the_cpus() {
+        assert_eq!(workers_for_share(50, 8), 4);
+        assert_eq!(workers_for_share(100, 2), 2);
+        assert_eq!(workers_for_share(10, 2), 1);
+        assert_eq!(workers_for_share(150, 4), 6);
+    }
+}

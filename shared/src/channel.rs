@@ -1,0 +1,278 @@
+//! The IPC channel between a master and one worker: a Unix `socketpair`.
+//!
+//! Explained in chapter 2 (messages) and chapter 5 (passing a file descriptor).
+//!
+//! Node builds its IPC channel the same way: before forking, the parent makes a pair of
+//! connected Unix sockets, keeps one end, and lets the child inherit the other, telling it
+//! the fd number in `NODE_CHANNEL_FD` (here `CLUSTER_CHANNEL_FD`, see [`crate::spawn`]).
+//!
+//! We ask for `SOCK_SEQPACKET` rather than Node's byte stream: the kernel keeps message
+//! boundaries for us (one `send` is one `recv`, never half of one or two glued together),
+//! so there is no framing code to get wrong, and a file descriptor sent with `SCM_RIGHTS`
+//! arrives with exactly the message it was sent with.
+
+use std::fmt;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use nix::cmsg_space;
+use nix::errno::Errno;
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+
+/// The largest message we send or accept, in bytes. Larger ones are refused by
+/// [`Channel::send`] and reported as [`ChannelError::TooLarge`] by [`Channel::recv`].
+pub const MAX_MESSAGE: usize = 128 * 1024;
+
+/// One end of the channel. Cloning it gives another handle on the same socket, so one
+/// thread can wait for messages while another sends.
+#[derive(Clone)]
+pub struct Channel {
+    socket: Arc<OwnedFd>,
+}
+
+/// A message as it arrived: its text and, if one came with it, a file descriptor.
+#[derive(Debug)]
+pub struct Message {
+    pub text: String,
+    /// The fd that travelled with this message, already open in this process. Dropping
+    /// the `Message` closes it, so an fd nobody expected cannot leak.
+    pub fd: Option<OwnedFd>,
+}
+
+/// Why a message could not be sent or received.
+#[derive(Debug)]
+pub enum ChannelError {
+    /// The other process closed its end, most often because it exited.
+    Closed,
+    /// A message over [`MAX_MESSAGE`] bytes; nothing was delivered.
+    TooLarge(usize),
+    /// A message that is not UTF-8 text; it was dropped (and any fd with it closed).
+    Malformed(String),
+    /// Any other error from the operating system.
+    Io(io::Error),
+}
+
+impl fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChannelError::Closed => {
+                write!(f, "the IPC channel is closed (the other process exited)")
+            }
+            ChannelError::TooLarge(n) => {
+                write!(
+                    f,
+                    "an IPC message of {n} bytes is over the limit of {MAX_MESSAGE}"
+                )
+            }
+            ChannelError::Malformed(why) => write!(f, "a malformed IPC message was dropped: {why}"),
+            ChannelError::Io(e) => write!(f, "IPC channel error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ChannelError {}
+
+impl From<Errno> for ChannelError {
+    fn from(errno: Errno) -> Self {
+        match errno {
+            Errno::EPIPE | Errno::ECONNRESET => ChannelError::Closed,
+            e => ChannelError::Io(e.into()),
+        }
+    }
+}
+
+impl Channel {
+    /// Creates a connected pair: the master keeps the [`Channel`] and hands the
+    /// [`OwnedFd`] to the worker it is about to start.
+    ///
+    /// Both ends are close-on-exec; [`crate::spawn`] clears the flag on the child's end
+    /// only in the child, so no other process inherits it by accident.
+    // ANCHOR: pair
+    pub fn pair() -> io::Result<(Channel, OwnedFd)> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        Ok((Channel::from_fd(ours), theirs))
+    }
+    // ANCHOR_END: pair
+
+    /// Wraps an fd that is one end of a `SOCK_SEQPACKET` socketpair.
+    pub fn from_fd(fd: OwnedFd) -> Channel {
+        Channel {
+            socket: Arc::new(fd),
+        }
+    }
+
+    /// Sends one text message. Blocks only if the other side has stopped reading and
+    /// its queue is full.
+    pub fn send(&self, text: &str) -> Result<(), ChannelError> {
+        self.send_message(text, None)
+    }
+
+    /// Sends one text message with a file descriptor attached (`SCM_RIGHTS`). The
+    /// receiver gets its own fd for the same open socket or file; ours stays open until we
+    /// close it.
+    pub fn send_with_fd(&self, text: &str, fd: BorrowedFd<'_>) -> Result<(), ChannelError> {
+        self.send_message(text, Some(fd))
+    }
+
+    // ANCHOR: send
+    fn send_message(&self, text: &str, fd: Option<BorrowedFd<'_>>) -> Result<(), ChannelError> {
+        // A zero-length packet would look exactly like end-of-file to the reader.
+        if text.is_empty() {
+            return Err(ChannelError::Malformed(
+                "an empty message cannot be sent".into(),
+            ));
+        }
+        if text.len() > MAX_MESSAGE {
+            return Err(ChannelError::TooLarge(text.len()));
+        }
+        // ANCHOR: solution_ch02_send
+        let iov = [IoSlice::new(text.as_bytes())];
+        let fds: Vec<RawFd> = fd.iter().map(|fd| fd.as_raw_fd()).collect();
+        let rights = [ControlMessage::ScmRights(&fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+        // MSG_NOSIGNAL: a worker whose master died gets EPIPE here, not a fatal SIGPIPE.
+        sendmsg::<()>(
+            self.socket.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        Ok(())
+        // ANCHOR_END: solution_ch02_send
+    }
+    // ANCHOR_END: send
+
+    /// Waits for the next message.
+    pub fn recv(&self) -> Result<Message, ChannelError> {
+        self.recv_message(MsgFlags::empty())
+            .map(|m| m.expect("a blocking receive returns a message or an error"))
+    }
+
+    /// Takes the next message if one is waiting, without blocking: `Ok(None)` if there is
+    /// none. This is what an event loop calls when epoll says the channel is readable.
+    pub fn try_recv(&self) -> Result<Option<Message>, ChannelError> {
+        self.recv_message(MsgFlags::MSG_DONTWAIT)
+    }
+
+    // ANCHOR: recv
+    fn recv_message(&self, flags: MsgFlags) -> Result<Option<Message>, ChannelError> {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        // Room for a few fds: a peer that sends more than one gets the extras closed.
+        let mut space = cmsg_space!([RawFd; 4]);
+        // MSG_CMSG_CLOEXEC: a received fd must not leak into processes we start later.
+        let flags = flags | MsgFlags::MSG_CMSG_CLOEXEC;
+        let (len, msg_flags, mut fds) = loop {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            match recvmsg::<()>(self.socket.as_raw_fd(), &mut iov, Some(&mut space), flags) {
+                Ok(msg) => {
+                    let mut fds = Vec::new();
+                    for cmsg in msg.cmsgs().map_err(ChannelError::from)? {
+                        if let ControlMessageOwned::ScmRights(received) = cmsg {
+                            for raw in received {
+                                // SAFETY: the kernel just installed `raw` in our fd table
+                                // for this message; nothing else owns it yet.
+                                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                            }
+                        }
+                    }
+                    break (msg.bytes, msg.flags, fds);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        // On a SOCK_SEQPACKET socket, zero bytes means the peer closed its end.
+        if len == 0 && fds.is_empty() {
+            return Err(ChannelError::Closed);
+        }
+        if msg_flags.contains(MsgFlags::MSG_TRUNC) {
+            return Err(ChannelError::TooLarge(len));
+        }
+        // Only one fd per message is part of our protocol; any others drop (close) here.
+        fds.truncate(1);
+        let fd = fds.pop();
+        buf.truncate(len);
+        match String::from_utf8(buf) {
+            Ok(text) => Ok(Some(Message { text, fd })),
+            Err(e) => Err(ChannelError::Malformed(format!(
+                "{len} bytes that are not UTF-8 text ({e})"
+            ))),
+        }
+    }
+    // ANCHOR_END: recv
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, Write};
+
+    #[test]
+    fn messages_keep_their_boundaries() {
+        let (a, b) = Channel::pair().unwrap();
+        let b = Channel::from_fd(b);
+        a.send("one").unwrap();
+        a.send("two").unwrap();
+        assert_eq!(b.recv().unwrap().text, "one");
+        assert_eq!(b.recv().unwrap().text, "two");
+        assert!(b.try_recv().unwrap().is_none());
+    }
+
+    #[test]
+    fn closed_and_too_large() {
+        let (a, b) = Channel::pair().unwrap();
+        assert!(matches!(
+            a.send(&"x".repeat(MAX_MESSAGE + 1)),
+            Err(ChannelError::TooLarge(_))
+        ));
+        drop(b);
+        assert!(matches!(a.recv(), Err(ChannelError::Closed)));
+        assert!(matches!(a.send("hi"), Err(ChannelError::Closed)));
+    }
+
+    #[test]
+    fn an_fd_travels_with_its_message() {
+        let (a, b) = Channel::pair().unwrap();
+        let b = Channel::from_fd(b);
+        let mut file = tempfile();
+        file.write_all(b"shared file").unwrap();
+        a.send_with_fd("here", file.as_fd()).unwrap();
+        let msg = b.recv().unwrap();
+        assert_eq!(msg.text, "here");
+        let mut got = std::fs::File::from(msg.fd.unwrap());
+        got.rewind().unwrap();
+        let mut text = String::new();
+        got.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "shared file");
+    }
+
+    fn tempfile() -> std::fs::File {
+        let path = std::env::temp_dir().join(format!("cfs-channel-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(path).unwrap();
+        file
+    }
+}

@@ -1,0 +1,248 @@
+//! The master's side of a cluster: start workers, hear what they say and when they exit,
+//! and stop them all on Ctrl-C or SIGTERM.
+//!
+//! Explained in chapter 1 (fork, exit, shutdown) and chapter 2 (messages).
+//!
+//! Node's master is an event emitter: `cluster.on('message')`, `cluster.on('exit')`. Ours
+//! is a queue of [`Event`]s that the chapter's `main` takes one at a time with
+//! [`Cluster::next_event`]. Small helper threads feed the queue: one per worker that
+//! blocks reading its channel (or, without a channel, waiting for it to exit), and the
+//! Ctrl-C handler. The chapter's own loop stays single-threaded and reads top to bottom.
+//! Chapters that need more event sources (an accept loop, a timer) push their own events
+//! with [`Cluster::sender`].
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::channel::{Channel, ChannelError, Message};
+use crate::log;
+use crate::spawn::{spawn_worker, Worker};
+
+/// Something that happened, for the master to act on.
+pub enum Event<E = ()> {
+    /// Ctrl-C (SIGINT) or SIGTERM reached the master.
+    Shutdown,
+    /// Worker `id` sent a message.
+    Message { id: u32, message: Message },
+    /// Worker `id` sent something that is not a valid message; it was dropped.
+    BadMessage { id: u32, error: ChannelError },
+    /// Worker `id` (pid `pid`) exited or was killed.
+    Exit { id: u32, pid: u32, status: Exited },
+    /// An event the chapter pushed itself through [`Cluster::sender`].
+    Other(E),
+}
+
+/// How a worker ended, as `cluster.on('exit', (worker, code, signal))` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exited {
+    Code(i32),
+    Signal(Signal),
+}
+
+impl std::fmt::Display for Exited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exited::Code(code) => write!(f, "exited with code {code}"),
+            Exited::Signal(sig) => write!(f, "was killed by {sig}"),
+        }
+    }
+}
+
+/// The master's view of its workers.
+pub struct Cluster<E: Send + 'static = ()> {
+    workers: BTreeMap<u32, Worker>,
+    events: Receiver<Event<E>>,
+    sender: Sender<Event<E>>,
+    with_channel: bool,
+    next_id: u32,
+}
+
+impl<E: Send + 'static> Cluster<E> {
+    /// A cluster whose workers each get an IPC channel (chapter 2 onwards).
+    pub fn new() -> io::Result<Self> {
+        Self::build(true)
+    }
+
+    /// A cluster whose workers get no channel: the master can only start and stop them
+    /// (chapter 1).
+    pub fn without_channels() -> io::Result<Self> {
+        Self::build(false)
+    }
+
+    fn build(with_channel: bool) -> io::Result<Self> {
+        let (sender, events) = mpsc::channel();
+        let on_signal = sender.clone();
+        // ctrlc runs this on its own thread, not inside the signal handler, so it may
+        // do anything; it just queues the event for the master's loop.
+        ctrlc::set_handler(move || {
+            let _ = on_signal.send(Event::Shutdown);
+        })
+        .map_err(io::Error::other)?;
+        Ok(Cluster {
+            workers: BTreeMap::new(),
+            events,
+            sender,
+            with_channel,
+            next_id: 1,
+        })
+    }
+
+    /// Starts the next worker (ids count up from 1 and are never reused, as in Node) and
+    /// returns its id.
+    pub fn fork(&mut self) -> io::Result<u32> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let worker = spawn_worker(id, self.with_channel)?;
+        log!("forked worker {id} (pid {})", worker.pid);
+        self.watch(&worker);
+        self.workers.insert(id, worker);
+        Ok(id)
+    }
+
+    /// Starts one helper thread that turns what the worker does into events.
+    fn watch(&self, worker: &Worker) {
+        let (id, pid) = (worker.id, worker.pid);
+        let events = self.sender.clone();
+        let channel = worker.channel.clone();
+        std::thread::spawn(move || {
+            if let Some(channel) = channel {
+                forward_messages(id, &channel, &events);
+            }
+            // The channel reads end-of-file when the worker's process has closed it, that
+            // is, as it exits; now wait for the exit itself and reap it.
+            let status = reap(pid);
+            let _ = events.send(Event::Exit { id, pid, status });
+        });
+    }
+
+    /// Waits for the next event.
+    pub fn next_event(&mut self) -> Event<E> {
+        let event = self
+            .events
+            .recv()
+            .expect("the cluster keeps a sender, so its queue never closes");
+        self.note(&event);
+        event
+    }
+
+    /// Bookkeeping every chapter needs: forget a worker once it has exited, and log it,
+    /// as Node's cluster emits `exit`.
+    fn note(&mut self, event: &Event<E>) {
+        if let Event::Exit { id, pid, status } = event {
+            self.workers.remove(id);
+            log!("worker {id} (pid {pid}) {status}");
+        }
+    }
+
+    /// Like [`Cluster::next_event`], but gives up after `timeout` and returns `None`.
+    pub fn next_event_timeout(&mut self, timeout: Duration) -> Option<Event<E>> {
+        match self.events.recv_timeout(timeout) {
+            Ok(event) => {
+                self.note(&event);
+                Some(event)
+            }
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => unreachable!("the cluster keeps a sender"),
+        }
+    }
+
+    /// A handle other threads can use to push their own events into the queue.
+    pub fn sender(&self) -> Sender<Event<E>> {
+        self.sender.clone()
+    }
+
+    /// Sends a text message to worker `id`.
+    pub fn send(&self, id: u32, text: &str) -> Result<(), ChannelError> {
+        match self.workers.get(&id).and_then(|w| w.channel.as_ref()) {
+            Some(channel) => channel.send(text),
+            None => Err(ChannelError::Closed),
+        }
+    }
+
+    /// The live worker `id`, if it has not exited.
+    pub fn worker(&self, id: u32) -> Option<&Worker> {
+        self.workers.get(&id)
+    }
+
+    /// The ids of the workers that have not exited yet, in order.
+    pub fn ids(&self) -> Vec<u32> {
+        self.workers.keys().copied().collect()
+    }
+
+    /// How many workers are alive.
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// True when no worker is alive.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// Stops every worker: SIGTERM first, then, for any still alive after `grace`,
+    /// SIGKILL. Returns once all have exited and been reaped, logging each exit.
+    // ANCHOR: shutdown
+    pub fn shutdown(&mut self, grace: Duration) {
+        log!("stopping {} workers", self.workers.len());
+        for worker in self.workers.values() {
+            let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while !self.workers.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_event_timeout(left.max(Duration::from_millis(1))) {
+                Some(_) => {}
+                None => {
+                    for worker in self.workers.values() {
+                        log!(
+                            "worker {} (pid {}) ignored SIGTERM; sending SIGKILL",
+                            worker.id,
+                            worker.pid
+                        );
+                        let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+        log!("all workers stopped");
+    }
+    // ANCHOR_END: shutdown
+}
+
+/// Forwards every message from one worker until its channel closes.
+fn forward_messages<E>(id: u32, channel: &Channel, events: &Sender<Event<E>>) {
+    loop {
+        let event = match channel.recv() {
+            Ok(message) => Event::Message { id, message },
+            Err(ChannelError::Closed) => return,
+            Err(ChannelError::Io(e)) => {
+                log!("reading worker {id}'s channel failed: {e}; no more messages from it");
+                return;
+            }
+            Err(error) => Event::BadMessage { id, error },
+        };
+        if events.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits for process `pid` to end and says how it ended.
+fn reap(pid: u32) -> Exited {
+    loop {
+        match waitpid(Pid::from_raw(pid as i32), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Exited::Code(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Exited::Signal(sig),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            // ECHILD: already reaped by someone else; nothing more to learn.
+            Err(_) => return Exited::Code(-1),
+        }
+    }
+}

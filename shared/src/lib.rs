@@ -1,0 +1,23 @@
+//! What the chapters of *Cluster from Scratch* share: each module is one idea, taught once
+//! in the chapter its doc comment names and reused by every chapter after it.
+//!
+//! | module | idea | chapter |
+//! |---|---|---|
+//! | [`args`] | the common command line | 1 |
+//! | [`log`] | one line per lifecycle event | 1 |
+//! | [`spawn`] | start a worker by re-running this binary | 1, 2 |
+//! | [`cluster`] | the master: fork, events, shutdown | 1, 2 |
+//! | [`http`] | the `Hello world by <pid>` responder | 1 |
+//! | [`server`] | the worker's single-threaded event loop | 1, 2 |
+//! | [`net`] | binding a port, and EADDRINUSE | 1, 3 |
+//! | [`channel`] | the IPC channel, messages and fds | 2, 5 |
+
+pub mod args;
+pub mod channel;
+pub mod cluster;
+pub mod http;
+
+pub mod log;
+pub mod net;
+pub mod server;
+pub mod spawn;

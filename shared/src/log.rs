@@ -1,0 +1,76 @@
+//! Lifecycle logging: one line per event, with the time, who is speaking and its pid.
+//!
+//! Explained in chapter 1. Every line looks like
+//! `12:00:01.234 master[4121] worker 2 (pid 4125) online`, so a reader can follow master
+//! and workers interleaved in one terminal, and a test can wait for a line it expects.
+//! Workers inherit the master's stdout, so all processes write to the same terminal; each
+//! line is written with a single `write` so lines from different processes do not mix.
+
+use std::fmt;
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Prints one log line: `HH:MM:SS.mmm role[pid] message`.
+///
+/// ```no_run
+/// shared::log!("worker {} (pid {}) online", 2, 4125);
+/// ```
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => {
+        $crate::log::line(format_args!($($arg)*))
+    };
+}
+
+/// Who is speaking: `master`, or `worker 3` in a worker started by [`crate::spawn`].
+pub fn role() -> String {
+    match crate::spawn::worker_id() {
+        Some(id) => format!("worker {id}"),
+        None => "master".to_string(),
+    }
+}
+
+/// Writes one line; used by [`log!`].
+pub fn line(message: fmt::Arguments<'_>) {
+    let text = format!(
+        "{} {}[{}] {}\n",
+        clock(),
+        role(),
+        std::process::id(),
+        message
+    );
+    // One write_all on a locked stdout: one line, never interleaved with another
+    // process's line. A closed stdout (the reader went away) must not kill the server.
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// The wall-clock time of day in UTC, `HH:MM:SS.mmm`.
+fn clock() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let ms = now.as_millis() % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
+/// Turns what a chapter's `master` or `worker` returned into the process's exit code,
+/// logging the error, if any, in words a learner can act on.
+pub fn exit_code(
+    result: Result<std::process::ExitCode, Box<dyn std::error::Error>>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            crate::log!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

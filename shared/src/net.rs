@@ -1,0 +1,124 @@
+//! Opening a listening TCP socket, and saying clearly why it failed.
+//!
+//! Explained in chapter 1 (binding) and chapter 3 (EADDRINUSE, and why `SO_REUSEADDR`
+//! does not let two processes bind one port).
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+
+use nix::errno::Errno;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Node's default backlog for `server.listen()`.
+pub const BACKLOG: i32 = 511;
+
+/// A `listen` that failed: where, and the operating system's error.
+#[derive(Debug)]
+pub struct ListenError {
+    pub addr: SocketAddr,
+    pub error: io::Error,
+}
+
+impl ListenError {
+    /// The errno name, as Node prints it (`EADDRINUSE`), or `E?` if there is none.
+    pub fn code(&self) -> String {
+        match self.error.raw_os_error() {
+            Some(n) => format!("{:?}", Errno::from_raw(n)),
+            None => "E?".into(),
+        }
+    }
+
+    /// The raw errno (98 for EADDRINUSE on Linux).
+    pub fn errno(&self) -> i32 {
+        self.error.raw_os_error().unwrap_or(0)
+    }
+
+    /// What the learner can do about it.
+    pub fn hint(&self) -> &'static str {
+        match self.error.raw_os_error().map(Errno::from_raw) {
+            Some(Errno::EADDRINUSE) => {
+                "another process holds this port; try --port 0 for a free one"
+            }
+            Some(Errno::EACCES) => "ports below 1024 need root; try --port 0 or a port above 1024",
+            Some(Errno::EADDRNOTAVAIL) => "this machine has no such address; try --host 127.0.0.1",
+            _ => "see the error above",
+        }
+    }
+}
+
+impl fmt::Display for ListenError {
+    /// `listen EADDRINUSE: address already in use 127.0.0.1:8000 (errno 98)`, the
+    /// shape of Node's message.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self.error.raw_os_error() {
+            Some(n) => Errno::from_raw(n).desc().to_lowercase(),
+            None => self.error.to_string(),
+        };
+        write!(
+            f,
+            "listen {}: {} {} (errno {}): {}",
+            self.code(),
+            text,
+            self.addr,
+            self.errno(),
+            self.hint()
+        )
+    }
+}
+
+impl std::error::Error for ListenError {}
+
+/// Binds `host:port` and listens, the way Node's `server.listen()` does: with
+/// `SO_REUSEADDR` set (so a restarted server can bind while old connections linger in
+/// TIME_WAIT) and a backlog of 511. The socket is close-on-exec and blocking; the
+/// caller makes it non-blocking if it wants.
+// ANCHOR: listen
+pub fn listen(host: IpAddr, port: u16) -> Result<TcpListener, ListenError> {
+    listen_with(host, port, false)
+}
+
+/// [`listen`], and with `reuse_port` also `SO_REUSEPORT`: then several sockets, in one
+/// process or many, may bind the same address, and the kernel spreads new connections
+/// among them.
+pub fn listen_with(host: IpAddr, port: u16, reuse_port: bool) -> Result<TcpListener, ListenError> {
+    let addr = SocketAddr::new(host, port);
+    let open = || -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // Node sets this on every listening socket. It lets us bind while old connections
+        // to the port sit in TIME_WAIT; it does NOT let two live sockets share the port.
+        socket.set_reuse_address(true)?;
+        if reuse_port {
+            // ANCHOR: solution_ch03_reuseport
+            socket.set_reuse_port(true)?;
+            // ANCHOR_END: solution_ch03_reuseport
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        Ok(socket.into())
+    };
+    open().map_err(|error| ListenError { addr, error })
+}
+// ANCHOR_END: listen
+
+/// Listens on a port chosen at random, as the workers of chapters 1 and 2 do (Node's
+/// example uses `Math.random() * 10000`).
+///
+/// We draw from 10000–29999: below 1024 needs root, and from 32768 up is where Linux picks
+/// the local ports of outgoing connections. Two workers can still draw the same number, so
+/// on EADDRINUSE we draw again, and after a few misses let the kernel choose (port 0),
+/// which is what a real server should do in the first place.
+// ANCHOR: listen_random
+pub fn listen_random(host: IpAddr) -> Result<TcpListener, ListenError> {
+    for _ in 0..8 {
+        let port = rand::random_range(10_000..30_000);
+        match listen(host, port) {
+            Err(e) if e.errno() == Errno::EADDRINUSE as i32 => {
+                crate::log!("port {port} is taken; drawing another");
+            }
+            result => return result,
+        }
+    }
+    listen(host, 0)
+}
+// ANCHOR_END: listen_random

@@ -1,0 +1,147 @@
+//! Starting a worker: re-run this same binary, and tell the copy it is a worker.
+//!
+//! Explained in chapter 1 (re-executing instead of a bare `fork`) and chapter 2 (handing
+//! the worker its end of the IPC channel).
+//!
+//! Node's `cluster.fork()` starts `process.execPath` again with the same script and sets
+//! `NODE_UNIQUE_ID` in the child's environment; `cluster.isPrimary` is just "that variable
+//! is not set". We do the same with [`WORKER_ID_VAR`], and pass the inherited channel's fd
+//! number in [`CHANNEL_FD_VAR`] as Node does with `NODE_CHANNEL_FD`.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use crate::channel::Channel;
+
+/// The environment variable that makes a process a worker, and gives its id (1, 2, ...).
+pub const WORKER_ID_VAR: &str = "CLUSTER_WORKER_ID";
+/// The environment variable that names the fd of the worker's end of the IPC channel.
+pub const CHANNEL_FD_VAR: &str = "CLUSTER_CHANNEL_FD";
+
+/// This process's worker id, or `None` in the master.
+pub fn worker_id() -> Option<u32> {
+    static ID: OnceLock<Option<u32>> = OnceLock::new();
+    *ID.get_or_init(|| std::env::var(WORKER_ID_VAR).ok()?.parse().ok())
+}
+
+/// Am I a worker? The question every chapter's `main` asks first, like `cluster.isWorker`.
+pub fn is_worker() -> bool {
+    worker_id().is_some()
+}
+
+/// A worker as its master sees it.
+pub struct Worker {
+    pub id: u32,
+    pub pid: u32,
+    /// The master's end of the IPC channel, if the worker was started with one.
+    pub channel: Option<Channel>,
+    // Kept so the handle is not dropped early; the master reaps the worker with
+    // `waitpid` on `pid` (see `crate::cluster`), not through this.
+    _child: Child,
+}
+
+/// Starts worker `id` by running this binary again with the same arguments.
+///
+/// With `with_channel`, a socketpair is made first and the worker inherits one end.
+// ANCHOR: spawn
+pub fn spawn_worker(id: u32, with_channel: bool) -> io::Result<Worker> {
+    // ANCHOR: solution_ch01_spawn
+    let (channel, theirs) = match with_channel {
+        true => {
+            let (ours, theirs) = Channel::pair()?;
+            (Some(ours), Some(theirs))
+        }
+        false => (None, None),
+    };
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .args(std::env::args_os().skip(1))
+        .env(WORKER_ID_VAR, id.to_string());
+    if let Some(fd) = &theirs {
+        command.env(CHANNEL_FD_VAR, fd.as_raw_fd().to_string());
+    }
+    let inherit = theirs.as_ref().map(|fd| fd.as_raw_fd());
+    let master = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed; `prepare_child` makes only such calls
+    // (fcntl, prctl, getppid, _exit) and allocates nothing.
+    unsafe {
+        command.pre_exec(move || prepare_child(inherit, master));
+    }
+    let child = command.spawn()?;
+    // `theirs` is dropped here: the master closes its copy of the worker's end, so when
+    // the worker exits, the master's end reads end-of-file.
+    Ok(Worker {
+        id,
+        pid: child.id(),
+        channel,
+        _child: child,
+    })
+    // ANCHOR_END: solution_ch01_spawn
+}
+// ANCHOR_END: spawn
+
+/// Runs in the child after `fork`, before `exec`.
+// ANCHOR: prepare_child
+fn prepare_child(inherit: Option<i32>, master: u32) -> io::Result<()> {
+    // The channel fd was made close-on-exec so that no other child inherits it. In this
+    // one child we clear the flag, so it survives the exec.
+    if let Some(fd) = inherit {
+        // SAFETY: fcntl on an fd we own, with plain integer arguments.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // Ctrl-C in a terminal sends SIGINT to every process in the foreground group, workers
+    // included. Workers ignore it (an ignored signal stays ignored across exec), so the
+    // master alone decides how they stop: SIGTERM, in order, with their exits logged.
+    // SAFETY: signal() with SIG_IGN is async-signal-safe and touches no memory.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    // Ask the kernel to send us SIGTERM when the master dies, even by kill -9, so no
+    // worker is left serving on its own. If the master already died before this line ran,
+    // our parent is no longer the master: give up now.
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl and getppid take plain integers; _exit never returns.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != master {
+                libc::_exit(1);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = master;
+    Ok(())
+}
+// ANCHOR_END: prepare_child
+
+/// In a worker: takes ownership of the channel inherited from the master, if there is one.
+///
+/// Returns `None` in the master, in a worker started without a channel, and on a second
+/// call (the fd has one owner).
+pub fn channel_from_env() -> Option<Channel> {
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    let fd: i32 = std::env::var(CHANNEL_FD_VAR).ok()?.parse().ok()?;
+    // The fd must be open and a socket, or the variable is lying (set by hand, say).
+    // SAFETY: fcntl F_GETFD only reads the flags of an fd number; an invalid number fails.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return None;
+    }
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return None;
+    }
+    // SAFETY: the fd was inherited for this purpose, is open (checked above), and the
+    // flag above makes this the only place that ever takes ownership of it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Close-on-exec again, so a program this worker starts does not inherit it.
+    // SAFETY: fcntl on an fd we now own.
+    unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    Some(Channel::from_fd(owned))
+}
