@@ -1,0 +1,1 @@
+//! The harness: see the helpers below.
