@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -161,6 +162,14 @@ impl<E: Send + 'static> Cluster<E> {
     pub fn send(&self, id: u32, text: &str) -> Result<(), ChannelError> {
         match self.workers.get(&id).and_then(|w| w.channel.as_ref()) {
             Some(channel) => channel.send(text),
+            None => Err(ChannelError::Closed),
+        }
+    }
+
+    /// Sends a text message with a file descriptor attached to worker `id` (chapter 5).
+    pub fn send_with_fd(&self, id: u32, text: &str, fd: BorrowedFd<'_>) -> Result<(), ChannelError> {
+        match self.workers.get(&id).and_then(|w| w.channel.as_ref()) {
+            Some(channel) => channel.send_with_fd(text, fd),
             None => Err(ChannelError::Closed),
         }
     }

@@ -27,6 +27,13 @@ use crate::log;
 
 type Handler = Box<dyn FnMut(&Request) -> Response>;
 type OnMessage = Box<dyn FnMut(&mut Server, Message)>;
+type OnTimer = Box<dyn FnMut(&mut Server)>;
+
+struct Timer {
+    every: Duration,
+    next: Instant,
+    callback: Option<OnTimer>,
+}
 
 const CHANNEL: u64 = 0;
 
@@ -69,6 +76,7 @@ pub struct Server {
     handler: Option<Handler>,
     channel: Option<Channel>,
     on_message: Option<OnMessage>,
+    timers: Vec<Timer>,
     stats: Stats,
     running: bool,
 }
@@ -85,6 +93,7 @@ impl Server {
             handler: None,
             channel: None,
             on_message: None,
+            timers: Vec::new(),
             stats: Stats::default(),
             running: true,
         })
@@ -111,10 +120,31 @@ impl Server {
         Ok(self)
     }
 
+    /// Calls `callback` every `every`, on the loop's thread, between events.
+    pub fn every(mut self, every: Duration, callback: impl FnMut(&mut Server) + 'static) -> Server {
+        self.timers.push(Timer {
+            every,
+            next: Instant::now() + every,
+            callback: Some(Box::new(callback)),
+        });
+        self
+    }
+
     /// Starts accepting connections on `listener`.
     pub fn add_listener(&mut self, listener: TcpListener) -> io::Result<()> {
+        self.add_listener_with(listener, false)
+    }
+
+    /// Like [`Server::add_listener`]; with `exclusive`, the listener is registered with
+    /// `EPOLLEXCLUSIVE`: when several processes wait on one shared listening socket, the
+    /// kernel wakes one of them per connection instead of all of them (chapter 5).
+    pub fn add_listener_with(&mut self, listener: TcpListener, exclusive: bool) -> io::Result<()> {
         listener.set_nonblocking(true)?;
-        let token = self.register(listener.as_fd(), EpollFlags::EPOLLIN)?;
+        let flags = match exclusive {
+            true => EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE,
+            false => EpollFlags::EPOLLIN,
+        };
+        let token = self.register(listener.as_fd(), flags)?;
         self.sources.insert(token, Source::Listener(listener));
         Ok(())
     }
@@ -177,7 +207,9 @@ impl Server {
             (self.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
         let mut next_sweep = Instant::now() + sweep_every;
         while self.running {
-            let wait = next_sweep.saturating_duration_since(Instant::now());
+            let next_timer = self.timers.iter().map(|t| t.next).min();
+            let wake = next_timer.map_or(next_sweep, |t| t.min(next_sweep));
+            let wait = wake.saturating_duration_since(Instant::now());
             let timeout = EpollTimeout::from(wait.as_millis().min(1000) as u16 + 1);
             let ready = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
@@ -197,10 +229,26 @@ impl Server {
                 self.drop_silent_connections();
                 next_sweep = Instant::now() + sweep_every;
             }
+            self.run_timers();
         }
         Ok(())
     }
     // ANCHOR_END: run
+
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.timers.len() {
+            if self.timers[i].next > now {
+                continue;
+            }
+            self.timers[i].next = now + self.timers[i].every;
+            // Taken out while it runs, so it can borrow the server.
+            if let Some(mut callback) = self.timers[i].callback.take() {
+                callback(self);
+                self.timers[i].callback = Some(callback);
+            }
+        }
+    }
 
     fn read_channel(&mut self) {
         loop {

@@ -1,0 +1,193 @@
+//! Chapter 6: the master accepts every connection and hands it to the next free worker.
+//!
+//! This is Node's default on Linux ("method 1", `RoundRobinHandle` in
+//! `lib/internal/cluster/round_robin_handle.js`). The master owns the listening socket;
+//! for each accepted connection it sends the connection's fd to one worker over IPC. A
+//! worker gets one connection at a time: it goes back on the free list only when it
+//! acknowledges the last one. While no worker is free, connections wait in a queue. A
+//! connection the worker rejects, or whose worker dies before acknowledging it, goes to
+//! another worker: none is lost.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use shared::args::{Args, Cli};
+use shared::channel::Message;
+use shared::cluster::{Cluster, Event};
+use shared::log;
+use shared::net;
+use shared::server::Server;
+use shared::spawn;
+
+fn main() -> ExitCode {
+    let args = Cli::new(
+        "ch06-round-robin",
+        "Chapter 6: the master accepts each connection and hands it to the workers in turn.",
+    )
+    .parse();
+    // Am I a worker? The same question as Node's `cluster.isPrimary`.
+    let result = match spawn::worker_id() {
+        Some(id) => worker(id, &args),
+        None => master(&args),
+    };
+    log::exit_code(result)
+}
+
+/// The master's own event: a connection its accept thread took.
+type Conn = TcpStream;
+
+// ANCHOR: round_robin
+/// Node's `RoundRobinHandle`: who is free, what is waiting, who holds what.
+#[derive(Default)]
+struct RoundRobin {
+    /// Workers ready for a connection, longest-waiting first.
+    free: VecDeque<u32>,
+    /// Connections accepted while no worker was free.
+    waiting: VecDeque<TcpStream>,
+    /// The connection each busy worker was sent and has not acknowledged yet. The master
+    /// keeps its copy until then, so nothing is lost if the worker dies first.
+    sent: HashMap<u32, TcpStream>,
+}
+
+impl RoundRobin {
+    /// Pairs waiting connections with free workers, for as long as there are both.
+    fn distribute(&mut self, cluster: &Cluster<Conn>) {
+        while !self.waiting.is_empty() {
+            let Some(id) = self.free.pop_front() else { return };
+            let Some(conn) = self.waiting.pop_front() else { return };
+            // ANCHOR: solution_ch06_handoff
+            match cluster.send_with_fd(id, "newconn", conn.as_fd()) {
+                Ok(()) => {
+                    self.sent.insert(id, conn);
+                }
+                // The worker is gone: keep the connection for the next one, and do not
+                // put this worker back on the free list.
+                Err(e) => {
+                    log!("could not hand a connection to worker {id}: {e}");
+                    self.waiting.push_front(conn);
+                }
+            }
+            // ANCHOR_END: solution_ch06_handoff
+        }
+    }
+
+    /// Worker `id` answered about the connection it was sent.
+    fn acknowledged(&mut self, id: u32, accepted: bool) {
+        match self.sent.remove(&id) {
+            // Accepted: the worker has its own fd now; dropping ours closes the master's.
+            Some(_conn) if accepted => {}
+            Some(conn) => {
+                log!("worker {id} rejected a connection; it goes to another worker");
+                self.waiting.push_front(conn);
+            }
+            None => log!("worker {id} acknowledged a connection it was never sent"),
+        }
+        self.free.push_back(id);
+    }
+
+    /// Worker `id` exited: forget it, and rescue the connection it had not taken yet.
+    fn remove(&mut self, id: u32) {
+        self.free.retain(|&free| free != id);
+        if let Some(conn) = self.sent.remove(&id) {
+            log!("worker {id} died before taking its connection; it goes to another worker");
+            self.waiting.push_front(conn);
+        }
+    }
+}
+// ANCHOR_END: round_robin
+
+// ANCHOR: master
+fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let listener = net::listen(args.host, args.port)?;
+    let addr = listener.local_addr()?;
+    let mut cluster: Cluster<Conn> = Cluster::new()?;
+    for _ in 0..args.workers {
+        cluster.fork()?;
+    }
+    accept_in_background(listener, cluster.sender());
+    let mut balancer = RoundRobin::default();
+    let mut online = 0;
+    loop {
+        match cluster.next_event() {
+            Event::Other(conn) => balancer.waiting.push_back(conn),
+            Event::Message { id, message } => match message.text.as_str() {
+                "online" => {
+                    balancer.free.push_back(id);
+                    online += 1;
+                    if online == args.workers {
+                        log!("listening on http://{addr} (the master accepts, {online} workers serve)");
+                    }
+                }
+                "accepted" => balancer.acknowledged(id, true),
+                "rejected" => balancer.acknowledged(id, false),
+                text => log!("unexpected message from worker {id}: {text}"),
+            },
+            Event::BadMessage { id, error } => log!("worker {id}: {error}"),
+            Event::Exit { id, .. } => {
+                balancer.remove(id);
+                if cluster.is_empty() {
+                    log!("no workers left; the master exits");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            Event::Shutdown => {
+                cluster.shutdown(Duration::from_secs(5));
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        balancer.distribute(&cluster);
+    }
+}
+// ANCHOR_END: master
+
+/// A thread that accepts connections and queues each one as an event for the master.
+fn accept_in_background(listener: TcpListener, events: Sender<Event<Conn>>) {
+    std::thread::spawn(move || loop {
+        match listener.accept() {
+            Ok((conn, _peer)) => {
+                if events.send(Event::Other(conn)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // EMFILE (out of fds) and the like: say so, and do not spin on it.
+                log!("accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+}
+
+// ANCHOR: worker
+fn worker(id: u32, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let channel = spawn::channel_from_env().ok_or("no IPC channel: start the master instead")?;
+    let server = Server::new(id, args.idle_timeout)?.on_message(channel, on_message)?;
+    // This worker listens on nothing: every connection comes from the master.
+    server.send("online");
+    server.run()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn on_message(server: &mut Server, message: Message) {
+    match (message.text.as_str(), message.fd) {
+        ("newconn", Some(fd)) => {
+            // ANCHOR: solution_ch06_accept
+            match server.add_connection(TcpStream::from(fd)) {
+                Ok(()) => server.send("accepted"),
+                Err(e) => {
+                    log!("cannot serve the connection from the master: {e}");
+                    server.send("rejected");
+                }
+            }
+            // ANCHOR_END: solution_ch06_accept
+        }
+        (text, fd) => {
+            log!("unexpected message '{text}'{}", if fd.is_some() { " with an fd (closed)" } else { "" });
+        }
+    }
+}
+// ANCHOR_END: worker
