@@ -167,7 +167,12 @@ impl<E: Send + 'static> Cluster<E> {
     }
 
     /// Sends a text message with a file descriptor attached to worker `id` (chapter 5).
-    pub fn send_with_fd(&self, id: u32, text: &str, fd: BorrowedFd<'_>) -> Result<(), ChannelError> {
+    pub fn send_with_fd(
+        &self,
+        id: u32,
+        text: &str,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), ChannelError> {
         match self.workers.get(&id).and_then(|w| w.channel.as_ref()) {
             Some(channel) => channel.send_with_fd(text, fd),
             None => Err(ChannelError::Closed),

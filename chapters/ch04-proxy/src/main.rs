@@ -1,1 +1,106 @@
-fn main() {}
+//! Chapter 4: the master listens on the public port and proxies every connection to a
+//! worker listening on a private port of its own.
+//!
+//! This is the first way out of chapter 3's EADDRINUSE: only the master binds the public
+//! port; each worker binds its own (the kernel picks it), and tells the master which over
+//! IPC. It works, and it is how many reverse proxies work, but every client costs the
+//! master two sockets: the client's, and the one it opens to the worker.
+
+mod proxy;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shared::args::{Args, Cli};
+use shared::cluster::{Cluster, Event};
+use shared::log;
+use shared::net;
+use shared::server::Server;
+use shared::spawn;
+
+fn main() -> ExitCode {
+    let args = Cli::new(
+        "ch04-proxy",
+        "Chapter 4: the master proxies each connection to a worker on a private port.",
+    )
+    .parse();
+    // Am I a worker? The same question as Node's `cluster.isPrimary`.
+    let result = match spawn::worker_id() {
+        Some(id) => worker(id, &args),
+        None => master(&args),
+    };
+    log::exit_code(result)
+}
+
+// ANCHOR: master
+fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let listener = net::listen(args.host, args.port)?;
+    let public = listener.local_addr()?;
+    let mut cluster: Cluster = Cluster::new()?;
+    for _ in 0..args.workers {
+        cluster.fork()?;
+    }
+    // The proxy runs on its own thread; this loop keeps its list of workers current.
+    let upstreams: proxy::Upstreams = Arc::new(Mutex::new(Vec::new()));
+    let mut private: Vec<(u32, SocketAddr)> = Vec::new();
+    let for_proxy = upstreams.clone();
+    std::thread::spawn(move || {
+        if let Err(e) = proxy::run(listener, for_proxy) {
+            log!("the proxy stopped: {e}");
+        }
+    });
+    loop {
+        match cluster.next_event() {
+            Event::Message { id, message } => {
+                match message.text.strip_prefix("listening ") {
+                    Some(addr) => match addr.parse() {
+                        Ok(addr) => {
+                            log!("worker {id} serves on private address {addr}");
+                            private.push((id, addr));
+                            if private.len() == args.workers {
+                                log!("listening on http://{public} (the master proxies to {} workers)", private.len());
+                            }
+                        }
+                        Err(_) => log!("worker {id} sent a bad address: {addr}"),
+                    },
+                    None => log!("unexpected message from worker {id}: {}", message.text),
+                }
+            }
+            Event::BadMessage { id, error } => log!("worker {id}: {error}"),
+            Event::Exit { id, .. } => {
+                private.retain(|(worker, _)| *worker != id);
+                if cluster.is_empty() {
+                    log!("no workers left; the master exits");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            Event::Shutdown => {
+                cluster.shutdown(Duration::from_secs(5));
+                return Ok(ExitCode::SUCCESS);
+            }
+            Event::Other(()) => {}
+        }
+        if let Ok(mut list) = upstreams.lock() {
+            *list = private.iter().map(|(_, addr)| *addr).collect();
+        }
+    }
+}
+// ANCHOR_END: master
+
+// ANCHOR: worker
+fn worker(id: u32, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let channel = spawn::channel_from_env().ok_or("no IPC channel: start the master instead")?;
+    // Port 0: the kernel picks a free private port; the master learns it over IPC.
+    let listener = net::listen(args.host, 0)?;
+    let addr = listener.local_addr()?;
+    let mut server = Server::new(id, args.idle_timeout)?.on_message(channel, |_, message| {
+        log!("message from master: {}", message.text)
+    })?;
+    server.add_listener(listener)?;
+    server.send(&format!("listening {addr}"));
+    server.run()?;
+    Ok(ExitCode::SUCCESS)
+}
+// ANCHOR_END: worker

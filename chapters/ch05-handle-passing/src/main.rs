@@ -55,7 +55,10 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     // Like `server.close()` after `worker.send('server', server)` in Node: our fd goes,
     // the socket stays open, held by the workers' fds.
     drop(listener);
-    log!("sent the listening socket {addr} to {} workers and closed ours", cluster.len());
+    log!(
+        "sent the listening socket {addr} to {} workers and closed ours",
+        cluster.len()
+    );
     // ANCHOR_END: hand_off
     let mut ready = 0;
     loop {
@@ -130,7 +133,14 @@ fn on_message(server: &mut Server, message: Message, exclusive: bool) {
         }
         (text, fd) => {
             // An fd we did not ask for is dropped, which closes it.
-            log!("unexpected message '{text}'{}", if fd.is_some() { " with an fd (closed)" } else { "" });
+            log!(
+                "unexpected message '{text}'{}",
+                if fd.is_some() {
+                    " with an fd (closed)"
+                } else {
+                    ""
+                }
+            );
         }
     }
 }

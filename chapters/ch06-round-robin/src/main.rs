@@ -57,8 +57,12 @@ impl RoundRobin {
     /// Pairs waiting connections with free workers, for as long as there are both.
     fn distribute(&mut self, cluster: &Cluster<Conn>) {
         while !self.waiting.is_empty() {
-            let Some(id) = self.free.pop_front() else { return };
-            let Some(conn) = self.waiting.pop_front() else { return };
+            let Some(id) = self.free.pop_front() else {
+                return;
+            };
+            let Some(conn) = self.waiting.pop_front() else {
+                return;
+            };
             // ANCHOR: solution_ch06_handoff
             match cluster.send_with_fd(id, "newconn", conn.as_fd()) {
                 Ok(()) => {
@@ -186,7 +190,14 @@ fn on_message(server: &mut Server, message: Message) {
             // ANCHOR_END: solution_ch06_accept
         }
         (text, fd) => {
-            log!("unexpected message '{text}'{}", if fd.is_some() { " with an fd (closed)" } else { "" });
+            log!(
+                "unexpected message '{text}'{}",
+                if fd.is_some() {
+                    " with an fd (closed)"
+                } else {
+                    ""
+                }
+            );
         }
     }
 }

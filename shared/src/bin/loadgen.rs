@@ -162,7 +162,11 @@ fn connect(options: &Options) -> io::Result<TcpStream> {
 
 /// Sends one GET and returns the response body.
 fn request(options: &Options, stream: &mut TcpStream) -> io::Result<String> {
-    let connection = if options.keep_alive { "keep-alive" } else { "close" };
+    let connection = if options.keep_alive {
+        "keep-alive"
+    } else {
+        "close"
+    };
     write!(
         stream,
         "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: {connection}\r\n\r\n",

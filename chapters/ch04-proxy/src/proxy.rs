@@ -1,0 +1,214 @@
+//! The master's proxy loop: accept on the public port, open a second connection to a
+//! worker, and copy bytes both ways until both sides are done.
+//!
+//! One thread and epoll, like the workers' loop in `shared::server`. For every client the
+//! master holds two sockets, the client's and the one to the worker: that is the cost
+//! chapter 4 measures.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use shared::log;
+
+/// The workers' private addresses, kept up to date by the master's main loop.
+pub type Upstreams = Arc<Mutex<Vec<SocketAddr>>>;
+
+const LISTENER: u64 = 0;
+
+/// One proxied connection: the client's socket and the worker's, with what each side has
+/// sent that the other has not taken yet.
+struct Pair {
+    sides: [TcpStream; 2],
+    /// `pending[i]`: bytes read from side `i`, still to be written to the other side.
+    pending: [Vec<u8>; 2],
+    /// `done[i]`: side `i` has sent end-of-file.
+    done: [bool; 2],
+    /// The epoll interest each side is registered with now.
+    interest: [EpollFlags; 2],
+}
+
+/// Runs the proxy until an unrecoverable epoll error.
+// ANCHOR: run
+pub fn run(listener: TcpListener, upstreams: Upstreams) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(
+        listener.as_fd(),
+        EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
+    )?;
+    let mut pairs: HashMap<u64, Pair> = HashMap::new();
+    let mut next_pair = 1u64;
+    let mut turn = 0usize;
+    let mut events = vec![EpollEvent::empty(); 256];
+    loop {
+        let ready = match epoll.wait(&mut events, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for event in &events[..ready] {
+            // Tokens: 0 is the listener; pair p uses 2p (client side) and 2p+1 (worker side).
+            let token = event.data();
+            if token == LISTENER {
+                while let Ok((client, _)) = listener.accept() {
+                    turn += 1;
+                    match open_pair(&epoll, client, &upstreams, turn, next_pair) {
+                        Ok(pair) => {
+                            pairs.insert(next_pair, pair);
+                            next_pair += 1;
+                        }
+                        Err(e) => log!("cannot proxy a connection: {e}"),
+                    }
+                }
+                continue;
+            }
+            let (id, side) = (token / 2, (token % 2) as usize);
+            let Some(pair) = pairs.get_mut(&id) else {
+                continue;
+            };
+            let finished = match pair.on_event(side, event.events()) {
+                Ok(()) => pair.finished(),
+                Err(_) => true,
+            };
+            if finished || pair.update_interest(&epoll, id).is_err() {
+                if let Some(pair) = pairs.remove(&id) {
+                    for side in &pair.sides {
+                        let _ = epoll.delete(side.as_fd());
+                    }
+                }
+            }
+        }
+    }
+}
+// ANCHOR_END: run
+
+/// Connects a new client to the next worker in turn.
+// ANCHOR: open_pair
+fn open_pair(
+    epoll: &Epoll,
+    mut client: TcpStream,
+    upstreams: &Upstreams,
+    turn: usize,
+    id: u64,
+) -> io::Result<Pair> {
+    let addrs = upstreams.lock().map(|a| a.clone()).unwrap_or_default();
+    // Try each worker once, starting with this turn's.
+    let upstream = (0..addrs.len())
+        .map(|i| addrs[(turn + i) % addrs.len()])
+        .find_map(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok());
+    let Some(upstream) = upstream else {
+        let _ = client.write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 20\r\nConnection: close\r\n\r\nno worker available\n",
+        );
+        return Err(io::Error::other("no worker is listening; answered 503"));
+    };
+    for side in [&client, &upstream] {
+        side.set_nonblocking(true)?;
+        side.set_nodelay(true)?;
+    }
+    let interest = [EpollFlags::EPOLLIN, EpollFlags::EPOLLIN];
+    epoll.add(client.as_fd(), EpollEvent::new(interest[0], 2 * id))?;
+    epoll.add(upstream.as_fd(), EpollEvent::new(interest[1], 2 * id + 1))?;
+    Ok(Pair {
+        sides: [client, upstream],
+        pending: [Vec::new(), Vec::new()],
+        done: [false, false],
+        interest,
+    })
+}
+// ANCHOR_END: open_pair
+
+impl Pair {
+    /// Side `from` is readable or writable: move bytes.
+    // ANCHOR: copy
+    fn on_event(&mut self, from: usize, flags: EpollFlags) -> io::Result<()> {
+        if flags.intersects(EpollFlags::EPOLLERR) {
+            return Err(io::Error::other("socket error"));
+        }
+        let to = 1 - from;
+        // Writable: push out what the other side sent us earlier.
+        if flags.contains(EpollFlags::EPOLLOUT) {
+            self.flush(to)?;
+        }
+        // Readable (or hung up): read only if the last chunk has gone out, so a fast
+        // sender cannot make the master buffer without limit.
+        if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP)
+            && self.pending[from].is_empty()
+            && !self.done[from]
+        {
+            let mut chunk = [0u8; 64 * 1024];
+            loop {
+                match self.sides[from].read(&mut chunk) {
+                    Ok(0) => {
+                        // End of file from one side: pass it on as a half-close.
+                        self.done[from] = true;
+                        if self.pending[from].is_empty() {
+                            let _ = self.sides[to].shutdown(Shutdown::Write);
+                        }
+                        break;
+                    }
+                    Ok(n) => {
+                        self.pending[from].extend_from_slice(&chunk[..n]);
+                        self.flush(from)?;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+    // ANCHOR_END: copy
+
+    /// Writes what side `from` sent to the other side, as much as it takes now.
+    fn flush(&mut self, from: usize) -> io::Result<()> {
+        let to = 1 - from;
+        while !self.pending[from].is_empty() {
+            match self.sides[to].write(&self.pending[from]) {
+                Ok(n) => {
+                    self.pending[from].drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.done[from] {
+            let _ = self.sides[to].shutdown(Shutdown::Write);
+        }
+        Ok(())
+    }
+
+    /// Both sides have said end-of-file and everything has been delivered.
+    fn finished(&self) -> bool {
+        self.done.iter().all(|d| *d) && self.pending.iter().all(|p| p.is_empty())
+    }
+
+    /// Reads from a side only while its last chunk is delivered; writes to a side only
+    /// while something is waiting for it.
+    fn update_interest(&mut self, epoll: &Epoll, id: u64) -> io::Result<()> {
+        for side in 0..2 {
+            let mut want = EpollFlags::empty();
+            if !self.done[side] && self.pending[side].is_empty() {
+                want |= EpollFlags::EPOLLIN;
+            }
+            if !self.pending[1 - side].is_empty() {
+                want |= EpollFlags::EPOLLOUT;
+            }
+            if want != self.interest[side] {
+                let mut event = EpollEvent::new(want, 2 * id + side as u64);
+                epoll.modify(self.sides[side].as_fd(), &mut event)?;
+                self.interest[side] = want;
+            }
+        }
+        Ok(())
+    }
+}
