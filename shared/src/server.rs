@@ -151,6 +151,14 @@ impl Server {
 
     /// Serves a connection accepted elsewhere (by the master, in chapter 6).
     pub fn add_connection(&mut self, stream: TcpStream) -> io::Result<()> {
+        let token = self.adopt(stream)?;
+        // The request is usually there already: try it now rather than after one more
+        // trip through epoll_wait.
+        self.ready(token, EpollFlags::EPOLLIN);
+        Ok(())
+    }
+
+    fn adopt(&mut self, stream: TcpStream) -> io::Result<u64> {
         stream.set_nonblocking(true)?;
         let _ = stream.set_nodelay(true);
         let token = self.register(stream.as_fd(), EpollFlags::EPOLLIN)?;
@@ -164,8 +172,7 @@ impl Server {
             deadline: Instant::now() + self.idle_timeout,
         };
         self.sources.insert(token, Source::Conn(conn));
-        // Bytes may already be waiting; level-triggered epoll will report them.
-        Ok(())
+        Ok(token)
     }
 
     /// Sends a message to the master. Errors are logged: a worker whose master is gone

@@ -25,6 +25,12 @@ fn main() -> ExitCode {
         "ch04-proxy",
         "Chapter 4: the master proxies each connection to a worker on a private port.",
     )
+    .option(
+        "--max-connections",
+        "N",
+        "proxy at most N client connections at once; refuse more with a 503 (exercise 4.2)",
+        "10000",
+    )
     .parse();
     // Am I a worker? The same question as Node's `cluster.isPrimary`.
     let result = match spawn::worker_id() {
@@ -46,8 +52,9 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let upstreams: proxy::Upstreams = Arc::new(Mutex::new(Vec::new()));
     let mut private: Vec<(u32, SocketAddr)> = Vec::new();
     let for_proxy = upstreams.clone();
+    let max = args.get::<usize>("--max-connections");
     std::thread::spawn(move || {
-        if let Err(e) = proxy::run(listener, for_proxy) {
+        if let Err(e) = proxy::run(listener, for_proxy, max) {
             log!("the proxy stopped: {e}");
         }
     });

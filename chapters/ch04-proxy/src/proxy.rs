@@ -20,6 +20,10 @@ use shared::log;
 pub type Upstreams = Arc<Mutex<Vec<SocketAddr>>>;
 
 const LISTENER: u64 = 0;
+const NO_WORKER: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 20\r\nConnection: close\r\n\r\nno worker available\n";
+const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n";
 
 /// One proxied connection: the client's socket and the worker's, with what each side has
 /// sent that the other has not taken yet.
@@ -35,7 +39,7 @@ struct Pair {
 
 /// Runs the proxy until an unrecoverable epoll error.
 // ANCHOR: run
-pub fn run(listener: TcpListener, upstreams: Upstreams) -> io::Result<()> {
+pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     epoll.add(
@@ -56,7 +60,15 @@ pub fn run(listener: TcpListener, upstreams: Upstreams) -> io::Result<()> {
             // Tokens: 0 is the listener; pair p uses 2p (client side) and 2p+1 (worker side).
             let token = event.data();
             if token == LISTENER {
-                while let Ok((client, _)) = listener.accept() {
+                while let Ok((mut client, _)) = listener.accept() {
+                    // Every client costs two fds; past the budget, refuse rather than
+                    // run the whole process out of descriptors.
+                    // ANCHOR: solution_ch04_limit
+                    if pairs.len() >= max_pairs {
+                        let _ = client.write_all(BUSY);
+                        continue;
+                    }
+                    // ANCHOR_END: solution_ch04_limit
                     turn += 1;
                     match open_pair(&epoll, client, &upstreams, turn, next_pair) {
                         Ok(pair) => {
@@ -103,9 +115,7 @@ fn open_pair(
         .map(|i| addrs[(turn + i) % addrs.len()])
         .find_map(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok());
     let Some(upstream) = upstream else {
-        let _ = client.write_all(
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 20\r\nConnection: close\r\n\r\nno worker available\n",
-        );
+        let _ = client.write_all(NO_WORKER);
         return Err(io::Error::other("no worker is listening; answered 503"));
     };
     for side in [&client, &upstream] {
@@ -171,6 +181,7 @@ impl Pair {
     /// Writes what side `from` sent to the other side, as much as it takes now.
     fn flush(&mut self, from: usize) -> io::Result<()> {
         let to = 1 - from;
+        // ANCHOR: solution_ch04_flush
         while !self.pending[from].is_empty() {
             match self.sides[to].write(&self.pending[from]) {
                 Ok(n) => {
@@ -185,6 +196,7 @@ impl Pair {
             let _ = self.sides[to].shutdown(Shutdown::Write);
         }
         Ok(())
+        // ANCHOR_END: solution_ch04_flush
     }
 
     /// Both sides have said end-of-file and everything has been delivered.

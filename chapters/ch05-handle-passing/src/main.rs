@@ -5,10 +5,11 @@
 //! the same listening socket and calls `accept` on it. The kernel gives each connection to
 //! one of them; the others, woken for nothing, get EAGAIN and go back to waiting.
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shared::args::{Args, Cli};
 use shared::channel::Message;
@@ -81,6 +82,7 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 }
             }
             Event::Shutdown => {
+                summarize(&mut cluster);
                 cluster.shutdown(Duration::from_secs(5));
                 return Ok(ExitCode::SUCCESS);
             }
@@ -89,6 +91,36 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
 }
 // ANCHOR_END: master
+
+/// Before stopping, asks every worker how many connections it won, and logs the spread.
+// ANCHOR: summarize
+fn summarize(cluster: &mut Cluster) {
+    // ANCHOR: solution_ch05_summary
+    for id in cluster.ids() {
+        let _ = cluster.send(id, "stats?");
+    }
+    let mut accepted = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while accepted.len() < cluster.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match cluster.next_event_timeout(left) {
+            Some(Event::Message { id, message }) => {
+                if let Some(n) = message.text.strip_prefix("accepted ") {
+                    accepted.insert(id, n.parse::<u64>().unwrap_or(0));
+                }
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let total: u64 = accepted.values().sum();
+    for (id, n) in &accepted {
+        let share = *n as f64 * 100.0 / total.max(1) as f64;
+        log!("worker {id} accepted {n} of {total} connections ({share:.0}%)");
+    }
+    // ANCHOR_END: solution_ch05_summary
+}
+// ANCHOR_END: summarize
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -131,6 +163,7 @@ fn on_message(server: &mut Server, message: Message, exclusive: bool) {
             }
             // ANCHOR_END: solution_ch05_adopt
         }
+        ("stats?", None) => server.send(&format!("accepted {}", server.stats().accepted)),
         (text, fd) => {
             // An fd we did not ask for is dropped, which closes it.
             log!(

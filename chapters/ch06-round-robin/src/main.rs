@@ -28,6 +28,12 @@ fn main() -> ExitCode {
         "ch06-round-robin",
         "Chapter 6: the master accepts each connection and hands it to the workers in turn.",
     )
+    .option(
+        "--weights",
+        "W1,W2,...",
+        "weighted round-robin: worker i gets Wi connections per turn (exercise 6.2)",
+        "",
+    )
     .parse();
     // Am I a worker? The same question as Node's `cluster.isPrimary`.
     let result = match spawn::worker_id() {
@@ -51,6 +57,9 @@ struct RoundRobin {
     /// The connection each busy worker was sent and has not acknowledged yet. The master
     /// keeps its copy until then, so nothing is lost if the worker dies first.
     sent: HashMap<u32, TcpStream>,
+    /// Connections per turn for each worker (1 if not given), and what is left of its turn.
+    weights: HashMap<u32, u32>,
+    left: HashMap<u32, u32>,
 }
 
 impl RoundRobin {
@@ -90,7 +99,19 @@ impl RoundRobin {
             }
             None => log!("worker {id} acknowledged a connection it was never sent"),
         }
-        self.free.push_back(id);
+        // ANCHOR: solution_ch06_weights
+        // A worker with turns left goes back to the front of the line; one whose turn is
+        // over goes to the back, with a new turn of `weight` connections.
+        let weight = self.weights.get(&id).copied().unwrap_or(1);
+        let left = self.left.entry(id).or_insert(weight);
+        *left = left.saturating_sub(1);
+        if *left > 0 {
+            self.free.push_front(id);
+        } else {
+            *left = weight;
+            self.free.push_back(id);
+        }
+        // ANCHOR_END: solution_ch06_weights
     }
 
     /// Worker `id` exited: forget it, and rescue the connection it had not taken yet.
@@ -113,7 +134,10 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         cluster.fork()?;
     }
     accept_in_background(listener, cluster.sender());
-    let mut balancer = RoundRobin::default();
+    let mut balancer = RoundRobin {
+        weights: parse_weights(&args.get::<String>("--weights"))?,
+        ..RoundRobin::default()
+    };
     let mut online = 0;
     loop {
         match cluster.next_event() {
@@ -147,6 +171,22 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
 }
 // ANCHOR_END: master
+
+/// `--weights 2,1` -> worker 1 weighs 2, worker 2 weighs 1.
+fn parse_weights(text: &str) -> Result<HashMap<u32, u32>, String> {
+    let mut weights = HashMap::new();
+    for (i, word) in text.split(',').filter(|w| !w.is_empty()).enumerate() {
+        match word.trim().parse::<u32>() {
+            Ok(w) if w > 0 => weights.insert(i as u32 + 1, w),
+            _ => {
+                return Err(format!(
+                    "--weights takes whole numbers above 0 like 2,1; not '{word}'"
+                ))
+            }
+        };
+    }
+    Ok(weights)
+}
 
 /// A thread that accepts connections and queues each one as an event for the master.
 fn accept_in_background(listener: TcpListener, events: Sender<Event<Conn>>) {
