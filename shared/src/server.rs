@@ -350,7 +350,14 @@ impl Server {
                     eof = true;
                     break;
                 }
-                Ok(n) => conn.input.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    conn.input.extend_from_slice(&chunk[..n]);
+                    // A short read means the socket is drained for now: skip the read
+                    // that would only say EAGAIN. Epoll tells us if more arrives.
+                    if n < chunk.len() {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
