@@ -1,1 +1,818 @@
-//! The harness: see the helpers below.
+//! The black-box test harness: build a chapter binary, start it, read what it logs, talk to
+//! it over real sockets and its IPC channel, and kill everything it started when the test
+//! ends, passed or failed.
+//!
+//! A test never sleeps to let something happen: it waits for the log line or the state it
+//! expects, with a deadline, and a failure says what it saw instead.
+//!
+//! | helper | what it does |
+//! |---|---|
+//! | [`binary`] | builds a chapter's package (once per test process) and returns its path |
+//! | [`Chapter::start`] | starts the binary as a master, in its own process group |
+//! | [`Chapter::start_worker`] | starts it as worker 1, the test playing its master |
+//! | [`Chapter::wait_for`] and friends | wait for a log line, with a timeout |
+//! | [`Ready`], [`parse_ready`], [`parse_forked`] | read the chapters' log lines |
+//! | [`http_get`], [`write_request`], [`read_response`] | a minimal HTTP/1.1 client |
+//! | [`recv_timeout`] | read one IPC message, with a timeout |
+//! | [`pid_alive`], [`parent_pid`], [`fd_count`], [`wait_until`] | look at processes |
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use shared::channel::{Channel, ChannelError, Message};
+
+/// How long a test waits for something that should take a fraction of a second. Generous,
+/// because tests run in parallel on a small machine; a passing test never waits this long.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The substring of every ready line: `... worker N[PID] listening on http://ADDR`.
+pub const READY: &str = "listening on http://";
+
+// ---------------------------------------------------------------------------------------
+// Building the binaries
+// ---------------------------------------------------------------------------------------
+
+/// Where this test executable was built: `(target dir, profile dir)`, e.g.
+/// `(target, target/debug)` for `target/debug/deps/ch01_random_port_fork-1234`.
+fn build_dirs() -> (PathBuf, PathBuf) {
+    let exe = std::env::current_exe().expect("the test executable knows its own path");
+    let profile_dir = exe
+        .parent() // deps
+        .and_then(Path::parent) // debug, release, or a custom profile's name
+        .unwrap_or_else(|| panic!("unexpected test executable path {}", exe.display()))
+        .to_path_buf();
+    let target_dir = profile_dir
+        .parent()
+        .unwrap_or_else(|| panic!("unexpected profile dir {}", profile_dir.display()))
+        .to_path_buf();
+    (target_dir, profile_dir)
+}
+
+/// Builds `package` (whose binary has the same name) with the same profile and target dir
+/// as the running test, once per test process, and returns the binary's path.
+///
+/// `CARGO_BIN_EXE_<name>` only exists for a package's own binaries, and `cargo test -p
+/// chapter-tests` builds nothing else, so the harness asks cargo itself.
+#[track_caller]
+pub fn binary(package: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<String, Result<PathBuf, String>>> = Mutex::new(BTreeMap::new());
+    // Holding the lock through the build makes parallel tests wait for one build.
+    let mut built = lock(&BUILT);
+    let result = built
+        .entry(package.to_string())
+        .or_insert_with(|| build(package))
+        .clone();
+    drop(built);
+    match result {
+        Ok(path) => path,
+        Err(why) => panic!("{why}"),
+    }
+}
+
+fn build(package: &str) -> Result<PathBuf, String> {
+    let (target_dir, profile_dir) = build_dirs();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests package sits inside the workspace")
+        .join("Cargo.toml");
+    let mut command = Command::new(&cargo);
+    command
+        .args(["build", "--quiet", "-p", package, "--bin", package])
+        .arg("--manifest-path")
+        .arg(&workspace)
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .stdin(Stdio::null());
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            command.arg("--release");
+        }
+        Some(custom) => {
+            command.args(["--profile", custom]);
+        }
+        None => return Err(format!("no profile in {}", profile_dir.display())),
+    }
+    let output = command
+        .output()
+        .map_err(|e| format!("could not run {cargo:?} to build {package}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`cargo build -p {package}` failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let path = profile_dir.join(format!("{package}{}", std::env::consts::EXE_SUFFIX));
+    match path.exists() {
+        true => Ok(path),
+        false => Err(format!(
+            "cargo built {package} but {} does not exist",
+            path.display()
+        )),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A test that panicked while holding the lock leaves consistent data behind.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------
+// Running a chapter
+// ---------------------------------------------------------------------------------------
+
+/// The lines read so far from one of the child's output pipes.
+#[derive(Default)]
+struct Lines {
+    state: Mutex<LinesState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct LinesState {
+    lines: Vec<String>,
+    /// Every process holding the pipe's write end has exited or closed it.
+    closed: bool,
+}
+
+impl Lines {
+    /// Reads `pipe` line by line on a thread of its own, echoing each line to the test's
+    /// stderr (shown when a test fails) with `label` in front.
+    fn collect(pipe: impl Read + Send + 'static, label: String) -> Arc<Lines> {
+        let lines = Arc::new(Lines::default());
+        let filled = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf)
+                            .trim_end_matches(['\n', '\r'])
+                            .to_string();
+                        eprintln!("{label}| {line}");
+                        lock(&filled.state).lines.push(line);
+                        filled.changed.notify_all();
+                    }
+                }
+            }
+            lock(&filled.state).closed = true;
+            filled.changed.notify_all();
+        });
+        lines
+    }
+
+    fn snapshot(&self) -> Vec<String> {
+        lock(&self.state).lines.clone()
+    }
+
+    /// Waits until `done` finds what it wants in the lines, the pipe closes, or `timeout`.
+    fn wait<T>(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&[String]) -> Option<T>,
+    ) -> Result<T, (Vec<String>, bool)> {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(found) = done(&state.lines) {
+                return Ok(found);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if state.closed || left.is_zero() {
+                return Err((state.lines.clone(), state.closed));
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+}
+
+/// A running chapter binary. Dropping it kills its whole process group with SIGKILL and
+/// reaps it, so nothing outlives the test, even one that panicked.
+pub struct Chapter {
+    child: Child,
+    name: String,
+    stdout: Arc<Lines>,
+    stderr: Arc<Lines>,
+    status: Option<ExitStatus>,
+}
+
+impl Chapter {
+    /// Starts `package`'s binary as a master with `args`, in a process group of its own
+    /// (its workers join it).
+    #[track_caller]
+    pub fn start(package: &str, args: &[&str]) -> Chapter {
+        let mut command = Command::new(binary(package));
+        // Without these variables the binary is a master, whatever the test's own
+        // environment holds.
+        command
+            .args(args)
+            .env_remove(shared::spawn::WORKER_ID_VAR)
+            .env_remove(shared::spawn::CHANNEL_FD_VAR);
+        Chapter::spawn(package, command)
+    }
+
+    /// Starts `package`'s binary as worker 1 with `args`, the test playing its master:
+    /// the returned [`Channel`] is the master's end of the worker's IPC channel.
+    #[track_caller]
+    pub fn start_worker(package: &str, args: &[&str]) -> (Chapter, Channel) {
+        let (ours, theirs) = Channel::pair().expect("socketpair for the IPC channel");
+        let fd = theirs.as_raw_fd();
+        let mut command = Command::new(binary(package));
+        command
+            .args(args)
+            .env(shared::spawn::WORKER_ID_VAR, "1")
+            .env(shared::spawn::CHANNEL_FD_VAR, fd.to_string());
+        // SAFETY: runs in the child between fork and exec, where only async-signal-safe
+        // calls are allowed: fcntl is one, and the closure allocates nothing. It clears
+        // close-on-exec on the worker's end of the channel in this child only, so the
+        // worker inherits it and no other process the tests start does.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let chapter = Chapter::spawn(&format!("{package} (worker)"), command);
+        // Our copy of the worker's end must go, or the worker's exit would never look like
+        // end-of-file to us, nor our end's closing to it.
+        drop(theirs);
+        (chapter, ours)
+    }
+
+    fn spawn(name: &str, mut command: Command) -> Chapter {
+        command
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {name}: {e}"));
+        let pid = child.id();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        Chapter {
+            stdout: Lines::collect(stdout, format!("{name}[{pid}]")),
+            stderr: Lines::collect(stderr, format!("{name}[{pid}] stderr")),
+            child,
+            name: name.to_string(),
+            status: None,
+        }
+    }
+
+    /// The pid of the process the test started (the master, or the lone worker).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every stdout line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.stdout.snapshot()
+    }
+
+    /// Every stderr line so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.snapshot()
+    }
+
+    /// How many stdout lines so far contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.lines().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits for the first stdout line that contains `needle`, and returns it.
+    #[track_caller]
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_line(&format!("a line containing '{needle}'"), timeout, |l| {
+            l.contains(needle)
+        })
+    }
+
+    /// Waits for the first stdout line for which `matches` is true; `what` describes it
+    /// in the panic message.
+    #[track_caller]
+    pub fn wait_for_line(
+        &self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> String {
+        let found = self.stdout.wait(timeout, |lines| {
+            lines.iter().find(|l| matches(l.as_str())).cloned()
+        });
+        match found {
+            Ok(line) => line,
+            Err((seen, closed)) => self.fail(what, timeout, &seen, closed),
+        }
+    }
+
+    /// Waits until `n` stdout lines contain `needle`, and returns the first `n` of them.
+    #[track_caller]
+    pub fn wait_for_n(&self, needle: &str, n: usize, timeout: Duration) -> Vec<String> {
+        let found = self.stdout.wait(timeout, |lines| {
+            let matching: Vec<String> = lines
+                .iter()
+                .filter(|l| l.contains(needle))
+                .take(n)
+                .cloned()
+                .collect();
+            (matching.len() == n).then_some(matching)
+        });
+        match found {
+            Ok(lines) => lines,
+            Err((seen, closed)) => self.fail(
+                &format!("{n} lines containing '{needle}'"),
+                timeout,
+                &seen,
+                closed,
+            ),
+        }
+    }
+
+    /// Waits for the `n` ready lines of `n` workers and parses them.
+    #[track_caller]
+    pub fn wait_ready(&self, n: usize) -> Vec<Ready> {
+        let mut ready = Vec::new();
+        for line in self.wait_for_n(READY, n, TIMEOUT) {
+            match parse_ready(&line) {
+                Some(parsed) => ready.push(parsed),
+                None => panic!("not a ready line: {line}"),
+            }
+        }
+        ready
+    }
+
+    #[track_caller]
+    fn fail(&self, what: &str, timeout: Duration, seen: &[String], closed: bool) -> ! {
+        let why = match closed {
+            true => "its output closed (it exited)".to_string(),
+            false => format!("{timeout:?} passed"),
+        };
+        let mut text = format!(
+            "{} (pid {}): expected {what}, but {why}.\nstdout so far:\n",
+            self.name,
+            self.pid()
+        );
+        for line in seen {
+            let _ = writeln!(text, "    {line}");
+        }
+        let _ = writeln!(text, "stderr so far:");
+        // If the process has exited, let the stderr reader catch up with what it wrote.
+        let grace = if closed {
+            Duration::from_secs(2)
+        } else {
+            Duration::ZERO
+        };
+        let stderr = match self.stderr.wait(grace, |_| None::<()>) {
+            Err((lines, _)) => lines,
+            Ok(()) => unreachable!("the predicate never matches"),
+        };
+        for line in stderr {
+            let _ = writeln!(text, "    {line}");
+        }
+        panic!("{text}");
+    }
+
+    /// Sends `signal` to the started process only (not to its workers).
+    #[track_caller]
+    pub fn signal(&self, signal: Signal) {
+        if let Err(e) = kill(Pid::from_raw(self.pid() as i32), signal) {
+            panic!("could not send {signal} to {}: {e}", self.name);
+        }
+    }
+
+    /// Waits for the started process to exit and returns how it ended.
+    #[track_caller]
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(status) = self.status {
+            return status;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.status = Some(status);
+                    return status;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Ok(None) => {
+                    let seen = self.lines();
+                    self.fail(&format!("{} to exit", self.name), timeout, &seen, false)
+                }
+                Err(e) => panic!("waiting for {} failed: {e}", self.name),
+            }
+        }
+    }
+
+    /// Waits until stdout reaches end-of-file (every process writing to it is gone), so
+    /// that [`Chapter::lines`] is the whole output; returns it.
+    #[track_caller]
+    pub fn wait_output_closed(&self, timeout: Duration) -> Vec<String> {
+        let found = self.stdout.wait(timeout, |_| None::<()>);
+        match found {
+            Err((lines, true)) => lines,
+            Err((seen, false)) => self.fail("its stdout to close", timeout, &seen, false),
+            Ok(()) => unreachable!("the predicate never matches"),
+        }
+    }
+
+    /// Stops a master the way a user does: SIGINT (Ctrl-C), then waits for it to say
+    /// `all workers stopped` and exit with code 0. Returns its whole output.
+    #[track_caller]
+    pub fn interrupt_and_collect(&mut self) -> Vec<String> {
+        self.signal(Signal::SIGINT);
+        self.wait_for("all workers stopped", TIMEOUT);
+        let status = self.wait_exit(TIMEOUT);
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{} should exit 0 after Ctrl-C, but {status}",
+            self.name
+        );
+        self.wait_output_closed(TIMEOUT)
+    }
+}
+
+impl Drop for Chapter {
+    fn drop(&mut self) {
+        // The group's id is the started process's pid (process_group(0)). Its workers are
+        // in the group even if it already exited, so kill the group regardless.
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// How a process ended, in a few words: `code 2`, `signal 9`.
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("code {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Runs `package` with `args` to the end (for `--help` and bad arguments): returns its exit
+/// status, stdout and stderr.
+#[track_caller]
+pub fn run_to_end(package: &str, args: &[&str]) -> (ExitStatus, String, String) {
+    let mut chapter = Chapter::start(package, args);
+    let status = chapter.wait_exit(TIMEOUT);
+    let stdout = chapter.wait_output_closed(TIMEOUT).join("\n");
+    let stderr = chapter.stderr.wait(TIMEOUT, |_| None::<()>);
+    let stderr = match stderr {
+        Err((lines, _)) => lines.join("\n"),
+        Ok(()) => unreachable!("the predicate never matches"),
+    };
+    (status, stdout, stderr)
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading the log lines
+// ---------------------------------------------------------------------------------------
+
+/// A worker's ready line: `HH:MM:SS.mmm worker ID[PID] listening on http://ADDR`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ready {
+    pub id: u32,
+    pub pid: u32,
+    pub addr: SocketAddr,
+}
+
+/// Parses a ready line.
+pub fn parse_ready(line: &str) -> Option<Ready> {
+    let (id, pid) = parse_speaker(line)?;
+    let addr = parse_listen_addr(line)?;
+    Some(Ready { id, pid, addr })
+}
+
+/// The address in `... listening on http://ADDR`.
+pub fn parse_listen_addr(line: &str) -> Option<SocketAddr> {
+    let (_, rest) = line.split_once(READY)?;
+    rest.split_whitespace()
+        .next()?
+        .trim_end_matches('/')
+        .parse()
+        .ok()
+}
+
+/// Who wrote a log line `HH:MM:SS.mmm worker ID[PID] ...`: `(ID, PID)`; `None` for the
+/// master's lines.
+pub fn parse_speaker(line: &str) -> Option<(u32, u32)> {
+    let mut words = line.split_whitespace();
+    let _clock = words.next()?;
+    if words.next()? != "worker" {
+        return None;
+    }
+    let (id, pid) = words.next()?.split_once('[')?;
+    Some((id.parse().ok()?, pid.strip_suffix(']')?.parse().ok()?))
+}
+
+/// The pid of the master that wrote a log line `HH:MM:SS.mmm master[PID] ...`.
+pub fn parse_master(line: &str) -> Option<u32> {
+    let mut words = line.split_whitespace();
+    let _clock = words.next()?;
+    words
+        .next()?
+        .strip_prefix("master[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The master's `forked worker ID (pid PID)`: `(ID, PID)`.
+pub fn parse_forked(line: &str) -> Option<(u32, u32)> {
+    let (_, rest) = line.split_once("forked worker ")?;
+    let (id, rest) = rest.split_once(" (pid ")?;
+    let (pid, _) = rest.split_once(')')?;
+    Some((id.parse().ok()?, pid.parse().ok()?))
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------
+
+/// An HTTP response as the client read it.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Connects to `addr` with read and write timeouts set, so no test can hang on a socket.
+pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    Ok(stream)
+}
+
+/// Writes `GET path HTTP/1.1`, asking to keep the connection open or to close it.
+pub fn write_request(stream: &mut TcpStream, path: &str, keep_alive: bool) -> io::Result<()> {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: {connection}\r\n\r\n"
+    )
+}
+
+/// Reads one response (head, then `Content-Length` bytes of body) from `stream`.
+pub fn read_response(stream: &mut TcpStream) -> io::Result<HttpResponse> {
+    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 {
+            return Err(bad("response head over 16 KiB".into()));
+        }
+        match stream.read(&mut byte)? {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "connection closed after {} bytes of response head: {:?}",
+                        head.len(),
+                        String::from_utf8_lossy(&head)
+                    ),
+                ))
+            }
+            _ => head.push(byte[0]),
+        }
+    }
+    let head = String::from_utf8(head).map_err(|e| bad(format!("head is not text: {e}")))?;
+    let mut lines = head.trim_end().split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad(format!("bad status line '{status_line}'")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .ok_or_else(|| bad(format!("no Content-Length in {head:?}")))?;
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body)?;
+    let body = String::from_utf8(body).map_err(|e| bad(format!("body is not text: {e}")))?;
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// One `GET /` on a fresh connection that asks to be closed afterwards.
+pub fn http_get(addr: SocketAddr) -> io::Result<HttpResponse> {
+    let mut stream = connect(addr)?;
+    write_request(&mut stream, "/", false)?;
+    read_response(&mut stream)
+}
+
+/// [`http_get`], panicking with the address and the error if it fails.
+#[track_caller]
+pub fn get(addr: SocketAddr) -> HttpResponse {
+    match http_get(addr) {
+        Ok(response) => response,
+        Err(e) => panic!("GET http://{addr}/ failed: {e}"),
+    }
+}
+
+/// The body every chapter worker answers with.
+pub fn hello_body(pid: u32, id: u32) -> String {
+    format!("Hello world by {pid} (worker {id})\n")
+}
+
+/// Reads from `stream` until the peer closes it, discarding data: `Ok(())` at end-of-file
+/// (or a reset, which also means closed), an error if it stays open past the stream's
+/// read timeout.
+pub fn wait_closed(stream: &mut TcpStream) -> io::Result<()> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The IPC channel
+// ---------------------------------------------------------------------------------------
+
+/// Waits up to `timeout` for the next message on `channel`.
+pub fn recv_timeout(channel: &Channel, timeout: Duration) -> Result<Message, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match channel.try_recv() {
+            Ok(Some(message)) => return Ok(message),
+            Ok(None) => {}
+            Err(ChannelError::Closed) => return Err("the channel closed".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no message within {timeout:?}"));
+        }
+        let mut fds = [PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
+        let wait = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, wait) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("poll failed: {e}")),
+        }
+    }
+}
+
+/// [`recv_timeout`] with [`TIMEOUT`], panicking with `what` if nothing comes.
+#[track_caller]
+pub fn expect_message(channel: &Channel, what: &str) -> Message {
+    match recv_timeout(channel, TIMEOUT) {
+        Ok(message) => message,
+        Err(e) => panic!("expected {what} from the worker, but {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------
+
+/// The fields of `/proc/<pid>/stat` after the command name: `[state, ppid, ...]`.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may itself contain spaces or ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Is process `pid` alive? A zombie (exited, not yet reaped) counts as dead.
+pub fn pid_alive(pid: u32) -> bool {
+    match stat_fields(pid) {
+        Some(fields) => !matches!(fields.first().map(String::as_str), Some("Z" | "X" | "x")),
+        None => false,
+    }
+}
+
+/// The parent pid of process `pid`, as `ps -o ppid` shows it.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// How many fds process `pid` has open (entries in `/proc/<pid>/fd`).
+#[track_caller]
+pub fn fd_count(pid: u32) -> usize {
+    match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(dir) => dir.count(),
+        Err(e) => panic!("cannot list /proc/{pid}/fd: {e}"),
+    }
+}
+
+/// Each open fd of `process` (a pid, or `self`) and what it points at: `socket:[123]`,
+/// `pipe:[456]`, a path.
+pub fn fd_targets(process: &str) -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{process}/fd")) else {
+        return Vec::new();
+    };
+    let mut targets: Vec<(u32, String)> = dir
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let fd = path.file_name()?.to_str()?.parse().ok()?;
+            let target = std::fs::read_link(&path).ok()?;
+            Some((fd, target.to_string_lossy().into_owned()))
+        })
+        .collect();
+    targets.sort();
+    targets
+}
+
+/// Polls `condition` every few milliseconds until it holds (true) or `timeout` passes
+/// (false). For states nothing announces, such as a process being gone.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_log_lines() {
+        let ready = "12:00:01.234 worker 2[4125] listening on http://127.0.0.1:23456";
+        assert_eq!(
+            parse_ready(ready),
+            Some(Ready {
+                id: 2,
+                pid: 4125,
+                addr: "127.0.0.1:23456".parse().unwrap()
+            })
+        );
+        let forked = "12:00:01.200 master[4121] forked worker 3 (pid 4126)";
+        assert_eq!(parse_forked(forked), Some((3, 4126)));
+        assert_eq!(parse_master(forked), Some(4121));
+        assert_eq!(parse_speaker(forked), None);
+        assert_eq!(parse_ready(forked), None);
+    }
+
+    #[test]
+    fn this_process_is_alive_and_has_a_parent() {
+        let me = std::process::id();
+        assert!(pid_alive(me));
+        assert!(parent_pid(me).is_some());
+        assert!(fd_count(me) >= 3);
+        assert!(!pid_alive(u32::MAX));
+    }
+}
