@@ -219,7 +219,7 @@ fn worker(id: u32, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> 
 fn on_message(server: &mut Server, message: Message) {
     match (message.text.as_str(), message.fd) {
         ("newconn", Some(fd)) => {
-            // ANCHOR: solution_ch06_accept
+            // ANCHOR: newconn
             match server.add_connection(TcpStream::from(fd)) {
                 Ok(()) => server.send("accepted"),
                 Err(e) => {
@@ -227,7 +227,7 @@ fn on_message(server: &mut Server, message: Message) {
                     server.send("rejected");
                 }
             }
-            // ANCHOR_END: solution_ch06_accept
+            // ANCHOR_END: newconn
         }
         (text, fd) => {
             log!(
