@@ -34,10 +34,7 @@ fn main() -> ExitCode {
 
 // ANCHOR: master
 fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    log!(
-        "master started; forking {} workers, one per CPU",
-        args.workers
-    );
+    log!("master started; forking {} workers", args.workers);
     // No IPC yet: this master can start its workers and stop them, nothing more.
     let mut cluster: Cluster = Cluster::without_channels()?;
     for _ in 0..args.workers {
