@@ -149,13 +149,21 @@ impl Server {
         Ok(())
     }
 
-    /// Serves a connection accepted elsewhere (by the master, in chapter 6).
+    /// Serves a connection this worker has just accepted.
     pub fn add_connection(&mut self, stream: TcpStream) -> io::Result<()> {
         let token = self.adopt(stream)?;
         // The request is usually there already: try it now rather than after one more
         // trip through epoll_wait.
         self.ready(token, EpollFlags::EPOLLIN);
         Ok(())
+    }
+
+    /// Takes over a connection accepted by another process (the master, in chapter 6),
+    /// without reading it yet: the loop serves it on its next turn. That leaves the
+    /// caller time to acknowledge it first, as Node's worker acks a `newconn` before
+    /// serving it, so the master hears "taken" before the client can hear the answer.
+    pub fn adopt_connection(&mut self, stream: TcpStream) -> io::Result<()> {
+        self.adopt(stream).map(|_| ())
     }
 
     fn adopt(&mut self, stream: TcpStream) -> io::Result<u64> {

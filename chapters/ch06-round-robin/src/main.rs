@@ -220,7 +220,9 @@ fn on_message(server: &mut Server, message: Message) {
     match (message.text.as_str(), message.fd) {
         ("newconn", Some(fd)) => {
             // ANCHOR: newconn
-            match server.add_connection(TcpStream::from(fd)) {
+            // Acknowledge before serving, as Node does: the master puts us back in line
+            // before our answer can bring the client's next connection to it.
+            match server.adopt_connection(TcpStream::from(fd)) {
                 Ok(()) => server.send("accepted"),
                 Err(e) => {
                     log!("cannot serve the connection from the master: {e}");
