@@ -11,8 +11,10 @@
 //! | [`Chapter::start`] | starts the binary as a master, in its own process group |
 //! | [`Chapter::start_worker`] | starts it as worker 1, the test playing its master |
 //! | [`Chapter::wait_for`] and friends | wait for a log line, with a timeout |
+//! | [`Chapter::wait_master_ready`], [`Chapter::wait_forked`] | the same, for a master's lines |
 //! | [`Ready`], [`parse_ready`], [`parse_forked`] | read the chapters' log lines |
 //! | [`http_get`], [`write_request`], [`read_response`] | a minimal HTTP/1.1 client |
+//! | [`parse_hello`] | which worker (pid, id) wrote a response body |
 //! | [`recv_timeout`] | read one IPC message, with a timeout |
 //! | [`pid_alive`], [`parent_pid`], [`fd_count`], [`wait_until`] | look at processes |
 
@@ -397,6 +399,25 @@ impl Chapter {
         panic!("{text}");
     }
 
+    /// Waits for the master's own ready line, which chapters 4 on print once every worker
+    /// is serving (`... master[PID] listening on http://ADDR (...)`), and returns `ADDR`.
+    #[track_caller]
+    pub fn wait_master_ready(&self) -> SocketAddr {
+        let line = self.wait_for_line("the master's ready line", TIMEOUT, |l| {
+            parse_master(l).is_some() && parse_listen_addr(l).is_some()
+        });
+        parse_listen_addr(&line).unwrap_or_else(|| panic!("no address in {line}"))
+    }
+
+    /// Waits for the master's `n` `forked worker ID (pid PID)` lines: `[(ID, PID)]`.
+    #[track_caller]
+    pub fn wait_forked(&self, n: usize) -> Vec<(u32, u32)> {
+        self.wait_for_n("forked worker", n, TIMEOUT)
+            .iter()
+            .map(|l| parse_forked(l).unwrap_or_else(|| panic!("not a fork line: {l}")))
+            .collect()
+    }
+
     /// Sends `signal` to the started process only (not to its workers).
     #[track_caller]
     pub fn signal(&self, signal: Signal) {
@@ -666,6 +687,13 @@ pub fn hello_body(pid: u32, id: u32) -> String {
     format!("Hello world by {pid} (worker {id})\n")
 }
 
+/// Who answered, from a body [`hello_body`] made: `(PID, ID)`.
+pub fn parse_hello(body: &str) -> Option<(u32, u32)> {
+    let rest = body.strip_prefix("Hello world by ")?.trim_end();
+    let (pid, rest) = rest.split_once(" (worker ")?;
+    Some((pid.parse().ok()?, rest.strip_suffix(')')?.parse().ok()?))
+}
+
 /// Reads from `stream` until the peer closes it, discarding data: `Ok(())` at end-of-file
 /// (or a reset, which also means closed), an error if it stays open past the stream's
 /// read timeout.
@@ -805,6 +833,8 @@ mod tests {
         assert_eq!(parse_master(forked), Some(4121));
         assert_eq!(parse_speaker(forked), None);
         assert_eq!(parse_ready(forked), None);
+        assert_eq!(parse_hello(&hello_body(4125, 2)), Some((4125, 2)));
+        assert_eq!(parse_hello("no worker available\n"), None);
     }
 
     #[test]

@@ -1,0 +1,246 @@
+//! Chapter 5: the master binds the port once, passes the listening socket to every worker
+//! over IPC and closes its own copy; the workers race to accept on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Barrier;
+
+use chapter_tests::*;
+use nix::sys::signal::Signal;
+
+const CH05: &str = "ch05-handle-passing";
+
+/// Starts the chapter with `workers` workers and waits for the master's ready line.
+/// Returns the master, the shared address and the `(id, pid)` of every worker.
+fn start(workers: usize) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
+    let n = workers.to_string();
+    let master = Chapter::start(CH05, &["--port", "0", "--workers", n.as_str()]);
+    let addr = master.wait_master_ready();
+    let forked = master.wait_forked(workers);
+    (master, addr, forked)
+}
+
+/// One `/proc/net/tcp{,6}` address, `0100007F:1F90`: the kernel prints each 32-bit word
+/// of the address as a native-endian hex number, and the port in plain hex.
+fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let mut bytes = Vec::new();
+    for i in (0..ip.len()).step_by(8) {
+        let word = u32::from_str_radix(ip.get(i..i + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, u16::from_str_radix(port, 16).ok()?))
+}
+
+/// The inodes of the sockets listening on `addr`, from the kernel's socket tables.
+fn listening_inodes(addr: SocketAddr) -> Vec<u64> {
+    const LISTEN: &str = "0A";
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        // Columns: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        for line in text.lines().skip(1) {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            if columns.len() > 9
+                && columns[3] == LISTEN
+                && parse_proc_addr(columns[1]) == Some(addr)
+            {
+                if let Ok(inode) = columns[9].parse() {
+                    inodes.push(inode);
+                }
+            }
+        }
+    }
+    inodes
+}
+
+/// The inodes of the sockets process `pid` has open (`socket:[123]` in `/proc/PID/fd`).
+fn socket_inodes(pid: u32) -> BTreeSet<u64> {
+    fd_targets(&pid.to_string())
+        .iter()
+        .filter_map(|(_, target)| {
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn the_master_holds_no_listening_socket_after_the_hand_off() {
+    let (master, addr, forked) = start(2);
+    master.wait_for("sent the listening socket", TIMEOUT);
+    let inodes = listening_inodes(addr);
+    assert_eq!(
+        inodes.len(),
+        1,
+        "one socket should listen on {addr} (/proc/net/tcp): {inodes:?}"
+    );
+    let listener = inodes[0];
+    let ours = socket_inodes(master.pid());
+    assert!(
+        !ours.contains(&listener),
+        "the master still holds the listening socket (inode {listener}) after handing it \
+         off: {:#?}",
+        fd_targets(&master.pid().to_string())
+    );
+    // Every worker said it accepts on the socket before the ready line, so each holds it.
+    for (id, pid) in forked {
+        assert!(
+            socket_inodes(pid).contains(&listener),
+            "worker {id} (pid {pid}) should hold the listening socket (inode {listener}): \
+             {:#?}",
+            fd_targets(&pid.to_string())
+        );
+    }
+}
+
+#[test]
+fn every_request_is_answered() {
+    const THREADS: usize = 4;
+    const EACH: usize = 50;
+    let (_master, addr, forked) = start(2);
+    let forked = &forked;
+    let answered: Vec<Vec<u32>> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..THREADS)
+            .map(|t| {
+                scope.spawn(move || {
+                    (0..EACH)
+                        .map(|i| {
+                            let response = http_get(addr).unwrap_or_else(|e| {
+                                panic!("client {t}, request {i} was not answered: {e}")
+                            });
+                            assert_eq!(response.status, 200, "{response:?}");
+                            let (pid, id) = parse_hello(&response.body).unwrap_or_else(|| {
+                                panic!("not a worker's answer: {:?}", response.body)
+                            });
+                            assert!(
+                                forked.contains(&(id, pid)),
+                                "worker {id} (pid {pid}) is not one of {forked:?}"
+                            );
+                            pid
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .map(|c| c.join().expect("a client thread panicked"))
+            .collect()
+    });
+    let total: usize = answered.iter().map(Vec::len).sum();
+    assert_eq!(total, THREADS * EACH);
+}
+
+#[test]
+fn every_worker_accepts_on_the_shared_socket() {
+    // Which worker wins each connection is the kernel's choice, and sequential clients
+    // tend to find the same worker first. Bursts of concurrent connections spread better;
+    // repeat bursts (a bounded number of times) until every worker has answered one.
+    const BURST: usize = 16;
+    const MAX_BURSTS: usize = 100;
+    let (_master, addr, forked) = start(2);
+    let workers: BTreeSet<u32> = forked.iter().map(|(_, pid)| *pid).collect();
+    let mut seen: BTreeMap<u32, usize> = BTreeMap::new();
+    for _ in 0..MAX_BURSTS {
+        let barrier = Barrier::new(BURST);
+        let pids: Vec<u32> = std::thread::scope(|scope| {
+            let clients: Vec<_> = (0..BURST)
+                .map(|_| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        barrier.wait();
+                        let response = get(addr);
+                        parse_hello(&response.body)
+                            .unwrap_or_else(|| panic!("not a worker's answer: {response:?}"))
+                            .0
+                    })
+                })
+                .collect();
+            clients
+                .into_iter()
+                .map(|c| c.join().expect("a client thread panicked"))
+                .collect()
+        });
+        for pid in pids {
+            assert!(workers.contains(&pid), "pid {pid} is not one of {forked:?}");
+            *seen.entry(pid).or_default() += 1;
+        }
+        if seen.len() == workers.len() {
+            return;
+        }
+    }
+    panic!(
+        "after {MAX_BURSTS} bursts of {BURST} connections, not every worker had accepted \
+         one: answers by pid {seen:?}, workers {forked:?}"
+    );
+}
+
+/// Exercise ch05-summary: on SIGTERM the master asks each worker how many connections it
+/// accepted, and logs the spread.
+#[test]
+fn master_reports_the_spread_on_shutdown() {
+    const N: u64 = 40;
+    let (mut master, addr, forked) = start(2);
+    for i in 0..N {
+        let response = http_get(addr).unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+    master.signal(Signal::SIGTERM);
+    master.wait_for("all workers stopped", TIMEOUT);
+    let status = master.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(0), "the master exits 0 after SIGTERM");
+    let lines = master.wait_output_closed(TIMEOUT);
+
+    // `HH:MM:SS.mmm master[PID] worker I accepted X of T connections (P%)`
+    let mut reports: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    for line in lines.iter().filter(|l| parse_master(l).is_some()) {
+        let Some((_, rest)) = line.split_once("] worker ") else {
+            continue;
+        };
+        let Some((id, rest)) = rest.split_once(" accepted ") else {
+            continue;
+        };
+        let parsed = (|| {
+            let (x, rest) = rest.split_once(" of ")?;
+            let (t, _) = rest.split_once(" connections")?;
+            Some((id.parse::<u32>().ok()?, x.parse().ok()?, t.parse().ok()?))
+        })();
+        let (id, x, t) = parsed.unwrap_or_else(|| panic!("a malformed report: {line}"));
+        assert!(
+            reports.insert(id, (x, t)).is_none(),
+            "worker {id} is reported twice: {lines:#?}"
+        );
+    }
+    let ids: BTreeSet<u32> = forked.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        reports.keys().copied().collect::<BTreeSet<u32>>(),
+        ids,
+        "one report per worker: {lines:#?}"
+    );
+    let totals: BTreeSet<u64> = reports.values().map(|(_, t)| *t).collect();
+    assert_eq!(
+        totals.len(),
+        1,
+        "every report names the same total: {reports:?}"
+    );
+    let total = reports.values().next().map_or(0, |(_, t)| *t);
+    let sum: u64 = reports.values().map(|(x, _)| *x).sum();
+    assert_eq!(sum, total, "the shares add up to the total: {reports:?}");
+    // Our own connections at least; nothing else should know the port, but the test
+    // does not rely on that.
+    assert!(
+        total >= N,
+        "the workers accepted our {N} connections at least: {reports:?}"
+    );
+}

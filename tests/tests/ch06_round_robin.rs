@@ -1,0 +1,201 @@
+//! Chapter 6: the master accepts every connection and hands its fd to the workers in
+//! turn (Node's round-robin), optionally weighted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chapter_tests::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const CH06: &str = "ch06-round-robin";
+
+/// Starts the chapter with `workers` workers and waits for the master's ready line.
+/// Returns the master, its address and the `(id, pid)` of every worker.
+fn start(workers: usize, extra: &[&str]) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
+    let n = workers.to_string();
+    let mut args = vec!["--port", "0", "--workers", n.as_str()];
+    args.extend_from_slice(extra);
+    let master = Chapter::start(CH06, &args);
+    let addr = master.wait_master_ready();
+    let forked = master.wait_forked(workers);
+    (master, addr, forked)
+}
+
+/// Makes `m` requests one after another, each on a new connection, and counts the
+/// answers per worker id, checking each comes from the worker the master forked.
+///
+/// Turns are only exact if the master has heard each worker's acknowledgement before the
+/// next connection arrives: a worker whose ack is still on its way is busy, and Node's
+/// round-robin rightly gives the connection to the next free worker instead. The ack
+/// travels on its own path (the worker's channel), so on a loaded machine the client can
+/// be quicker. The master keeps its copy of a connection until the ack, so its fd count
+/// coming back to where it started says the ack has been handled; wait for that before
+/// each next request.
+fn count_turns(
+    master: &Chapter,
+    addr: SocketAddr,
+    m: usize,
+    forked: &[(u32, u32)],
+) -> BTreeMap<u32, usize> {
+    let idle = fd_count(master.pid());
+    let mut served: BTreeMap<u32, usize> = forked.iter().map(|(id, _)| (*id, 0)).collect();
+    for i in 0..m {
+        let response = http_get(addr).unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        assert_eq!(response.status, 200, "{response:?}");
+        let (pid, id) = parse_hello(&response.body)
+            .unwrap_or_else(|| panic!("not a worker's answer: {:?}", response.body));
+        assert!(
+            forked.contains(&(id, pid)),
+            "worker {id} (pid {pid}) is not among the master's forks {forked:?}"
+        );
+        *served.entry(id).or_default() += 1;
+        assert!(
+            wait_until(TIMEOUT, || fd_count(master.pid()) == idle),
+            "the master still holds connection {i} (did worker {id} never acknowledge \
+             it?): {:#?}",
+            fd_targets(&master.pid().to_string())
+        );
+    }
+    served
+}
+
+#[test]
+fn sequential_connections_take_turns() {
+    const M: usize = 60;
+    const N: usize = 3;
+    let (master, addr, forked) = start(N, &[]);
+    let served = count_turns(&master, addr, M, &forked);
+    for (id, n) in &served {
+        assert!(
+            (M / N - 1..=M / N + 1).contains(n),
+            "worker {id} should serve {} ± 1 of {M} connections: {served:?}",
+            M / N
+        );
+    }
+}
+
+/// What the load thread saw for each request: the pid that answered, or the error.
+type Outcome = Result<u32, String>;
+
+#[test]
+fn a_killed_worker_costs_at_most_the_connection_it_was_serving() {
+    let (master, addr, forked) = start(3, &[]);
+    let (victim_id, victim) = forked[1];
+    let survivors: BTreeSet<u32> = forked
+        .iter()
+        .map(|(_, pid)| *pid)
+        .filter(|pid| *pid != victim)
+        .collect();
+
+    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (outcomes, stop) = (Arc::clone(&outcomes), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let outcome = match http_get(addr) {
+                    Ok(r) if r.status == 200 => {
+                        parse_hello(&r.body).map(|(pid, _)| pid).ok_or(r.body)
+                    }
+                    Ok(r) => Err(format!("status {}: {}", r.status, r.body)),
+                    Err(e) => Err(e.to_string()),
+                };
+                outcomes.lock().expect("outcomes").push(outcome);
+            }
+        })
+    };
+    // Stops the load thread even if an assertion below fails.
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let _stop = Stop(Arc::clone(&stop));
+    let count = || outcomes.lock().expect("outcomes").len();
+
+    assert!(
+        wait_until(TIMEOUT, || count() >= 30),
+        "the load thread should get going: {:?}",
+        outcomes.lock().expect("outcomes")
+    );
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).expect("SIGKILL the worker");
+    master.wait_for(
+        &format!("worker {victim_id} (pid {victim}) was killed by SIGKILL"),
+        TIMEOUT,
+    );
+    // Requests after this index started once the master knew the worker was gone.
+    let known_dead = count();
+    assert!(
+        wait_until(TIMEOUT, || count() >= known_dead + 30),
+        "the master should keep serving after the kill: {:?}",
+        outcomes.lock().expect("outcomes")
+    );
+    stop.store(true, Ordering::SeqCst);
+    load.join().expect("the load thread panicked");
+
+    let outcomes = outcomes.lock().expect("outcomes").clone();
+    let failed: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(
+        failed.len() <= 1,
+        "at most the connection the killed worker was serving may fail: {failed:?}"
+    );
+    let after: Vec<&Outcome> = outcomes.iter().skip(known_dead + 1).collect();
+    let mut after_pids = BTreeSet::new();
+    for outcome in &after {
+        match outcome {
+            Ok(pid) => {
+                assert!(
+                    survivors.contains(pid),
+                    "pid {pid} answered after the kill; survivors are {survivors:?}"
+                );
+                after_pids.insert(*pid);
+            }
+            Err(e) => panic!("a request after the kill failed: {e}"),
+        }
+    }
+    assert_eq!(
+        after_pids, survivors,
+        "both surviving workers should keep taking turns"
+    );
+    for pid in survivors {
+        assert!(pid_alive(pid), "survivor {pid} is still alive");
+    }
+}
+
+#[test]
+fn no_fd_leaks_in_the_master_after_a_thousand_connections() {
+    let (master, addr, _) = start(2, &[]);
+    let before = fd_count(master.pid());
+    for i in 0..1000 {
+        let response = http_get(addr).unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        assert_eq!(response.status, 200, "request {i}: {response:?}");
+    }
+    // The master drops its copy of a connection when the worker acknowledges it, which
+    // may be just after the client has its answer.
+    let mut last = 0;
+    assert!(
+        wait_until(TIMEOUT, || {
+            last = fd_count(master.pid());
+            last == before
+        }),
+        "the master should be back to {before} fds after 1000 connections, but holds \
+         {last}: {:#?}",
+        fd_targets(&master.pid().to_string())
+    );
+}
+
+/// Exercise ch06-weights: `--weights 2,1` gives worker 1 two turns for each of worker 2's.
+#[test]
+fn weights_skew_the_turns() {
+    let (master, addr, forked) = start(2, &["--weights", "2,1"]);
+    let served = count_turns(&master, addr, 90, &forked);
+    let (first, second) = (served[&1], served[&2]);
+    assert!(
+        (58..=62).contains(&first) && (28..=32).contains(&second),
+        "worker 1 should serve 60 ± 2 and worker 2 30 ± 2 of 90: {served:?}"
+    );
+}
