@@ -61,14 +61,9 @@ pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io:
             let token = event.data();
             if token == LISTENER {
                 while let Ok((mut client, _)) = listener.accept() {
-                    // Every client costs two fds; past the budget, refuse rather than
-                    // run the whole process out of descriptors.
-                    // ANCHOR: solution_ch04_limit
-                    if pairs.len() >= max_pairs {
-                        let _ = client.write_all(BUSY);
+                    if refuse_if_full(&mut client, pairs.len(), max_pairs) {
                         continue;
                     }
-                    // ANCHOR_END: solution_ch04_limit
                     turn += 1;
                     match open_pair(&epoll, client, &upstreams, turn, next_pair) {
                         Ok(pair) => {
@@ -99,6 +94,21 @@ pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io:
     }
 }
 // ANCHOR_END: run
+
+/// Every client costs two fds; with `open` clients proxied already and a budget of `max`,
+/// refuses this one (a 503, then closed when the caller drops it) rather than run the
+/// whole process out of descriptors. Returns whether it refused.
+// ANCHOR: limit
+fn refuse_if_full(client: &mut TcpStream, open: usize, max: usize) -> bool {
+    // ANCHOR: solution_ch04_limit
+    if open >= max {
+        let _ = client.write_all(BUSY);
+        return true;
+    }
+    false
+    // ANCHOR_END: solution_ch04_limit
+}
+// ANCHOR_END: limit
 
 /// Connects a new client to the next worker in turn.
 // ANCHOR: open_pair
