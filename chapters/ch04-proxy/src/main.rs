@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     .option(
         "--max-connections",
         "N",
-        "proxy at most N client connections at once; refuse more with a 503 (exercise 4.2)",
+        "proxy at most N client connections at once; refuse more with a 503 (exercise ch04-limit)",
         "10000",
     )
     .parse();

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     .option(
         "--weights",
         "W1,W2,...",
-        "weighted round-robin: worker i gets Wi connections per turn (exercise 6.2)",
+        "weighted round-robin: worker i gets Wi connections per turn (exercise ch06-weights)",
         "",
     )
     .parse();
