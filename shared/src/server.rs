@@ -99,6 +99,7 @@ impl Server {
     /// Watches the IPC channel: each message goes to `on_message`, which gets the server
     /// itself to act on it (reply, add a listener or a connection, stop). When the channel
     /// closes, the master is gone, and [`Server::run`] returns.
+    // ANCHOR: watch_channel
     pub fn on_message(
         mut self,
         channel: Channel,
@@ -110,6 +111,7 @@ impl Server {
         self.on_message = Some(Box::new(on_message));
         Ok(self)
     }
+    // ANCHOR_END: watch_channel
 
     /// Starts accepting connections on `listener`.
     pub fn add_listener(&mut self, listener: TcpListener) -> io::Result<()> {
@@ -202,6 +204,7 @@ impl Server {
     }
     // ANCHOR_END: run
 
+    // ANCHOR: read_channel
     fn read_channel(&mut self) {
         loop {
             let Some(channel) = &self.channel else { return };
@@ -230,6 +233,7 @@ impl Server {
             }
         }
     }
+    // ANCHOR_END: read_channel
 
     fn ready(&mut self, token: u64, flags: EpollFlags) {
         match self.sources.get(&token) {
