@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     .option(
         "--reuseport",
         "on|off",
-        "set SO_REUSEPORT so every worker can bind the port (exercise 3.2)",
+        "set SO_REUSEPORT so every worker can bind the port (exercise ch03-reuseport)",
         "off",
     )
     .parse();
