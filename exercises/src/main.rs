@@ -9,6 +9,7 @@ mod registry;
 mod run;
 
 use std::fs;
+use std::io::{self, Write};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -173,8 +174,9 @@ impl Workspace {
     }
 
     fn list(&self) -> Outcome {
-        println!(
-            "{:<16}{:<23}{:<11}WHAT YOU WRITE",
+        // Built as one string and written once, ignoring a closed pipe (`list | head`).
+        let mut out = format!(
+            "{:<16}{:<23}{:<11}WHAT YOU WRITE\n",
             "EXERCISE", "CHAPTER", "STATUS"
         );
         let mut problems = Vec::new();
@@ -187,15 +189,14 @@ impl Workspace {
                     "broken"
                 }
             };
-            println!("{:<16}{:<23}{:<11}{}", e.name, e.chapter, status, e.about);
+            out += &format!("{:<16}{:<23}{:<11}{}\n", e.name, e.chapter, status, e.about);
         }
+        out += "\nStart one with `cargo run -q -p exercise -- start NAME`; \
+                `reset NAME` puts the reference code back.\n";
+        let _ = io::stdout().write_all(out.as_bytes());
         for problem in &problems {
             eprintln!("error: {problem}");
         }
-        println!(
-            "\nStart one with `cargo run -q -p exercise -- start NAME`; \
-             `reset NAME` puts the reference code back."
-        );
         Ok(problems.is_empty())
     }
 

@@ -79,12 +79,14 @@ impl<E: Send + 'static> Cluster<E> {
     fn build(with_channel: bool) -> io::Result<Self> {
         let (sender, events) = mpsc::channel();
         let on_signal = sender.clone();
+        // ANCHOR: ctrlc
         // ctrlc runs this on its own thread, not inside the signal handler, so it may
         // do anything; it just queues the event for the master's loop.
         ctrlc::set_handler(move || {
             let _ = on_signal.send(Event::Shutdown);
         })
         .map_err(io::Error::other)?;
+        // ANCHOR_END: ctrlc
         Ok(Cluster {
             workers: BTreeMap::new(),
             events,
@@ -96,6 +98,7 @@ impl<E: Send + 'static> Cluster<E> {
 
     /// Starts the next worker (ids count up from 1 and are never reused, as in Node) and
     /// returns its id.
+    // ANCHOR: fork
     pub fn fork(&mut self) -> io::Result<u32> {
         let id = self.next_id;
         self.next_id += 1;
@@ -105,8 +108,10 @@ impl<E: Send + 'static> Cluster<E> {
         self.workers.insert(id, worker);
         Ok(id)
     }
+    // ANCHOR_END: fork
 
     /// Starts one helper thread that turns what the worker does into events.
+    // ANCHOR: watch
     fn watch(&self, worker: &Worker) {
         let (id, pid) = (worker.id, worker.pid);
         let events = self.sender.clone();
@@ -121,6 +126,7 @@ impl<E: Send + 'static> Cluster<E> {
             let _ = events.send(Event::Exit { id, pid, status });
         });
     }
+    // ANCHOR_END: watch
 
     /// Waits for the next event.
     pub fn next_event(&mut self) -> Event<E> {
@@ -230,6 +236,7 @@ impl<E: Send + 'static> Cluster<E> {
 }
 
 /// Forwards every message from one worker until its channel closes.
+// ANCHOR: forward_messages
 fn forward_messages<E>(id: u32, channel: &Channel, events: &Sender<Event<E>>) {
     loop {
         let event = match channel.recv() {
@@ -246,6 +253,7 @@ fn forward_messages<E>(id: u32, channel: &Channel, events: &Sender<Event<E>>) {
         }
     }
 }
+// ANCHOR_END: forward_messages
 
 /// Waits for process `pid` to end and says how it ended.
 fn reap(pid: u32) -> Exited {

@@ -47,6 +47,7 @@ impl ListenError {
     }
 }
 
+// ANCHOR: listen_error
 impl fmt::Display for ListenError {
     /// `listen EADDRINUSE: address already in use 127.0.0.1:8000 (errno 98)`, the
     /// shape of Node's message.
@@ -66,6 +67,7 @@ impl fmt::Display for ListenError {
         )
     }
 }
+// ANCHOR_END: listen_error
 
 impl std::error::Error for ListenError {}
 

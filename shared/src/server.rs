@@ -108,6 +108,7 @@ impl Server {
     /// Watches the IPC channel: each message goes to `on_message`, which gets the server
     /// itself to act on it (reply, add a listener or a connection, stop). When the channel
     /// closes, the master is gone, and [`Server::run`] returns.
+    // ANCHOR: watch_channel
     pub fn on_message(
         mut self,
         channel: Channel,
@@ -119,6 +120,7 @@ impl Server {
         self.on_message = Some(Box::new(on_message));
         Ok(self)
     }
+    // ANCHOR_END: watch_channel
 
     /// Calls `callback` every `every`, on the loop's thread, between events.
     pub fn every(mut self, every: Duration, callback: impl FnMut(&mut Server) + 'static) -> Server {
@@ -265,6 +267,7 @@ impl Server {
         }
     }
 
+    // ANCHOR: read_channel
     fn read_channel(&mut self) {
         loop {
             let Some(channel) = &self.channel else { return };
@@ -293,6 +296,7 @@ impl Server {
             }
         }
     }
+    // ANCHOR_END: read_channel
 
     fn ready(&mut self, token: u64, flags: EpollFlags) {
         match self.sources.get(&token) {

@@ -23,10 +23,12 @@ pub const WORKER_ID_VAR: &str = "CLUSTER_WORKER_ID";
 pub const CHANNEL_FD_VAR: &str = "CLUSTER_CHANNEL_FD";
 
 /// This process's worker id, or `None` in the master.
+// ANCHOR: worker_id
 pub fn worker_id() -> Option<u32> {
     static ID: OnceLock<Option<u32>> = OnceLock::new();
     *ID.get_or_init(|| std::env::var(WORKER_ID_VAR).ok()?.parse().ok())
 }
+// ANCHOR_END: worker_id
 
 /// Am I a worker? The question every chapter's `main` asks first, like `cluster.isWorker`.
 pub fn is_worker() -> bool {
@@ -126,6 +128,7 @@ fn prepare_child(inherit: Option<i32>, master: u32) -> io::Result<()> {
 ///
 /// Returns `None` in the master, in a worker started without a channel, and on a second
 /// call (the fd has one owner).
+// ANCHOR: channel_from_env
 pub fn channel_from_env() -> Option<Channel> {
     static TAKEN: AtomicBool = AtomicBool::new(false);
     let fd: i32 = std::env::var(CHANNEL_FD_VAR).ok()?.parse().ok()?;
@@ -145,3 +148,4 @@ pub fn channel_from_env() -> Option<Channel> {
     unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
     Some(Channel::from_fd(owned))
 }
+// ANCHOR_END: channel_from_env

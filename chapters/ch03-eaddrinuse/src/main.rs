@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     .option(
         "--reuseport",
         "on|off",
-        "set SO_REUSEPORT so every worker can bind the port (exercise 3.2)",
+        "set SO_REUSEPORT so every worker can bind the port (exercise ch03-reuseport)",
         "off",
     )
     .parse();
@@ -83,6 +83,7 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
 // ANCHOR_END: master
 
 /// The master's summary, once every worker has answered.
+// ANCHOR: report
 fn report(listening: &[u32], failed: &[(u32, String)]) {
     let ids = |ids: &mut dyn Iterator<Item = u32>| {
         ids.map(|id| id.to_string()).collect::<Vec<_>>().join(", ")
@@ -101,6 +102,7 @@ fn report(listening: &[u32], failed: &[(u32, String)]) {
         }
     );
 }
+// ANCHOR_END: report
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
