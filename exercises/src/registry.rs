@@ -100,6 +100,80 @@ pub const EXERCISES: &[Exercise] = &[
         about: "with `--reuseport on`, let every worker bind the same port",
         hint: "set SO_REUSEPORT on the socket before bind; socket2 has a setter for it",
     },
+    Exercise {
+        name: "ch04-flush",
+        chapter: "ch04-proxy",
+        file: "chapters/ch04-proxy/src/proxy.rs",
+        function: "Pair::flush",
+        anchor: "solution_ch04_flush",
+        test: "ch04_proxy",
+        filter: None,
+        about: "the heart of a proxy: write what one side sent to the other side, and pass on end-of-file",
+        hint: "write self.pending[from] to self.sides[1 - from] until it is empty or the write \
+               would block (then return Ok and wait for EPOLLOUT); once done[from] and nothing \
+               is pending, shutdown(Write) the other side",
+    },
+    Exercise {
+        name: "ch04-limit",
+        chapter: "ch04-proxy",
+        file: "chapters/ch04-proxy/src/proxy.rs",
+        function: "refuse_if_full",
+        anchor: "solution_ch04_limit",
+        test: "ch04_proxy",
+        filter: Some("max_connections_refuses_the_extra_client"),
+        about: "with `--max-connections N`, answer a client past the budget with a 503 instead of proxying it",
+        hint: "when open is already max or more, write BUSY to the client and return true; \
+               otherwise return false",
+    },
+    Exercise {
+        name: "ch05-adopt",
+        chapter: "ch05-handle-passing",
+        file: "chapters/ch05-handle-passing/src/main.rs",
+        function: "on_message",
+        anchor: "solution_ch05_adopt",
+        test: "ch05_handle_passing",
+        filter: None,
+        about: "a worker turns the fd that came with `server` into a listener and starts accepting on it",
+        hint: "TcpListener::from(fd), then server.add_listener_with(listener, exclusive); \
+               tell the master listening when that worked, log the error when not",
+    },
+    Exercise {
+        name: "ch05-summary",
+        chapter: "ch05-handle-passing",
+        file: "chapters/ch05-handle-passing/src/main.rs",
+        function: "summarize",
+        anchor: "solution_ch05_summary",
+        test: "ch05_handle_passing",
+        filter: Some("master_reports_the_spread_on_shutdown"),
+        about: "before stopping, the master asks each worker how many connections it won and logs the spread",
+        hint: "send stats? to every id in cluster.ids(), collect the accepted N replies with \
+               cluster.next_event_timeout for up to a second, then log one line per worker: \
+               worker I accepted N of T connections (P%)",
+    },
+    Exercise {
+        name: "ch06-handoff",
+        chapter: "ch06-round-robin",
+        file: "chapters/ch06-round-robin/src/main.rs",
+        function: "RoundRobin::distribute",
+        anchor: "solution_ch06_handoff",
+        test: "ch06_round_robin",
+        filter: None,
+        about: "hand a waiting connection's fd to a free worker, and keep it until the worker acknowledges",
+        hint: "cluster.send_with_fd(id, newconn, conn.as_fd()); on Ok keep conn in self.sent \
+               under id; on Err log it and put conn back at the front of self.waiting",
+    },
+    Exercise {
+        name: "ch06-weights",
+        chapter: "ch06-round-robin",
+        file: "chapters/ch06-round-robin/src/main.rs",
+        function: "RoundRobin::acknowledged",
+        anchor: "solution_ch06_weights",
+        test: "ch06_round_robin",
+        filter: Some("weights_skew_the_turns"),
+        about: "weighted round-robin (nginx's WRR): with `--weights 2,1` worker 1 gets two connections per turn",
+        hint: "count down what is left of the worker's turn (self.left, starting at its weight); \
+               with turns left put it at the front of self.free, else refill and put it at the back",
+    },
 ];
 
 /// The exercise called `name`.
