@@ -15,11 +15,12 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{accept4, SockFlag};
 
 use crate::channel::{Channel, ChannelError, Message};
 use crate::http::{self, Parsed, Request, Response, MAX_BODY, MAX_HEAD};
@@ -153,7 +154,7 @@ impl Server {
 
     /// Serves a connection this worker has just accepted.
     pub fn add_connection(&mut self, stream: TcpStream) -> io::Result<()> {
-        let token = self.adopt(stream)?;
+        let token = self.adopt(stream, false)?;
         // The request is usually there already: try it now rather than after one more
         // trip through epoll_wait.
         self.ready(token, EpollFlags::EPOLLIN);
@@ -165,12 +166,13 @@ impl Server {
     /// caller time to acknowledge it first, as Node's worker acks a `newconn` before
     /// serving it, so the master hears "taken" before the client can hear the answer.
     pub fn adopt_connection(&mut self, stream: TcpStream) -> io::Result<()> {
-        self.adopt(stream).map(|_| ())
+        self.adopt(stream, false).map(|_| ())
     }
 
-    fn adopt(&mut self, stream: TcpStream) -> io::Result<u64> {
-        stream.set_nonblocking(true)?;
-        let _ = stream.set_nodelay(true);
+    fn adopt(&mut self, stream: TcpStream, nonblocking: bool) -> io::Result<u64> {
+        if !nonblocking {
+            stream.set_nonblocking(true)?;
+        }
         let token = self.register(stream.as_fd(), EpollFlags::EPOLLIN)?;
         self.stats.accepted += 1;
         let conn = Conn {
@@ -320,21 +322,26 @@ impl Server {
             let Some(Source::Listener(listener)) = self.sources.get(&token) else {
                 return;
             };
-            match listener.accept() {
-                Ok((stream, _peer)) => {
-                    if let Err(e) = self.add_connection(stream) {
-                        log!("could not watch a new connection: {e}");
+            // accept4 makes the new socket non-blocking and close-on-exec in the same call.
+            let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+            match accept4(listener.as_raw_fd(), flags) {
+                Ok(fd) => {
+                    // SAFETY: accept4 just returned this fd; nothing else owns it.
+                    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+                    match self.adopt(stream, true) {
+                        Ok(token) => self.ready(token, EpollFlags::EPOLLIN),
+                        Err(e) => log!("could not watch a new connection: {e}"),
                     }
                 }
                 // Nothing (more) to accept. If we found nothing at all, another process
                 // sharing this listening socket was woken too and took the connection.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(Errno::EAGAIN) => {
                     if first {
                         self.stats.lost_races += 1;
                     }
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
                 Err(e) => {
                     // EMFILE and friends: say so, and let the next wakeup try again.
                     log!("accept failed: {e}");

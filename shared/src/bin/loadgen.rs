@@ -10,6 +10,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
@@ -221,13 +222,16 @@ fn who(body: &str) -> (String, String) {
 }
 
 fn report(options: &Options, total: &Tally, elapsed: Duration) {
+    // One write at the end; a closed stdout (`loadgen ... | head`) is not an error.
+    let mut out = String::new();
     let ok: usize = total.by_worker.values().sum();
     let errors: usize = total.errors.values().sum();
     let mode = match options.keep_alive {
         true => "one kept-alive connection per client",
         false => "a new connection per request",
     };
-    println!(
+    let _ = writeln!(
+        out,
         "{} requests to http://{}{} from {} clients, {mode}",
         options.requests, options.addr, options.path, options.clients
     );
@@ -238,7 +242,8 @@ fn report(options: &Options, total: &Tally, elapsed: Duration) {
             .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
-    println!(
+    let _ = writeln!(
+        out,
         "{ok} answered, {errors} errors in {:.2} s: {:.0} requests/s; latency p50 {:.2} ms, p99 {:.2} ms",
         elapsed.as_secs_f64(),
         ok as f64 / elapsed.as_secs_f64(),
@@ -246,14 +251,15 @@ fn report(options: &Options, total: &Tally, elapsed: Duration) {
         at(0.99)
     );
     for (error, n) in &total.errors {
-        println!("  {n:>6} x {error}");
+        let _ = writeln!(out, "  {n:>6} x {error}");
     }
-    println!();
-    println!("  worker  pid       answered  share");
+    out.push('\n');
+    let _ = writeln!(out, "  worker  pid       answered  share");
     let most = total.by_worker.values().copied().max().unwrap_or(1);
     for ((id, pid), n) in &total.by_worker {
         let share = *n as f64 * 100.0 / ok.max(1) as f64;
         let bar = "#".repeat((n * 40).div_ceil(most));
-        println!("  {id:<7} {pid:<9} {n:>8}  {share:5.1}%  {bar}");
+        let _ = writeln!(out, "  {id:<7} {pid:<9} {n:>8}  {share:5.1}%  {bar}");
     }
+    let _ = io::stdout().write_all(out.as_bytes());
 }
