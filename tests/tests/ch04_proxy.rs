@@ -123,7 +123,12 @@ fn max_connections_refuses_the_extra_client() {
     // The fourth client sends nothing: the refusal comes unasked, and the master closes
     // a socket with nothing unread in it (so a plain FIN, not a reset).
     let mut extra = connect(addr).expect("connect a fourth client");
-    let refused = read_response(&mut extra).expect("an answer to the fourth client");
+    let refused = read_response(&mut extra).unwrap_or_else(|e| {
+        panic!(
+            "with 3 of 3 connections in use, the fourth client should get a 503 without \
+             asking, but reading it failed: {e} (proxied instead of refused?)"
+        )
+    });
     assert_eq!(refused.status, 503, "{refused:?}");
     assert_eq!(
         refused.body.trim_end(),

@@ -77,6 +77,14 @@ fn sequential_connections_take_turns() {
     }
 }
 
+/// Is process `pid` stopped (state `T` in `/proc/PID/stat`)?
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(')')?.1.split_whitespace().next()? == "T"))
+        .unwrap_or(false)
+}
+
 /// What the load thread saw for each request: the pid that answered, or the error.
 type Outcome = Result<u32, String>;
 
@@ -163,6 +171,71 @@ fn a_killed_worker_costs_at_most_the_connection_it_was_serving() {
     );
     for pid in survivors {
         assert!(pid_alive(pid), "survivor {pid} is still alive");
+    }
+}
+
+#[test]
+fn a_connection_whose_worker_dies_before_taking_it_goes_to_another() {
+    let (master, addr, forked) = start(3, &[]);
+    let (victim_id, victim) = forked[2];
+    let victim_pid = Pid::from_raw(victim as i32);
+    // A stopped worker cannot read the master's `newconn`, so it never acknowledges.
+    kill(victim_pid, Signal::SIGSTOP).expect("SIGSTOP the worker");
+    assert!(
+        wait_until(TIMEOUT, || stopped(victim)),
+        "worker {victim_id} (pid {victim}) should be stopped"
+    );
+
+    // Every worker is free, and each new connection goes to the front of the free line
+    // while the one before it waits at the back (or is still busy): three connections
+    // reach three different workers, so one of them is the stopped one.
+    let answers: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+    let readers: Vec<_> = (0..3)
+        .map(|i| {
+            let mut stream = connect(addr).expect("connect to the master");
+            stream
+                .set_read_timeout(Some(TIMEOUT))
+                .expect("a longer read timeout");
+            write_request(&mut stream, "/", false).expect("send a request");
+            let answers = Arc::clone(&answers);
+            std::thread::spawn(move || {
+                let outcome = match read_response(&mut stream) {
+                    Ok(r) => parse_hello(&r.body).map(|(pid, _)| pid).ok_or(r.body),
+                    Err(e) => Err(format!("request {i}: {e}")),
+                };
+                answers.lock().expect("answers").push(outcome);
+            })
+        })
+        .collect();
+    let answered = || answers.lock().expect("answers").clone();
+    assert!(
+        wait_until(TIMEOUT, || answered().len() >= 2),
+        "the two running workers should answer: {:?}",
+        answered()
+    );
+    assert_eq!(
+        answered().len(),
+        2,
+        "the stopped worker's client should still be waiting: {:?}",
+        answered()
+    );
+
+    // The master still holds that connection: killing the worker hands it on.
+    kill(victim_pid, Signal::SIGKILL).expect("SIGKILL the stopped worker");
+    master.wait_for(
+        &format!("worker {victim_id} died before taking its connection"),
+        TIMEOUT,
+    );
+    for reader in readers {
+        reader.join().expect("a reader thread panicked");
+    }
+    let answers = answered();
+    assert_eq!(answers.len(), 3);
+    for answer in &answers {
+        match answer {
+            Ok(pid) => assert_ne!(*pid, victim, "the killed worker cannot have answered"),
+            Err(e) => panic!("no connection may be lost: {e} (all: {answers:?})"),
+        }
     }
 }
 
