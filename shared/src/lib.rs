@@ -6,17 +6,19 @@
 //! | [`args`] | the common command line | 1 |
 //! | [`log`] | one line per lifecycle event | 1 |
 //! | [`spawn`] | start a worker by re-running this binary | 1, 2 |
-//! | [`cluster`] | the master: fork, events, shutdown | 1, 2 |
+//! | [`cluster`] | the master: fork, events, shutdown; sending an fd to a worker | 1, 2, 5 |
 //! | [`http`] | the `Hello world by <pid>` responder | 1 |
-//! | [`server`] | the worker's single-threaded event loop | 1, 2 |
-//! | [`net`] | binding a port, and EADDRINUSE | 1, 3 |
+//! | [`server`] | the worker's single-threaded event loop; adopting a socket or a connection | 1, 2, 5, 6 |
+//! | [`net`] | binding a port, EADDRINUSE, `SO_REUSEADDR` and `SO_REUSEPORT` | 1, 3 |
 //! | [`channel`] | the IPC channel, messages and fds | 2, 5 |
+//!
+//! The crate also builds `loadgen` (`src/bin/loadgen.rs`, from chapter 4 on): a load client
+//! that counts who answered each request, to show how a master spreads connections.
 
 pub mod args;
 pub mod channel;
 pub mod cluster;
 pub mod http;
-
 pub mod log;
 pub mod net;
 pub mod server;
