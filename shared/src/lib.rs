@@ -4,7 +4,7 @@
 //! | module | idea | chapter |
 //! |---|---|---|
 //! | [`args`] | the common command line | 1 |
-//! | [`log`] | one line per lifecycle event | 1 |
+//! | [`log`](mod@log) | one line per lifecycle event | 1 |
 //! | [`spawn`] | start a worker by re-running this binary | 1, 2 |
 //! | [`cluster`] | the master: fork, events, shutdown; sending an fd to a worker | 1, 2, 5 |
 //! | [`http`] | the `Hello world by <pid>` responder | 1 |
