@@ -141,6 +141,7 @@ impl Server {
     /// Like [`Server::add_listener`]; with `exclusive`, the listener is registered with
     /// `EPOLLEXCLUSIVE`: when several processes wait on one shared listening socket, the
     /// kernel wakes one of them per connection instead of all of them (chapter 5).
+    // ANCHOR: add_listener_with
     pub fn add_listener_with(&mut self, listener: TcpListener, exclusive: bool) -> io::Result<()> {
         listener.set_nonblocking(true)?;
         let flags = match exclusive {
@@ -151,6 +152,7 @@ impl Server {
         self.sources.insert(token, Source::Listener(listener));
         Ok(())
     }
+    // ANCHOR_END: add_listener_with
 
     /// Serves a connection this worker has just accepted.
     pub fn add_connection(&mut self, stream: TcpStream) -> io::Result<()> {
@@ -165,9 +167,11 @@ impl Server {
     /// without reading it yet: the loop serves it on its next turn. That leaves the
     /// caller time to acknowledge it first, as Node's worker acks a `newconn` before
     /// serving it, so the master hears "taken" before the client can hear the answer.
+    // ANCHOR: adopt_connection
     pub fn adopt_connection(&mut self, stream: TcpStream) -> io::Result<()> {
         self.adopt(stream, false).map(|_| ())
     }
+    // ANCHOR_END: adopt_connection
 
     fn adopt(&mut self, stream: TcpStream, nonblocking: bool) -> io::Result<u64> {
         if !nonblocking {

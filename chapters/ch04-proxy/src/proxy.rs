@@ -189,6 +189,7 @@ impl Pair {
     // ANCHOR_END: copy
 
     /// Writes what side `from` sent to the other side, as much as it takes now.
+    // ANCHOR: flush
     fn flush(&mut self, from: usize) -> io::Result<()> {
         let to = 1 - from;
         // ANCHOR: solution_ch04_flush
@@ -208,6 +209,7 @@ impl Pair {
         Ok(())
         // ANCHOR_END: solution_ch04_flush
     }
+    // ANCHOR_END: flush
 
     /// Both sides have said end-of-file and everything has been delivered.
     fn finished(&self) -> bool {
@@ -216,6 +218,7 @@ impl Pair {
 
     /// Reads from a side only while its last chunk is delivered; writes to a side only
     /// while something is waiting for it.
+    // ANCHOR: interest
     fn update_interest(&mut self, epoll: &Epoll, id: u64) -> io::Result<()> {
         for side in 0..2 {
             let mut want = EpollFlags::empty();
@@ -233,4 +236,5 @@ impl Pair {
         }
         Ok(())
     }
+    // ANCHOR_END: interest
 }

@@ -189,6 +189,7 @@ fn parse_weights(text: &str) -> Result<HashMap<u32, u32>, String> {
 }
 
 /// A thread that accepts connections and queues each one as an event for the master.
+// ANCHOR: accept_thread
 fn accept_in_background(listener: TcpListener, events: Sender<Event<Conn>>) {
     std::thread::spawn(move || loop {
         match listener.accept() {
@@ -205,6 +206,7 @@ fn accept_in_background(listener: TcpListener, events: Sender<Event<Conn>>) {
         }
     });
 }
+// ANCHOR_END: accept_thread
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
