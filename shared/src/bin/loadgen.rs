@@ -3,7 +3,7 @@
 //! Used from chapter 4 on. Every chapter's workers answer `Hello world by <pid> (worker
 //! <id>)`, so counting bodies tells how the master spread the load. By default each request
 //! opens a new connection (that is what the master balances); `-k` reuses one connection
-//! per client thread instead (then the balancing happens once per thread).
+//! per client instead (then the balancing happens once per client).
 //!
 //! ```text
 //! cargo run --release -p shared --bin loadgen -- http://127.0.0.1:8000 -n 2000 -c 8
@@ -12,11 +12,16 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use socket2::{Domain, Socket, Type};
 
 struct Options {
     addr: SocketAddr,
@@ -39,9 +44,9 @@ struct Tally {
 
 const USAGE: &str = "Usage: loadgen URL [-n REQUESTS] [-c CLIENTS] [-k] [--timeout SECS]
 
-Sends REQUESTS (default 1000) GET requests to URL from CLIENTS threads at once (default 8),
-each on a new connection, or with -k on one kept-alive connection per thread. Prints the
-rate, the errors, and how many requests each worker answered.";
+Sends REQUESTS (default 1000) GET requests to URL, CLIENTS at a time (default 8), each on a
+new connection, or with -k on one kept-alive connection per client. Prints the rate, the
+errors, and how many requests each worker answered.";
 
 fn main() -> ExitCode {
     let options = match parse(std::env::args().skip(1).collect()) {
@@ -54,10 +59,14 @@ fn main() -> ExitCode {
     let next = Arc::new(AtomicUsize::new(0));
     let options = Arc::new(options);
     let started = Instant::now();
-    let threads: Vec<_> = (0..options.clients)
-        .map(|_| {
+    // One thread per CPU, each running an event loop over its share of the connections.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = options.clients.min(cpus);
+    let threads: Vec<_> = (0..threads)
+        .map(|t| {
             let (next, options) = (next.clone(), options.clone());
-            std::thread::spawn(move || client(&options, &next))
+            let share = options.clients / threads + usize::from(t < options.clients % threads);
+            std::thread::spawn(move || client(&options, &next, share))
         })
         .collect();
     let mut total = Tally::default();
@@ -125,85 +134,204 @@ fn parse(words: Vec<String>) -> Result<Options, String> {
     })
 }
 
-/// One client thread: takes request numbers until all are taken.
-fn client(options: &Options, next: &AtomicUsize) -> Tally {
+/// One connection slot of a client thread, and where it is in its request.
+struct Slot {
+    stream: Socket,
+    /// The request bytes not written yet; empty once it is all sent.
+    unsent: usize,
+    /// What has arrived of the answer.
+    buf: Vec<u8>,
+    /// When this request started, and when it gives up.
+    started: Instant,
+    deadline: Instant,
+}
+
+/// One client thread: keeps `connections` requests in flight on one epoll, taking request
+/// numbers from `next` until all are taken. An event loop rather than a thread per
+/// connection, so the load client spends its CPU on requests, not on switching threads.
+fn client(options: &Options, next: &AtomicUsize, connections: usize) -> Tally {
     let mut tally = Tally::default();
-    let mut kept: Option<TcpStream> = None;
-    while next.fetch_add(1, Ordering::Relaxed) < options.requests {
-        let started = Instant::now();
-        let stream = match kept.take() {
-            Some(stream) => Ok(stream),
-            None => connect(options),
+    let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
+        Ok(epoll) => epoll,
+        Err(e) => {
+            *tally.errors.entry(format!("epoll: {e}")).or_default() += 1;
+            return tally;
+        }
+    };
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: {}\r\n\r\n",
+        options.path,
+        options.host,
+        if options.keep_alive {
+            "keep-alive"
+        } else {
+            "close"
+        }
+    )
+    .into_bytes();
+    let mut slots: Vec<Option<Slot>> = (0..connections).map(|_| None).collect();
+    for (i, slot) in slots.iter_mut().enumerate() {
+        *slot = begin(options, next, &epoll, i, None, &mut tally);
+    }
+    let mut events = vec![EpollEvent::empty(); connections.max(1)];
+    while slots.iter().any(Option::is_some) {
+        let ready = match epoll.wait(&mut events, EpollTimeout::from(100u16)) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => {
+                *tally.errors.entry(format!("epoll: {e}")).or_default() += 1;
+                break;
+            }
         };
-        let result = stream.and_then(|mut stream| {
-            let body = request(options, &mut stream)?;
-            if options.keep_alive {
-                kept = Some(stream);
+        for event in &events[..ready] {
+            let i = event.data() as usize;
+            let Some(slot) = slots[i].as_mut() else {
+                continue;
+            };
+            match step(slot, &request, &epoll, i) {
+                Ok(None) => {}
+                Ok(Some(body)) => {
+                    tally.latencies.push(slot.started.elapsed());
+                    *tally.by_worker.entry(who(&body)).or_default() += 1;
+                    let reuse = slots[i].take().filter(|_| options.keep_alive);
+                    slots[i] = begin(options, next, &epoll, i, reuse, &mut tally);
+                }
+                Err(e) => {
+                    *tally.errors.entry(e.to_string()).or_default() += 1;
+                    slots[i] = begin(options, next, &epoll, i, None, &mut tally);
+                }
             }
-            Ok(body)
-        });
-        match result {
-            Ok(body) => {
-                tally.latencies.push(started.elapsed());
-                *tally.by_worker.entry(who(&body)).or_default() += 1;
+        }
+        // Requests past their deadline count as errors and make room for the next.
+        let now = Instant::now();
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|slot| slot.deadline <= now) {
+                *tally.errors.entry("timed out".into()).or_default() += 1;
+                *slot = begin(options, next, &epoll, i, None, &mut tally);
             }
-            Err(e) => *tally.errors.entry(e.to_string()).or_default() += 1,
         }
     }
     tally
 }
 
-fn connect(options: &Options) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&options.addr, options.timeout)?;
-    stream.set_read_timeout(Some(options.timeout))?;
-    stream.set_write_timeout(Some(options.timeout))?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
+/// Starts the next request in slot `i`, on `reuse` (a kept-alive connection) or on a new
+/// one; `None` once every request has been taken.
+fn begin(
+    options: &Options,
+    next: &AtomicUsize,
+    epoll: &Epoll,
+    i: usize,
+    reuse: Option<Slot>,
+    tally: &mut Tally,
+) -> Option<Slot> {
+    let mut reuse = reuse;
+    loop {
+        if next.fetch_add(1, Ordering::Relaxed) >= options.requests {
+            return None;
+        }
+        let now = Instant::now();
+        if let Some(mut slot) = reuse.take() {
+            slot.unsent = usize::MAX;
+            slot.buf.clear();
+            slot.started = now;
+            slot.deadline = now + options.timeout;
+            let mut event = EpollEvent::new(EpollFlags::EPOLLOUT, i as u64);
+            if epoll.modify(slot.stream.as_fd(), &mut event).is_ok() {
+                return Some(slot);
+            }
+        }
+        match connect(options.addr) {
+            Ok(stream) => {
+                let event = EpollEvent::new(EpollFlags::EPOLLOUT, i as u64);
+                if let Err(e) = epoll.add(stream.as_fd(), event) {
+                    *tally.errors.entry(format!("epoll: {e}")).or_default() += 1;
+                    continue;
+                }
+                return Some(Slot {
+                    stream,
+                    unsent: usize::MAX,
+                    buf: Vec::with_capacity(256),
+                    started: now,
+                    deadline: now + options.timeout,
+                });
+            }
+            Err(e) => *tally.errors.entry(e.to_string()).or_default() += 1,
+        }
+    }
 }
 
-/// Sends one GET and returns the response body.
-fn request(options: &Options, stream: &mut TcpStream) -> io::Result<String> {
-    let connection = if options.keep_alive {
-        "keep-alive"
-    } else {
-        "close"
-    };
-    write!(
-        stream,
-        "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: {connection}\r\n\r\n",
-        options.path, options.host
-    )?;
-    let mut buf = Vec::with_capacity(256);
+/// Starts a non-blocking connect; epoll says "writable" once it is done.
+fn connect(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => Ok(socket),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(socket),
+        Err(e) => Err(e),
+    }
+}
+
+/// Moves one request along: finish connecting, send, read. `Some(body)` once the whole
+/// answer is in.
+fn step(slot: &mut Slot, request: &[u8], epoll: &Epoll, i: usize) -> io::Result<Option<String>> {
+    if slot.unsent == usize::MAX {
+        // Writable for the first time: the connect finished, or failed.
+        if let Some(e) = slot.stream.take_error()? {
+            return Err(e);
+        }
+        slot.unsent = request.len();
+    }
+    while slot.unsent > 0 {
+        let from = request.len() - slot.unsent;
+        match (&slot.stream).write(&request[from..]) {
+            Ok(n) => slot.unsent -= n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        if slot.unsent == 0 {
+            // Everything sent: from now on wait for the answer.
+            let mut event = EpollEvent::new(EpollFlags::EPOLLIN, i as u64);
+            epoll.modify(slot.stream.as_fd(), &mut event)?;
+        }
+    }
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-            if !head.starts_with("HTTP/1.1 200") {
-                let status = head.lines().next().unwrap_or_default().to_string();
-                return Err(io::Error::other(format!("answer '{status}'")));
-            }
-            let length = head
-                .lines()
-                .find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse::<usize>().ok())?
-                })
-                .ok_or_else(|| io::Error::other("answer without Content-Length"))?;
-            if buf.len() >= head_end + 4 + length {
-                let body = &buf[head_end + 4..head_end + 4 + length];
-                return Ok(String::from_utf8_lossy(body).to_string());
-            }
+        if let Some(answer) = parse_answer(&slot.buf) {
+            return answer.map(Some);
         }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed before a whole answer",
-            ));
+        match (&slot.stream).read(&mut chunk) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before a whole answer",
+                ))
+            }
+            Ok(n) => slot.buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// The body of a whole `200` answer at the start of `buf`; `None` if more must arrive.
+fn parse_answer(buf: &[u8]) -> Option<io::Result<String>> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..head_end]);
+    if !head.starts_with("HTTP/1.1 200") {
+        let status = head.lines().next().unwrap_or_default();
+        return Some(Err(io::Error::other(format!("answer '{status}'"))));
+    }
+    let length = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    let Some(length) = length else {
+        return Some(Err(io::Error::other("answer without Content-Length")));
+    };
+    let body = buf.get(head_end + 4..head_end + 4 + length)?;
+    Some(Ok(String::from_utf8_lossy(body).to_string()))
 }
 
 /// `Hello world by 4125 (worker 2)` -> ("2", "4125").
