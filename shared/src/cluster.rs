@@ -209,7 +209,10 @@ impl<E: Send + 'static> Cluster<E> {
     /// SIGKILL. Returns once all have exited and been reaped, logging each exit.
     // ANCHOR: shutdown
     pub fn shutdown(&mut self, grace: Duration) {
-        log!("stopping {} workers", self.workers.len());
+        match self.workers.len() {
+            1 => log!("stopping 1 worker"),
+            n => log!("stopping {n} workers"),
+        }
         for worker in self.workers.values() {
             let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGTERM);
         }

@@ -151,3 +151,32 @@ fn max_connections_refuses_the_extra_client() {
     assert_eq!(response.status, 200, "{response:?}");
     assert!(parse_hello(&response.body).is_some(), "{response:?}");
 }
+
+/// A client that connects and never sends anything: the worker drops it after its idle
+/// timeout, and the master must then let go of both of its fds too, even though the
+/// client itself never closes.
+#[test]
+fn a_silent_client_does_not_hold_the_masters_fds() {
+    let (master, addr, _) = start(2, &["--idle-timeout", "0.3"]);
+    let before = baseline(&master);
+    let silent: Vec<TcpStream> = (0..5)
+        .map(|_| connect(addr).expect("connect a silent client"))
+        .collect();
+    // The master holds the pairs first (accept and connect happen at once)...
+    let mut most = 0;
+    wait_until(TIMEOUT, || {
+        most = fd_count(master.pid());
+        most >= before + 2 * silent.len()
+    });
+    assert!(
+        most >= before + 2 * silent.len(),
+        "5 silent clients should cost the master 10 fds for a while; it holds {most} (baseline {before})"
+    );
+    // ...and lets go once the workers have dropped them, with the clients still open.
+    assert_fds_return_to(
+        &master,
+        before,
+        "after the workers dropped 5 silent clients",
+    );
+    drop(silent);
+}

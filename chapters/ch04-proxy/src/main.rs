@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nix::sys::resource::{getrlimit, Resource};
 use shared::args::{Args, Cli};
 use shared::cluster::{Cluster, Event};
 use shared::log;
@@ -28,8 +29,9 @@ fn main() -> ExitCode {
     .option(
         "--max-connections",
         "N",
-        "proxy at most N client connections at once; refuse more with a 503 (exercise ch04-limit)",
-        "10000",
+        "proxy at most N client connections at once; refuse more with a 503 (exercise ch04-limit); \
+         auto: half of ulimit -n, less a margin",
+        "auto",
     )
     .parse();
     // Am I a worker? The same question as Node's `cluster.isPrimary`.
@@ -52,7 +54,10 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let upstreams: proxy::Upstreams = Arc::new(Mutex::new(Vec::new()));
     let mut private: Vec<(u32, SocketAddr)> = Vec::new();
     let for_proxy = upstreams.clone();
-    let max = args.get::<usize>("--max-connections");
+    let max = match args.get::<String>("--max-connections").as_str() {
+        "auto" => fd_budget(),
+        _ => args.get::<usize>("--max-connections"),
+    };
     std::thread::spawn(move || {
         if let Err(e) = proxy::run(listener, for_proxy, max) {
             log!("the proxy stopped: {e}");
@@ -95,6 +100,13 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
 }
 // ANCHOR_END: master
+
+/// How many clients the master can proxy before it runs out of fds: each one costs two,
+/// and a few dozen are kept for the channels, the listener and the runtime.
+fn fd_budget() -> usize {
+    let (soft, _hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
+    (soft.saturating_sub(64) / 2).max(1) as usize
+}
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {

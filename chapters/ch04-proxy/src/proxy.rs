@@ -49,6 +49,7 @@ pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io:
     let mut pairs: HashMap<u64, Pair> = HashMap::new();
     let mut next_pair = 1u64;
     let mut turn = 0usize;
+    let mut paused = false;
     let mut events = vec![EpollEvent::empty(); 256];
     loop {
         let ready = match epoll.wait(&mut events, EpollTimeout::NONE) {
@@ -60,7 +61,23 @@ pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io:
             // Tokens: 0 is the listener; pair p uses 2p (client side) and 2p+1 (worker side).
             let token = event.data();
             if token == LISTENER {
-                while let Ok((mut client, _)) = listener.accept() {
+                loop {
+                    let mut client = match listener.accept() {
+                        Ok((client, _)) => client,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if out_of_fds(&e) => {
+                            // The listener stays readable, so epoll would wake us for it
+                            // forever: stop watching it until a pair closes and frees fds.
+                            log!("accept: {e}; no new connections until one closes (raise ulimit -n, or lower --max-connections)");
+                            epoll.modify(
+                                listener.as_fd(),
+                                &mut EpollEvent::new(EpollFlags::empty(), LISTENER),
+                            )?;
+                            paused = true;
+                            break;
+                        }
+                        Err(_) => continue, // e.g. the client gave up before we accepted
+                    };
                     if refuse_if_full(&mut client, pairs.len(), max_pairs) {
                         continue;
                     }
@@ -89,6 +106,14 @@ pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io:
                         let _ = epoll.delete(side.as_fd());
                     }
                 }
+                if paused {
+                    // Two fds were just freed: accept again.
+                    epoll.modify(
+                        listener.as_fd(),
+                        &mut EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
+                    )?;
+                    paused = false;
+                }
             }
         }
     }
@@ -110,6 +135,14 @@ fn refuse_if_full(client: &mut TcpStream, open: usize, max: usize) -> bool {
 }
 // ANCHOR_END: limit
 
+/// EMFILE or ENFILE: this process, or the whole system, has no fd left to give.
+fn out_of_fds(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EMFILE | Errno::ENFILE)
+    )
+}
+
 /// Connects a new client to the next worker in turn.
 // ANCHOR: open_pair
 fn open_pair(
@@ -121,12 +154,26 @@ fn open_pair(
 ) -> io::Result<Pair> {
     let addrs = upstreams.lock().map(|a| a.clone()).unwrap_or_default();
     // Try each worker once, starting with this turn's.
-    let upstream = (0..addrs.len())
-        .map(|i| addrs[(turn + i) % addrs.len()])
-        .find_map(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok());
+    let mut failure = io::Error::other("no worker is listening");
+    let mut upstream = None;
+    for i in 0..addrs.len() {
+        match TcpStream::connect_timeout(&addrs[(turn + i) % addrs.len()], Duration::from_secs(1)) {
+            Ok(stream) => {
+                upstream = Some(stream);
+                break;
+            }
+            Err(e) => failure = e,
+        }
+    }
     let Some(upstream) = upstream else {
-        let _ = client.write_all(NO_WORKER);
-        return Err(io::Error::other("no worker is listening; answered 503"));
+        // Out of fds is not the workers' fault: say which it is, to the client and the log.
+        let answer = if out_of_fds(&failure) {
+            BUSY
+        } else {
+            NO_WORKER
+        };
+        let _ = client.write_all(answer);
+        return Err(io::Error::other(format!("{failure}; answered 503")));
     };
     for side in [&client, &upstream] {
         side.set_nonblocking(true)?;
@@ -211,9 +258,12 @@ impl Pair {
     }
     // ANCHOR_END: flush
 
-    /// Both sides have said end-of-file and everything has been delivered.
+    /// The exchange is over once the worker has closed and its last bytes are delivered.
+    /// An HTTP server closes only when it is done with the connection (a client that
+    /// closes first gets its end-of-file passed on, and then the worker closes too), and
+    /// a client that never closes must not hold the master's two fds forever.
     fn finished(&self) -> bool {
-        self.done.iter().all(|d| *d) && self.pending.iter().all(|p| p.is_empty())
+        self.done[1] && self.pending[1].is_empty()
     }
 
     /// Reads from a side only while its last chunk is delivered; writes to a side only
