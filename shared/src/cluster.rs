@@ -12,8 +12,10 @@
 //! with [`Cluster::sender`].
 
 use std::collections::BTreeMap;
+use std::error::Error;
 use std::io;
 use std::os::fd::BorrowedFd;
+use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -21,9 +23,32 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::args::Args;
 use crate::channel::{Channel, ChannelError, Message};
 use crate::log;
-use crate::spawn::{spawn_worker, Worker};
+use crate::spawn::{self, spawn_worker, Worker};
+
+/// What a chapter's `master` and `worker` functions return: an exit code, or an error for
+/// [`crate::log::exit_code`] to report.
+pub type Outcome = Result<ExitCode, Box<dyn Error>>;
+
+/// Every chapter's `main`, once its arguments are parsed: run `worker` if this process is
+/// a worker, `master` if not.
+// ANCHOR: master_or_worker
+pub fn master_or_worker(
+    args: &Args,
+    master: fn(&Args) -> Outcome,
+    worker: fn(u32, &Args) -> Outcome,
+) -> ExitCode {
+    // Am I a worker? The same question as Node's `cluster.isPrimary`, asked the same way:
+    // is the variable the master sets for its workers in my environment?
+    let result = match spawn::worker_id() {
+        Some(id) => worker(id, args),
+        None => master(args),
+    };
+    crate::log::exit_code(result)
+}
+// ANCHOR_END: master_or_worker
 
 /// Something that happened, for the master to act on.
 pub enum Event<E = ()> {
@@ -204,6 +229,26 @@ impl<E: Send + 'static> Cluster<E> {
     pub fn is_empty(&self) -> bool {
         self.workers.is_empty()
     }
+
+    /// What every master does with the two events that can end it. Ctrl-C or SIGTERM:
+    /// stop every worker, then exit 0. The last worker gone: nothing is left to manage,
+    /// exit 1 (chapter 7 will start a replacement instead). Any other event: `None`, and
+    /// the chapter's own loop goes on with it.
+    // ANCHOR: ends_here
+    pub fn ends_here(&mut self, event: &Event<E>) -> Option<ExitCode> {
+        match event {
+            Event::Shutdown => {
+                self.shutdown(Duration::from_secs(5));
+                Some(ExitCode::SUCCESS)
+            }
+            Event::Exit { .. } if self.is_empty() => {
+                log!("no workers left; the master exits");
+                Some(ExitCode::FAILURE)
+            }
+            _ => None,
+        }
+    }
+    // ANCHOR_END: ends_here
 
     /// Stops every worker: SIGTERM first, then, for any still alive after `grace`,
     /// SIGKILL. Returns once all have exited and been reaped, logging each exit.

@@ -6,14 +6,12 @@
 //! `cluster.fork()` does, and `main` asks the same question as `cluster.isPrimary`.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use shared::args::{Args, Cli};
-use shared::cluster::{Cluster, Event};
+use shared::cluster::{self, Cluster, Outcome};
 use shared::log;
 use shared::net;
 use shared::server::Server;
-use shared::spawn;
 
 // ANCHOR: main
 fn main() -> ExitCode {
@@ -23,17 +21,13 @@ fn main() -> ExitCode {
     )
     .default_port(0)
     .parse();
-    // Am I a worker? The same question as Node's `cluster.isPrimary`.
-    let result = match spawn::worker_id() {
-        Some(id) => worker(id, &args),
-        None => master(&args),
-    };
-    log::exit_code(result)
+    // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
+    cluster::master_or_worker(&args, master, worker)
 }
 // ANCHOR_END: main
 
 // ANCHOR: master
-fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn master(args: &Args) -> Outcome {
     log!("master started; forking {} workers", args.workers);
     // No IPC yet: this master can start its workers and stop them, nothing more.
     let mut cluster: Cluster = Cluster::without_channels()?;
@@ -41,25 +35,18 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         cluster.fork()?;
     }
     loop {
-        match cluster.next_event() {
-            Event::Exit { .. } => {
-                if cluster.is_empty() {
-                    log!("no workers left; the master exits");
-                    return Ok(ExitCode::FAILURE);
-                }
-            }
-            Event::Shutdown => {
-                cluster.shutdown(Duration::from_secs(5));
-                return Ok(ExitCode::SUCCESS);
-            }
-            Event::Message { .. } | Event::BadMessage { .. } | Event::Other(()) => {}
+        // Without IPC only two events can reach this master: a worker exited, or
+        // Ctrl-C/SIGTERM arrived. `ends_here` decides whether either ends the master.
+        let event = cluster.next_event();
+        if let Some(code) = cluster.ends_here(&event) {
+            return Ok(code);
         }
     }
 }
 // ANCHOR_END: master
 
 // ANCHOR: worker
-fn worker(id: u32, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn worker(id: u32, args: &Args) -> Outcome {
     // Every worker picks its own port. Nothing is shared yet, so nothing can clash.
     let listener = match args.port {
         0 => net::listen_random(args.host)?,

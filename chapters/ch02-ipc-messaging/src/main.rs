@@ -6,11 +6,10 @@
 //! and answers. Both sides log every message, so the conversation is on screen.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use shared::args::{Args, Cli};
 use shared::channel::Message;
-use shared::cluster::{Cluster, Event};
+use shared::cluster::{self, Cluster, Event, Outcome};
 use shared::log;
 use shared::net;
 use shared::server::Server;
@@ -23,23 +22,23 @@ fn main() -> ExitCode {
     )
     .default_port(0)
     .parse();
-    // Am I a worker? The same question as Node's `cluster.isPrimary`.
-    let result = match spawn::worker_id() {
-        Some(id) => worker(id, &args),
-        None => master(&args),
-    };
-    log::exit_code(result)
+    // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
+    cluster::master_or_worker(&args, master, worker)
 }
 
 // ANCHOR: master
-fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn master(args: &Args) -> Outcome {
     log!("master started; forking {} workers", args.workers);
     let mut cluster: Cluster = Cluster::new()?;
     for _ in 0..args.workers {
         cluster.fork()?;
     }
     loop {
-        match cluster.next_event() {
+        let event = cluster.next_event();
+        if let Some(code) = cluster.ends_here(&event) {
+            return Ok(code);
+        }
+        match event {
             // Like `worker.on('message', msg => ...)` in Node.
             Event::Message { id, message } => {
                 log!("message from worker {id}: {}", message.text);
@@ -51,16 +50,7 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 }
             }
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
-            Event::Exit { .. } => {
-                if cluster.is_empty() {
-                    log!("no workers left; the master exits");
-                    return Ok(ExitCode::FAILURE);
-                }
-            }
-            Event::Shutdown => {
-                cluster.shutdown(Duration::from_secs(5));
-                return Ok(ExitCode::SUCCESS);
-            }
+            Event::Exit { .. } | Event::Shutdown => {}
             Event::Other(()) => {}
         }
     }
@@ -68,7 +58,7 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
 // ANCHOR_END: master
 
 // ANCHOR: worker
-fn worker(id: u32, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn worker(id: u32, args: &Args) -> Outcome {
     let Some(channel) = spawn::channel_from_env() else {
         return Err(format!(
             "no IPC channel in {}: a worker is started by its master; run the binary \

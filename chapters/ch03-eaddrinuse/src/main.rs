@@ -7,10 +7,9 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use shared::args::{Args, Cli};
-use shared::cluster::{Cluster, Event};
+use shared::cluster::{self, Cluster, Event, Outcome};
 use shared::log;
 use shared::net;
 use shared::server::Server;
@@ -28,16 +27,12 @@ fn main() -> ExitCode {
         "off",
     )
     .parse();
-    // Am I a worker? The same question as Node's `cluster.isPrimary`.
-    let result = match spawn::worker_id() {
-        Some(id) => worker(id, &args),
-        None => master(&args),
-    };
-    log::exit_code(result)
+    // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
+    cluster::master_or_worker(&args, master, worker)
 }
 
 // ANCHOR: master
-fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn master(args: &Args) -> Outcome {
     // With --port 0 the master asks the kernel for a free port once and gives that same
     // number to every worker: the clash is the point of this chapter.
     let port = match args.port {
@@ -53,7 +48,11 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     let (mut listening, mut failed) = (Vec::new(), Vec::new());
     loop {
-        match cluster.next_event() {
+        let event = cluster.next_event();
+        if let Some(code) = cluster.ends_here(&event) {
+            return Ok(code);
+        }
+        match event {
             Event::Message { id, message } => {
                 let mut words = message.text.split(' ');
                 match (words.next(), words.next()) {
@@ -66,16 +65,7 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 }
             }
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
-            Event::Exit { .. } => {
-                if cluster.is_empty() {
-                    log!("no workers left; the master exits");
-                    return Ok(ExitCode::FAILURE);
-                }
-            }
-            Event::Shutdown => {
-                cluster.shutdown(Duration::from_secs(5));
-                return Ok(ExitCode::SUCCESS);
-            }
+            Event::Exit { .. } | Event::Shutdown => {}
             Event::Other(()) => {}
         }
     }
@@ -105,7 +95,7 @@ fn report(listening: &[u32], failed: &[(u32, String)]) {
 // ANCHOR_END: report
 
 // ANCHOR: worker
-fn worker(id: u32, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn worker(id: u32, args: &Args) -> Outcome {
     let channel = spawn::channel_from_env().ok_or("no IPC channel: start the master instead")?;
     // The first message from the master says where to listen.
     let order = channel.recv()?;

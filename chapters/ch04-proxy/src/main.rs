@@ -11,11 +11,10 @@ mod proxy;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use nix::sys::resource::{getrlimit, Resource};
 use shared::args::{Args, Cli};
-use shared::cluster::{Cluster, Event};
+use shared::cluster::{self, Cluster, Event, Outcome};
 use shared::log;
 use shared::net;
 use shared::server::Server;
@@ -34,16 +33,12 @@ fn main() -> ExitCode {
         "auto",
     )
     .parse();
-    // Am I a worker? The same question as Node's `cluster.isPrimary`.
-    let result = match spawn::worker_id() {
-        Some(id) => worker(id, &args),
-        None => master(&args),
-    };
-    log::exit_code(result)
+    // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
+    cluster::master_or_worker(&args, master, worker)
 }
 
 // ANCHOR: master
-fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn master(args: &Args) -> Outcome {
     let listener = net::listen(args.host, args.port)?;
     let public = listener.local_addr()?;
     let mut cluster: Cluster = Cluster::new()?;
@@ -64,7 +59,11 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
     });
     loop {
-        match cluster.next_event() {
+        let event = cluster.next_event();
+        if let Some(code) = cluster.ends_here(&event) {
+            return Ok(code);
+        }
+        match event {
             Event::Message { id, message } => {
                 match message.text.strip_prefix("listening ") {
                     Some(addr) => match addr.parse() {
@@ -81,17 +80,8 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 }
             }
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
-            Event::Exit { id, .. } => {
-                private.retain(|(worker, _)| *worker != id);
-                if cluster.is_empty() {
-                    log!("no workers left; the master exits");
-                    return Ok(ExitCode::FAILURE);
-                }
-            }
-            Event::Shutdown => {
-                cluster.shutdown(Duration::from_secs(5));
-                return Ok(ExitCode::SUCCESS);
-            }
+            Event::Exit { id, .. } => private.retain(|(worker, _)| *worker != id),
+            Event::Shutdown => {}
             Event::Other(()) => {}
         }
         if let Ok(mut list) = upstreams.lock() {
@@ -109,7 +99,7 @@ fn fd_budget() -> usize {
 }
 
 // ANCHOR: worker
-fn worker(id: u32, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn worker(id: u32, args: &Args) -> Outcome {
     let channel = spawn::channel_from_env().ok_or("no IPC channel: start the master instead")?;
     // Port 0: the kernel picks a free private port; the master learns it over IPC.
     let listener = net::listen(args.host, 0)?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use shared::args::{Args, Cli};
 use shared::channel::Message;
-use shared::cluster::{Cluster, Event};
+use shared::cluster::{self, Cluster, Event, Outcome};
 use shared::log;
 use shared::net;
 use shared::server::Server;
@@ -31,16 +31,12 @@ fn main() -> ExitCode {
         "off",
     )
     .parse();
-    // Am I a worker? The same question as Node's `cluster.isPrimary`.
-    let result = match spawn::worker_id() {
-        Some(id) => worker(id, &args),
-        None => master(&args),
-    };
-    log::exit_code(result)
+    // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
+    cluster::master_or_worker(&args, master, worker)
 }
 
 // ANCHOR: master
-fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn master(args: &Args) -> Outcome {
     // ANCHOR: hand_off
     // One socket, bound once, by the master: no second bind, so no EADDRINUSE.
     let listener = net::listen(args.host, args.port)?;
@@ -63,7 +59,15 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     // ANCHOR_END: hand_off
     let mut ready = 0;
     loop {
-        match cluster.next_event() {
+        let event = cluster.next_event();
+        if let Event::Shutdown = event {
+            // Before the workers go, ask them how the race went.
+            summarize(&mut cluster);
+        }
+        if let Some(code) = cluster.ends_here(&event) {
+            return Ok(code);
+        }
+        match event {
             Event::Message { id, message } if message.text == "listening" => {
                 ready += 1;
                 log!("worker {id} accepts on the shared socket");
@@ -75,17 +79,7 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 log!("unexpected message from worker {id}: {}", message.text)
             }
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
-            Event::Exit { .. } => {
-                if cluster.is_empty() {
-                    log!("no workers left; the master exits");
-                    return Ok(ExitCode::FAILURE);
-                }
-            }
-            Event::Shutdown => {
-                summarize(&mut cluster);
-                cluster.shutdown(Duration::from_secs(5));
-                return Ok(ExitCode::SUCCESS);
-            }
+            Event::Exit { .. } | Event::Shutdown => {}
             Event::Other(()) => {}
         }
     }
@@ -123,7 +117,7 @@ fn summarize(cluster: &mut Cluster) {
 // ANCHOR_END: summarize
 
 // ANCHOR: worker
-fn worker(id: u32, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn worker(id: u32, args: &Args) -> Outcome {
     let channel = spawn::channel_from_env().ok_or("no IPC channel: start the master instead")?;
     let exclusive = args.get::<String>("--exclusive") == "on";
     let mut reported = (0, 0);

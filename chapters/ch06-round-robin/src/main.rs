@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use shared::args::{Args, Cli};
 use shared::channel::Message;
-use shared::cluster::{Cluster, Event};
+use shared::cluster::{self, Cluster, Event, Outcome};
 use shared::log;
 use shared::net;
 use shared::server::Server;
@@ -35,12 +35,8 @@ fn main() -> ExitCode {
         "",
     )
     .parse();
-    // Am I a worker? The same question as Node's `cluster.isPrimary`.
-    let result = match spawn::worker_id() {
-        Some(id) => worker(id, &args),
-        None => master(&args),
-    };
-    log::exit_code(result)
+    // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
+    cluster::master_or_worker(&args, master, worker)
 }
 
 /// The master's own event: a connection its accept thread took.
@@ -126,7 +122,7 @@ impl RoundRobin {
 // ANCHOR_END: round_robin
 
 // ANCHOR: master
-fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn master(args: &Args) -> Outcome {
     let listener = net::listen(args.host, args.port)?;
     let addr = listener.local_addr()?;
     let mut cluster: Cluster<Conn> = Cluster::new()?;
@@ -140,7 +136,11 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     let mut online = 0;
     loop {
-        match cluster.next_event() {
+        let event = cluster.next_event();
+        if let Some(code) = cluster.ends_here(&event) {
+            return Ok(code);
+        }
+        match event {
             Event::Other(conn) => balancer.waiting.push_back(conn),
             Event::Message { id, message } => match message.text.as_str() {
                 "online" => {
@@ -155,17 +155,8 @@ fn master(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 text => log!("unexpected message from worker {id}: {text}"),
             },
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
-            Event::Exit { id, .. } => {
-                balancer.remove(id);
-                if cluster.is_empty() {
-                    log!("no workers left; the master exits");
-                    return Ok(ExitCode::FAILURE);
-                }
-            }
-            Event::Shutdown => {
-                cluster.shutdown(Duration::from_secs(5));
-                return Ok(ExitCode::SUCCESS);
-            }
+            Event::Exit { id, .. } => balancer.remove(id),
+            Event::Shutdown => {}
         }
         balancer.distribute(&cluster);
     }
@@ -209,7 +200,7 @@ fn accept_in_background(listener: TcpListener, events: Sender<Event<Conn>>) {
 // ANCHOR_END: accept_thread
 
 // ANCHOR: worker
-fn worker(id: u32, args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn worker(id: u32, args: &Args) -> Outcome {
     let channel = spawn::channel_from_env().ok_or("no IPC channel: start the master instead")?;
     let server = Server::new(id, args.idle_timeout)?.on_message(channel, on_message)?;
     // This worker listens on nothing: every connection comes from the master.
