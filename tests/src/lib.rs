@@ -399,6 +399,24 @@ impl Chapter {
         panic!("{text}");
     }
 
+    /// Starts a chapter from 4 on with `--port 0 --workers N` and `extra`, and waits until
+    /// it serves: returns the master, the public address of its ready line, and the
+    /// `(id, pid)` of each worker it forked.
+    #[track_caller]
+    pub fn start_cluster(
+        package: &str,
+        workers: usize,
+        extra: &[&str],
+    ) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
+        let n = workers.to_string();
+        let mut args = vec!["--port", "0", "--workers", n.as_str()];
+        args.extend_from_slice(extra);
+        let master = Chapter::start(package, &args);
+        let addr = master.wait_master_ready();
+        let forked = master.wait_forked(workers);
+        (master, addr, forked)
+    }
+
     /// Waits for the master's own ready line, which chapters 4 on print once every worker
     /// is serving (`... master[PID] listening on http://ADDR (...)`), and returns `ADDR`.
     #[track_caller]

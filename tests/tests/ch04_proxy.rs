@@ -8,16 +8,10 @@ use chapter_tests::*;
 
 const CH04: &str = "ch04-proxy";
 
-/// Starts the chapter with `workers` workers and waits for the master's ready line.
-/// Returns the master, the public address and the `(id, pid)` of every worker.
+/// Starts the chapter and waits for the master's ready line (see `Chapter::start_cluster`).
+#[track_caller]
 fn start(workers: usize, extra: &[&str]) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
-    let n = workers.to_string();
-    let mut args = vec!["--port", "0", "--workers", n.as_str()];
-    args.extend_from_slice(extra);
-    let master = Chapter::start(CH04, &args);
-    let addr = master.wait_master_ready();
-    let forked = master.wait_forked(workers);
-    (master, addr, forked)
+    Chapter::start_cluster(CH04, workers, extra)
 }
 
 /// The master's fd count with no client connected. The proxy thread creates its epoll

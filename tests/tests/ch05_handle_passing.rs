@@ -10,14 +10,10 @@ use nix::sys::signal::Signal;
 
 const CH05: &str = "ch05-handle-passing";
 
-/// Starts the chapter with `workers` workers and waits for the master's ready line.
-/// Returns the master, the shared address and the `(id, pid)` of every worker.
+/// Starts the chapter and waits for the master's ready line (see `Chapter::start_cluster`).
+#[track_caller]
 fn start(workers: usize) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
-    let n = workers.to_string();
-    let master = Chapter::start(CH05, &["--port", "0", "--workers", n.as_str()]);
-    let addr = master.wait_master_ready();
-    let forked = master.wait_forked(workers);
-    (master, addr, forked)
+    Chapter::start_cluster(CH05, workers, &[])
 }
 
 /// One `/proc/net/tcp{,6}` address, `0100007F:1F90`: the kernel prints each 32-bit word

@@ -12,16 +12,10 @@ use nix::unistd::Pid;
 
 const CH06: &str = "ch06-round-robin";
 
-/// Starts the chapter with `workers` workers and waits for the master's ready line.
-/// Returns the master, its address and the `(id, pid)` of every worker.
+/// Starts the chapter and waits for the master's ready line (see `Chapter::start_cluster`).
+#[track_caller]
 fn start(workers: usize, extra: &[&str]) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
-    let n = workers.to_string();
-    let mut args = vec!["--port", "0", "--workers", n.as_str()];
-    args.extend_from_slice(extra);
-    let master = Chapter::start(CH06, &args);
-    let addr = master.wait_master_ready();
-    let forked = master.wait_forked(workers);
-    (master, addr, forked)
+    Chapter::start_cluster(CH06, workers, extra)
 }
 
 /// Makes `m` requests one after another, each on a new connection, and counts the
