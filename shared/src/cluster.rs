@@ -14,9 +14,13 @@
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::ExitCode;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SendError, Sender};
+use std::sync::Arc;
+
+use nix::fcntl::OFlag;
+use nix::unistd::pipe2;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -84,25 +88,69 @@ impl std::fmt::Display for Exited {
 pub struct Cluster<E: Send + 'static = ()> {
     workers: BTreeMap<u32, Worker>,
     events: Receiver<Event<E>>,
-    sender: Sender<Event<E>>,
+    sender: EventSender<E>,
+    /// Readable whenever an event is queued, for a master that waits in epoll (chapter 6).
+    wake: OwnedFd,
     with_channel: bool,
+    /// Whether the master reads the channels itself instead of a helper thread per worker.
+    polled: bool,
     next_id: u32,
+}
+
+/// Queues events for the master, from any thread, and makes [`Cluster::wake_fd`]
+/// readable for each one.
+pub struct EventSender<E> {
+    queue: Sender<Event<E>>,
+    wake: Arc<OwnedFd>,
+}
+
+impl<E> Clone for EventSender<E> {
+    fn clone(&self) -> Self {
+        EventSender {
+            queue: self.queue.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+}
+
+impl<E> EventSender<E> {
+    /// Queues `event`; an error means the master is gone.
+    pub fn send(&self, event: Event<E>) -> Result<(), SendError<Event<E>>> {
+        self.queue.send(event)?;
+        // One byte per event. A full pipe already says "look at the queue", so a failed
+        // write loses nothing.
+        let _ = nix::unistd::write(&*self.wake, &[1]);
+        Ok(())
+    }
 }
 
 impl<E: Send + 'static> Cluster<E> {
     /// A cluster whose workers each get an IPC channel (chapter 2 onwards).
     pub fn new() -> io::Result<Self> {
-        Self::build(true)
+        Self::build(true, false)
     }
 
     /// A cluster whose workers get no channel: the master can only start and stop them
     /// (chapter 1).
     pub fn without_channels() -> io::Result<Self> {
-        Self::build(false)
+        Self::build(false, false)
     }
 
-    fn build(with_channel: bool) -> io::Result<Self> {
-        let (sender, events) = mpsc::channel();
+    /// A cluster whose workers each get an IPC channel that the master reads itself, in
+    /// its own event loop, through [`Cluster::channel`] (chapter 6). Exits and Ctrl-C still
+    /// arrive as events; [`Cluster::wake_fd`] says when, and [`Cluster::try_event`] takes
+    /// them.
+    pub fn polled() -> io::Result<Self> {
+        Self::build(true, true)
+    }
+
+    fn build(with_channel: bool, polled: bool) -> io::Result<Self> {
+        let (queue, events) = mpsc::channel();
+        let (wake, wake_write) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        let sender = EventSender {
+            queue,
+            wake: Arc::new(wake_write),
+        };
         let on_signal = sender.clone();
         // ANCHOR: ctrlc
         // ctrlc runs this on its own thread, not inside the signal handler, so it may
@@ -116,7 +164,9 @@ impl<E: Send + 'static> Cluster<E> {
             workers: BTreeMap::new(),
             events,
             sender,
+            wake,
             with_channel,
+            polled,
             next_id: 1,
         })
     }
@@ -140,7 +190,8 @@ impl<E: Send + 'static> Cluster<E> {
     fn watch(&self, worker: &Worker) {
         let (id, pid) = (worker.id, worker.pid);
         let events = self.sender.clone();
-        let channel = worker.channel.clone();
+        // A polled master reads the channel itself; the thread only waits for the exit.
+        let channel = worker.channel.clone().filter(|_| !self.polled);
         std::thread::spawn(move || {
             if let Some(channel) = channel {
                 forward_messages(id, &channel, &events);
@@ -184,8 +235,29 @@ impl<E: Send + 'static> Cluster<E> {
         }
     }
 
+    /// Takes the next queued event without waiting: `None` if there is none. For a master
+    /// that waits in epoll and finds [`Cluster::wake_fd`] readable.
+    pub fn try_event(&mut self) -> Option<Event<E>> {
+        let mut byte = [0u8; 1];
+        let _ = nix::unistd::read(&self.wake, &mut byte);
+        let event = self.events.try_recv().ok()?;
+        self.note(&event);
+        Some(event)
+    }
+
+    /// Readable whenever an event is waiting in the queue: what a master that runs its
+    /// own epoll loop watches to hear about exits and Ctrl-C.
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// Worker `id`'s channel, for a master that reads it itself ([`Cluster::polled`]).
+    pub fn channel(&self, id: u32) -> Option<&Channel> {
+        self.workers.get(&id).and_then(|w| w.channel.as_ref())
+    }
+
     /// A handle other threads can use to push their own events into the queue.
-    pub fn sender(&self) -> Sender<Event<E>> {
+    pub fn sender(&self) -> EventSender<E> {
         self.sender.clone()
     }
 
@@ -285,7 +357,7 @@ impl<E: Send + 'static> Cluster<E> {
 
 /// Forwards every message from one worker until its channel closes.
 // ANCHOR: forward_messages
-fn forward_messages<E>(id: u32, channel: &Channel, events: &Sender<Event<E>>) {
+fn forward_messages<E>(id: u32, channel: &Channel, events: &EventSender<E>) {
     loop {
         let event = match channel.recv() {
             Ok(message) => Event::Message { id, message },

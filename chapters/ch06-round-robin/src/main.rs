@@ -9,14 +9,17 @@
 //! another worker: none is lost.
 
 use std::collections::{HashMap, VecDeque};
+use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
-use std::sync::mpsc::Sender;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use shared::args::{Args, Cli};
-use shared::channel::Message;
+use shared::channel::{ChannelError, Message};
 use shared::cluster::{self, Cluster, Event, Outcome};
 use shared::log;
 use shared::net;
@@ -39,8 +42,10 @@ fn main() -> ExitCode {
     cluster::master_or_worker(&args, master, worker)
 }
 
-/// The master's own event: a connection its accept thread took.
-type Conn = TcpStream;
+/// The master's epoll tokens: a worker's channel uses the worker's id, and these two
+/// can never be ids.
+const LISTENER: u64 = u64::MAX;
+const CLUSTER: u64 = u64::MAX - 1;
 
 // ANCHOR: round_robin
 /// Node's `RoundRobinHandle`: who is free, what is waiting, who holds what.
@@ -60,7 +65,7 @@ struct RoundRobin {
 
 impl RoundRobin {
     /// Pairs waiting connections with free workers, for as long as there are both.
-    fn distribute(&mut self, cluster: &Cluster<Conn>) {
+    fn distribute(&mut self, cluster: &Cluster) {
         while !self.waiting.is_empty() {
             let Some(id) = self.free.pop_front() else {
                 return;
@@ -124,39 +129,72 @@ impl RoundRobin {
 // ANCHOR: master
 fn master(args: &Args) -> Outcome {
     let listener = net::listen(args.host, args.port)?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let mut cluster: Cluster<Conn> = Cluster::new()?;
+    // One thread and one epoll, like Node's master on libuv: the listening socket, every
+    // worker's channel, and the cluster's own events (exits, Ctrl-C) wake the same loop.
+    let mut cluster: Cluster = Cluster::polled()?;
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(
+        listener.as_fd(),
+        EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
+    )?;
+    epoll.add(
+        cluster.wake_fd(),
+        EpollEvent::new(EpollFlags::EPOLLIN, CLUSTER),
+    )?;
     for _ in 0..args.workers {
-        cluster.fork()?;
+        let id = cluster.fork()?;
+        if let Some(channel) = cluster.channel(id) {
+            epoll.add(
+                channel.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, u64::from(id)),
+            )?;
+        }
     }
-    accept_in_background(listener, cluster.sender());
     let mut balancer = RoundRobin {
         weights: parse_weights(&args.get::<String>("--weights"))?,
         ..RoundRobin::default()
     };
     let mut online = 0;
+    let mut ready = vec![EpollEvent::empty(); 64];
     loop {
-        let event = cluster.next_event();
-        if let Some(code) = cluster.ends_here(&event) {
-            return Ok(code);
-        }
-        match event {
-            Event::Other(conn) => balancer.waiting.push_back(conn),
-            Event::Message { id, message } => match message.text.as_str() {
-                "online" => {
-                    balancer.free.push_back(id);
-                    online += 1;
-                    if online == args.workers {
-                        log!("listening on http://{addr} (the master accepts, {online} workers serve)");
+        let n = match epoll.wait(&mut ready, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        for token in ready[..n].iter().map(EpollEvent::data) {
+            match token {
+                LISTENER => accept_all(&listener, &mut balancer.waiting),
+                CLUSTER => {
+                    while let Some(event) = cluster.try_event() {
+                        if let Some(code) = cluster.ends_here(&event) {
+                            return Ok(code);
+                        }
+                        if let Event::Exit { id, .. } = event {
+                            balancer.remove(id);
+                        }
                     }
                 }
-                "accepted" => balancer.acknowledged(id, true),
-                "rejected" => balancer.acknowledged(id, false),
-                text => log!("unexpected message from worker {id}: {text}"),
-            },
-            Event::BadMessage { id, error } => log!("worker {id}: {error}"),
-            Event::Exit { id, .. } => balancer.remove(id),
-            Event::Shutdown => {}
+                worker => {
+                    let id = worker as u32;
+                    for message in read_channel(&cluster, &epoll, id) {
+                        match message.text.as_str() {
+                            "online" => {
+                                balancer.free.push_back(id);
+                                online += 1;
+                                if online == args.workers {
+                                    log!("listening on http://{addr} (the master accepts, {online} workers serve)");
+                                }
+                            }
+                            "accepted" => balancer.acknowledged(id, true),
+                            "rejected" => balancer.acknowledged(id, false),
+                            text => log!("unexpected message from worker {id}: {text}"),
+                        }
+                    }
+                }
+            }
         }
         balancer.distribute(&cluster);
     }
@@ -179,25 +217,58 @@ fn parse_weights(text: &str) -> Result<HashMap<u32, u32>, String> {
     Ok(weights)
 }
 
-/// A thread that accepts connections and queues each one as an event for the master.
-// ANCHOR: accept_thread
-fn accept_in_background(listener: TcpListener, events: Sender<Event<Conn>>) {
-    std::thread::spawn(move || loop {
+/// Accepts every connection waiting in the listening socket's queue.
+// ANCHOR: accept_all
+fn accept_all(listener: &TcpListener, waiting: &mut VecDeque<TcpStream>) {
+    loop {
         match listener.accept() {
-            Ok((conn, _peer)) => {
-                if events.send(Event::Other(conn)).is_err() {
-                    return;
-                }
-            }
+            Ok((conn, _peer)) => waiting.push_back(conn),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
             Err(e) => {
-                // EMFILE (out of fds) and the like: say so, and do not spin on it.
-                log!("accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+                // EMFILE (out of fds) and the like. The listener stays readable, so
+                // the next turn of the loop tries again; say so at most once a second.
+                static LAST: AtomicU64 = AtomicU64::new(0);
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                if LAST.swap(now, Ordering::Relaxed) != now {
+                    log!("accept failed: {e}");
+                }
+                return;
             }
         }
-    });
+    }
 }
-// ANCHOR_END: accept_thread
+// ANCHOR_END: accept_all
+
+/// Every message waiting on worker `id`'s channel. A closed channel leaves the loop's
+/// watch list (its exit arrives as an event); a malformed message is reported and skipped.
+fn read_channel(cluster: &Cluster, epoll: &Epoll, id: u32) -> Vec<Message> {
+    let mut messages = Vec::new();
+    let Some(channel) = cluster.channel(id) else {
+        return messages;
+    };
+    loop {
+        match channel.try_recv() {
+            Ok(Some(message)) => messages.push(message),
+            Ok(None) => return messages,
+            Err(ChannelError::Closed) => {
+                let _ = epoll.delete(channel.as_fd());
+                return messages;
+            }
+            Err(e @ (ChannelError::Malformed(_) | ChannelError::TooLarge(_))) => {
+                log!("worker {id}: {e}")
+            }
+            Err(e) => {
+                log!("worker {id}: {e}; no longer reading its channel");
+                let _ = epoll.delete(channel.as_fd());
+                return messages;
+            }
+        }
+    }
+}
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Outcome {
