@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use nix::cmsg_space;
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
     SockFlag, SockType,
@@ -192,9 +193,13 @@ impl Channel {
                 Err(e) => return Err(e.into()),
             }
         };
-        // On a SOCK_SEQPACKET socket, zero bytes means the peer closed its end.
+        // Zero bytes: either the peer closed its end, or it sent an empty packet (ours
+        // never do; see `send_message`). Only a hang-up marks the socket as closed.
         if len == 0 && fds.is_empty() {
-            return Err(ChannelError::Closed);
+            return Err(match self.hung_up() {
+                true => ChannelError::Closed,
+                false => ChannelError::Malformed("an empty message".into()),
+            });
         }
         if msg_flags.contains(MsgFlags::MSG_TRUNC) {
             return Err(ChannelError::TooLarge(len));
@@ -211,6 +216,21 @@ impl Channel {
         }
     }
     // ANCHOR_END: recv
+}
+
+impl Channel {
+    /// Whether the other end has closed: `poll` reports a hang-up without waiting.
+    fn hung_up(&self) -> bool {
+        // The kernel reports POLLHUP whatever we ask for, once the peer has closed.
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(_) => fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+            // If we cannot tell, treat it as closed: a worker then exits rather than spin.
+            Err(_) => true,
+        }
+    }
 }
 
 impl AsFd for Channel {
@@ -245,6 +265,26 @@ mod tests {
         drop(b);
         assert!(matches!(a.recv(), Err(ChannelError::Closed)));
         assert!(matches!(a.send("hi"), Err(ChannelError::Closed)));
+    }
+
+    #[test]
+    fn malformed_packets_are_reported_not_fatal() {
+        let (a, b) = Channel::pair().unwrap();
+        // Raw packets, as a foreign or buggy peer could send them.
+        for bad in [&b"\xff\xfe not UTF-8"[..], &b""[..]] {
+            nix::sys::socket::send(b.as_raw_fd(), bad, MsgFlags::empty()).unwrap();
+            assert!(
+                matches!(a.recv(), Err(ChannelError::Malformed(_))),
+                "{bad:?} should be reported as malformed"
+            );
+        }
+        // The channel still works afterwards, and a real close still reads as Closed.
+        Channel::from_fd(b.try_clone().unwrap())
+            .send("after")
+            .unwrap();
+        assert_eq!(a.recv().unwrap().text, "after");
+        drop(b);
+        assert!(matches!(a.recv(), Err(ChannelError::Closed)));
     }
 
     #[test]

@@ -236,3 +236,36 @@ fn worker_counts_what_it_served() {
     let reply = expect_message(&channel, "'served <n>'");
     assert_eq!(reply.text, "served 3");
 }
+
+/// Packets our own `Channel::send` would never produce (not UTF-8, empty) are reported by
+/// the worker and dropped; the worker keeps serving its channel.
+#[test]
+fn malformed_messages_are_reported_and_the_worker_carries_on() {
+    let (worker, channel, _) = start_worker();
+    for bad in [&b"\xff\xfe not text"[..], &b""[..]] {
+        nix::sys::socket::send(
+            channel.as_fd().as_raw_fd(),
+            bad,
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .expect("send a raw packet");
+    }
+    worker.wait_for(
+        "a malformed IPC message was dropped: an empty message",
+        TIMEOUT,
+    );
+    assert!(
+        worker
+            .lines()
+            .iter()
+            .any(|l| l.contains("a malformed IPC message was dropped") && l.contains("not UTF-8")),
+        "the worker should report the non-UTF-8 packet: {:#?}",
+        worker.lines()
+    );
+    // Still alive, still answering.
+    echo(&channel, "still here");
+    assert!(
+        pid_alive(worker.pid()),
+        "the worker died of a malformed message"
+    );
+}
