@@ -13,8 +13,6 @@ use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -157,6 +155,7 @@ fn master(args: &Args) -> Outcome {
         ..RoundRobin::default()
     };
     let mut online = 0;
+    let mut paused = false;
     let mut ready = vec![EpollEvent::empty(); 64];
     loop {
         let n = match epoll.wait(&mut ready, EpollTimeout::NONE) {
@@ -166,7 +165,12 @@ fn master(args: &Args) -> Outcome {
         };
         for token in ready[..n].iter().map(EpollEvent::data) {
             match token {
-                LISTENER => accept_all(&listener, &mut balancer.waiting),
+                LISTENER => {
+                    if !accept_all(&listener, &mut balancer.waiting) {
+                        watch(&epoll, &listener, EpollFlags::empty())?;
+                        paused = true;
+                    }
+                }
                 CLUSTER => {
                     while let Some(event) = cluster.try_event() {
                         if let Some(code) = cluster.ends_here(&event) {
@@ -188,7 +192,14 @@ fn master(args: &Args) -> Outcome {
                                     log!("listening on http://{addr} (the master accepts, {online} workers serve)");
                                 }
                             }
-                            "accepted" => balancer.acknowledged(id, true),
+                            "accepted" => {
+                                balancer.acknowledged(id, true);
+                                // Our copy of that connection is closed: one fd free.
+                                if paused {
+                                    watch(&epoll, &listener, EpollFlags::EPOLLIN)?;
+                                    paused = false;
+                                }
+                            }
                             "rejected" => balancer.acknowledged(id, false),
                             text => log!("unexpected message from worker {id}: {text}"),
                         }
@@ -217,31 +228,32 @@ fn parse_weights(text: &str) -> Result<HashMap<u32, u32>, String> {
     Ok(weights)
 }
 
-/// Accepts every connection waiting in the listening socket's queue.
+/// Accepts every connection waiting in the listening socket's queue. Returns `false`
+/// when the master is out of fds (EMFILE): then the listener stays readable, and the
+/// caller must stop watching it until a connection is handed off and closed, or epoll
+/// would report it again at once, forever.
 // ANCHOR: accept_all
-fn accept_all(listener: &TcpListener, waiting: &mut VecDeque<TcpStream>) {
+fn accept_all(listener: &TcpListener, waiting: &mut VecDeque<TcpStream>) -> bool {
     loop {
         match listener.accept() {
             Ok((conn, _peer)) => waiting.push_back(conn),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
             Err(e) => {
-                // EMFILE (out of fds) and the like. The listener stays readable, so
-                // the next turn of the loop tries again; say so at most once a second.
-                static LAST: AtomicU64 = AtomicU64::new(0);
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                if LAST.swap(now, Ordering::Relaxed) != now {
-                    log!("accept failed: {e}");
-                }
-                return;
+                log!("accept failed: {e}; no new connections until one is handed off");
+                return false;
             }
         }
     }
 }
 // ANCHOR_END: accept_all
+
+/// Changes what epoll watches the listening socket for.
+fn watch(epoll: &Epoll, listener: &TcpListener, flags: EpollFlags) -> io::Result<()> {
+    let mut event = EpollEvent::new(flags, LISTENER);
+    Ok(epoll.modify(listener.as_fd(), &mut event)?)
+}
 
 /// Every message waiting on worker `id`'s channel. A closed channel leaves the loop's
 /// watch list (its exit arrives as an event); a malformed message is reported and skipped.
