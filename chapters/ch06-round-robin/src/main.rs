@@ -126,6 +126,10 @@ impl RoundRobin {
 
 // ANCHOR: master
 fn master(args: &Args) -> Outcome {
+    let mut balancer = RoundRobin {
+        weights: parse_weights(&args.get::<String>("--weights"))?,
+        ..RoundRobin::default()
+    };
     let listener = net::listen(args.host, args.port)?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -150,10 +154,6 @@ fn master(args: &Args) -> Outcome {
             )?;
         }
     }
-    let mut balancer = RoundRobin {
-        weights: parse_weights(&args.get::<String>("--weights"))?,
-        ..RoundRobin::default()
-    };
     let mut online = 0;
     let mut paused = false;
     let mut ready = vec![EpollEvent::empty(); 64];
