@@ -8,13 +8,15 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{accept4, SockFlag};
 use shared::log;
+use socket2::{Domain, Socket, Type};
 
 /// The workers' private addresses, kept up to date by the master's main loop.
 pub type Upstreams = Arc<Mutex<Vec<SocketAddr>>>;
@@ -62,8 +64,8 @@ pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io:
             let token = event.data();
             if token == LISTENER {
                 loop {
-                    let mut client = match listener.accept() {
-                        Ok((client, _)) => client,
+                    let mut client = match accept_nonblocking(&listener) {
+                        Ok(client) => client,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if out_of_fds(&e) => {
                             // The listener stays readable, so epoll would wake us for it
@@ -101,11 +103,9 @@ pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io:
                 Err(_) => true,
             };
             if finished || pair.update_interest(&epoll, id).is_err() {
-                if let Some(pair) = pairs.remove(&id) {
-                    for side in &pair.sides {
-                        let _ = epoll.delete(side.as_fd());
-                    }
-                }
+                // Dropping the pair closes both sockets, and closing the only fd of a
+                // socket also takes it off epoll's list: no EPOLL_CTL_DEL needed.
+                pairs.remove(&id);
                 if paused {
                     // Two fds were just freed: accept again.
                     epoll.modify(
@@ -143,6 +143,47 @@ fn out_of_fds(e: &io::Error) -> bool {
     )
 }
 
+/// `accept`, with the new socket non-blocking and close-on-exec from the start (accept4):
+/// one system call instead of two per client.
+fn accept_nonblocking(listener: &TcpListener) -> io::Result<TcpStream> {
+    let fd = accept4(
+        listener.as_raw_fd(),
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )?;
+    // SAFETY: accept4 just returned this fd; nothing else owns it.
+    Ok(unsafe { TcpStream::from_raw_fd(fd) })
+}
+
+// ANCHOR: connect_nonblocking
+/// Connects to a worker with a non-blocking socket, waiting at most a second: on loopback
+/// the handshake is done almost at once, but a worker whose backlog is full must not
+/// stall every other client of the proxy for long.
+fn connect_nonblocking(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(Errno::EINPROGRESS as i32) => {
+            let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
+            if poll(&mut fds, PollTimeout::from(1000u16))? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("worker {addr} did not accept within a second"),
+                ));
+            }
+            if let Some(e) = socket.take_error()? {
+                return Err(e);
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(socket.into())
+}
+// ANCHOR_END: connect_nonblocking
+
 /// Connects a new client to the next worker in turn.
 // ANCHOR: open_pair
 fn open_pair(
@@ -157,7 +198,7 @@ fn open_pair(
     let mut failure = io::Error::other("no worker is listening");
     let mut upstream = None;
     for i in 0..addrs.len() {
-        match TcpStream::connect_timeout(&addrs[(turn + i) % addrs.len()], Duration::from_secs(1)) {
+        match connect_nonblocking(addrs[(turn + i) % addrs.len()]) {
             Ok(stream) => {
                 upstream = Some(stream);
                 break;
@@ -175,8 +216,9 @@ fn open_pair(
         let _ = client.write_all(answer);
         return Err(io::Error::other(format!("{failure}; answered 503")));
     };
+    // Both sockets are non-blocking from birth. No Nagle delays: a proxy passes on each
+    // chunk as it comes, and a small one held back waiting for an ACK stalls the exchange.
     for side in [&client, &upstream] {
-        side.set_nonblocking(true)?;
         side.set_nodelay(true)?;
     }
     let interest = [EpollFlags::EPOLLIN, EpollFlags::EPOLLIN];
