@@ -22,7 +22,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release -q -p ch04-proxy -p ch05-handle-passing -p ch06-round-robin -p shared --bin loadgen
+# (--bin would limit every package to that binary, so two builds.)
+cargo build --release -q -p ch04-proxy -p ch05-handle-passing -p ch06-round-robin
+cargo build --release -q -p shared --bin loadgen
 bin=target/release
 
 free_port() {
@@ -38,7 +40,7 @@ start() {
     if grep -q 'listening on http://' "$work/$name.log"; then return 0; fi
     sleep 0.1
   done
-  echo "$name did not start:" >&2; cat "$work/$name.log" >&2; return 1
+  echo "$name did not start:" >&2; cat "$work/$name.log" >&2; failed=1; return 1
 }
 
 stop() { kill -TERM -- "-${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
@@ -54,6 +56,7 @@ load() {
 
 tool=$(command -v wrk >/dev/null && echo "wrk -t2 -c$CONNECTIONS -d${DURATION}s, Connection: close" || echo "loadgen -c$CONNECTIONS (wrk not installed)")
 declare -A rate
+failed=0
 run() { # run NAME COMMAND...
   local name=$1; shift
   local port; port=$(free_port)
@@ -120,4 +123,8 @@ ratio ch06-round-robin node-round-robin "ch06 round-robin vs Node round-robin" "
 if [ -n "${lg:-}" ]; then
   echo
   echo "load client check on ch05: wrk ${rate[ch05-handle-passing]} req/s, loadgen $lg req/s (same target, same settings)"
+fi
+if [ "$failed" = 1 ]; then
+  echo "some targets did not start (see above): their rows are missing" >&2
+  exit 1
 fi

@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-2000}
-cargo build --release -q -p ch05-handle-passing -p ch06-round-robin -p shared --bin loadgen
+# (--bin would limit every package to that binary, so two builds.)
+cargo build --release -q -p ch05-handle-passing -p ch06-round-robin
+cargo build --release -q -p shared --bin loadgen
 bin=target/release
 log=$(mktemp)
 master=
