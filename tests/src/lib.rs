@@ -712,6 +712,20 @@ pub fn parse_hello(body: &str) -> Option<(u32, u32)> {
     Some((pid.parse().ok()?, rest.strip_suffix(')')?.parse().ok()?))
 }
 
+/// Checks that `response` is a 200 from one of the `forked` workers (`(ID, PID)` pairs, as
+/// [`Chapter::wait_forked`] returns them) and returns who answered: `(PID, ID)`.
+#[track_caller]
+pub fn answered_by(response: &HttpResponse, forked: &[(u32, u32)]) -> (u32, u32) {
+    assert_eq!(response.status, 200, "{response:?}");
+    let (pid, id) = parse_hello(&response.body)
+        .unwrap_or_else(|| panic!("not a worker's answer: {:?}", response.body));
+    assert!(
+        forked.contains(&(id, pid)),
+        "worker {id} (pid {pid}) is not among the master's forks {forked:?}"
+    );
+    (pid, id)
+}
+
 /// Reads from `stream` until the peer closes it, discarding data: `Ok(())` at end-of-file
 /// (or a reset, which also means closed), an error if it stays open past the stream's
 /// read timeout.

@@ -62,13 +62,7 @@ fn every_worker_serves_through_the_proxy() {
     // New connections go to the workers in turn, so 9 of them reach all 3 workers.
     for _ in 0..9 {
         let response = get(addr);
-        assert_eq!(response.status, 200, "{response:?}");
-        let (pid, id) = parse_hello(&response.body)
-            .unwrap_or_else(|| panic!("not a worker's answer: {:?}", response.body));
-        assert!(
-            forked.contains(&(id, pid)),
-            "worker {id} (pid {pid}) is not among the master's forks {forked:?}"
-        );
+        let (pid, _) = answered_by(&response, &forked);
         assert_ne!(pid, master.pid(), "the master proxies; a worker answers");
         *served.entry(pid).or_default() += 1;
     }

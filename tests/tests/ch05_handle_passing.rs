@@ -115,15 +115,7 @@ fn every_request_is_answered() {
                             let response = http_get(addr).unwrap_or_else(|e| {
                                 panic!("client {t}, request {i} was not answered: {e}")
                             });
-                            assert_eq!(response.status, 200, "{response:?}");
-                            let (pid, id) = parse_hello(&response.body).unwrap_or_else(|| {
-                                panic!("not a worker's answer: {:?}", response.body)
-                            });
-                            assert!(
-                                forked.contains(&(id, pid)),
-                                "worker {id} (pid {pid}) is not one of {forked:?}"
-                            );
-                            pid
+                            answered_by(&response, forked).0
                         })
                         .collect()
                 })
