@@ -38,7 +38,7 @@ fn count_turns(
     let mut served: BTreeMap<u32, usize> = forked.iter().map(|(id, _)| (*id, 0)).collect();
     for i in 0..m {
         let response = http_get(addr).unwrap_or_else(|e| panic!("request {i} failed: {e}"));
-        let (pid, id) = answered_by(&response, &forked);
+        let (_, id) = answered_by(&response, forked);
         *served.entry(id).or_default() += 1;
         assert!(
             wait_until(TIMEOUT, || fd_count(master.pid()) == idle),
