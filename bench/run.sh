@@ -24,7 +24,7 @@ trap cleanup EXIT
 
 # (--bin would limit every package to that binary, so two builds.)
 cargo build --release -q -p ch04-proxy -p ch05-handle-passing -p ch06-round-robin
-cargo build --release -q -p shared --bin loadgen
+cargo build --release -q -p loadgen
 bin=target/release
 
 free_port() {

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-2000}
 # (--bin would limit every package to that binary, so two builds.)
 cargo build --release -q -p ch05-handle-passing -p ch06-round-robin
-cargo build --release -q -p shared --bin loadgen
+cargo build --release -q -p loadgen
 bin=target/release
 log=$(mktemp)
 master=

@@ -11,9 +11,6 @@
 //! | [`server`] | the worker's single-threaded event loop; adopting a socket or a connection | 1, 2, 5, 6 |
 //! | [`net`] | binding a port, EADDRINUSE, `SO_REUSEADDR` and `SO_REUSEPORT` | 1, 3 |
 //! | [`channel`] | the IPC channel, messages and fds | 2, 5 |
-//!
-//! The crate also builds `loadgen` (`src/bin/loadgen.rs`, from chapter 4 on): a load client
-//! that counts who answered each request, to show how a master spreads connections.
 
 pub mod args;
 pub mod channel;

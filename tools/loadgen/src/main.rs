@@ -6,7 +6,7 @@
 //! per client instead (then the balancing happens once per client).
 //!
 //! ```text
-//! cargo run --release -p shared --bin loadgen -- http://127.0.0.1:8000 -n 2000 -c 8
+//! cargo run --release -p loadgen -- http://127.0.0.1:8000 -n 2000 -c 8
 //! ```
 
 use std::collections::BTreeMap;
