@@ -166,7 +166,7 @@ pub const EXERCISES: &[Exercise] = &[
         name: "ch06-weights",
         chapter: "ch06-round-robin",
         file: "chapters/ch06-round-robin/src/main.rs",
-        function: "RoundRobin::acknowledged",
+        function: "RoundRobin::accepted",
         anchor: "solution_ch06_weights",
         test: "ch06_round_robin",
         filter: Some("weights_skew_the_turns"),

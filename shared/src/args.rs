@@ -8,9 +8,17 @@
 //! We parse by hand rather than pull in a parser crate: the whole grammar is
 //! `--name value` or `--name=value`, and a learner can read all of it here.
 
+use std::fmt::Display;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
+
+/// The most workers a chapter will start. Enough for any classroom machine, and a typo
+/// such as `--workers 10000` is refused instead of forking until the machine gives out.
+pub const MAX_WORKERS: usize = 128;
+
+/// A check of the whole command line, once every option has parsed.
+type Check = fn(&Args) -> Result<(), String>;
 
 /// A chapter's command line: the common options and the chapter's own.
 pub struct Cli {
@@ -18,6 +26,7 @@ pub struct Cli {
     about: &'static str,
     default_port: u16,
     extra: Vec<Opt>,
+    checks: Vec<Check>,
 }
 
 struct Opt {
@@ -25,6 +34,9 @@ struct Opt {
     value: &'static str,
     help: &'static str,
     default: &'static str,
+    /// Whether a value parses as the option's type: checked when the command line is
+    /// read, before anything is forked.
+    valid: fn(&str) -> Result<(), String>,
 }
 
 /// What the user asked for.
@@ -49,6 +61,7 @@ impl Cli {
             about,
             default_port: 8000,
             extra: Vec::new(),
+            checks: Vec::new(),
         }
     }
 
@@ -58,20 +71,40 @@ impl Cli {
         self
     }
 
-    /// Adds a chapter-specific option `--name VALUE`, read back with [`Args::get`].
-    pub fn option(
+    /// Adds a chapter-specific option `--name VALUE` whose value must parse as a `T`,
+    /// read back with [`Args::get`]. A value that does not parse is refused with the
+    /// other argument errors, before any worker is forked.
+    pub fn option<T>(
         mut self,
         name: &'static str,
         value: &'static str,
         help: &'static str,
         default: &'static str,
-    ) -> Cli {
+    ) -> Cli
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
         self.extra.push(Opt {
             name,
             value,
             help,
             default,
+            valid: |text| text.parse::<T>().map(drop).map_err(|e| e.to_string()),
         });
+        self
+    }
+
+    /// Adds a chapter-specific `--name on|off` (off by default), read back with
+    /// [`Args::is_on`].
+    pub fn switch(self, name: &'static str, help: &'static str) -> Cli {
+        self.option::<Switch>(name, "on|off", help, "off")
+    }
+
+    /// Adds a check of the whole command line, run after every option has parsed: for
+    /// options that must agree with each other (chapter 6's `--weights` and `--workers`).
+    pub fn check(mut self, check: Check) -> Cli {
+        self.checks.push(check);
         self
     }
 
@@ -103,7 +136,7 @@ impl Cli {
         let mut args = Args {
             host: IpAddr::from([127, 0, 0, 1]),
             port: self.default_port,
-            workers: num_cpus::get(),
+            workers: num_cpus::get().min(MAX_WORKERS),
             idle_timeout: Duration::from_secs(10),
             extra: self
                 .extra
@@ -141,6 +174,11 @@ impl Cli {
                         .ok_or(format!("--idle-timeout must be above 0, not '{value}'"))?;
                 }
                 _ => {
+                    if let Some(opt) = self.extra.iter().find(|o| o.name == name) {
+                        (opt.valid)(&value).map_err(|why| {
+                            format!("{name} expects {}, not '{value}': {why}", opt.value)
+                        })?;
+                    }
                     for (extra, slot) in args.extra.iter_mut() {
                         if *extra == name {
                             *slot = value.clone();
@@ -148,6 +186,9 @@ impl Cli {
                     }
                 }
             }
+        }
+        for check in &self.checks {
+            check(&args)?;
         }
         Ok(Some(args))
     }
@@ -177,8 +218,9 @@ impl Cli {
             (
                 "--workers N".into(),
                 format!(
-                    "how many workers, or a share of the CPUs like 50% (default {}, one per CPU)",
-                    num_cpus::get()
+                    "how many workers, at most {MAX_WORKERS}, or a share of the CPUs like \
+                     50% (default {}, one per CPU)",
+                    num_cpus::get().min(MAX_WORKERS)
                 ),
             ),
             (
@@ -202,7 +244,8 @@ impl Cli {
 impl Args {
     /// The value of a chapter-specific option declared with [`Cli::option`].
     ///
-    /// Exits with a clear message if the value does not parse as a `T`.
+    /// The value was checked when the command line was parsed; asking for it as another
+    /// type than the one declared is a bug in the chapter, and panics saying so.
     pub fn get<T: FromStr>(&self, name: &str) -> T {
         let value = self
             .extra
@@ -212,10 +255,32 @@ impl Args {
             .unwrap_or_else(|| panic!("option {name} was never declared with Cli::option"));
         match value.parse() {
             Ok(v) => v,
-            Err(_) => {
-                eprintln!("{name}: '{value}' is not a valid value; see --help");
-                std::process::exit(2);
-            }
+            Err(_) => panic!("option {name} was declared with another type than asked for"),
+        }
+    }
+
+    /// Whether a `--name on|off` option declared with [`Cli::switch`] is on.
+    pub fn is_on(&self, name: &str) -> bool {
+        self.get::<Switch>(name) == Switch::On
+    }
+}
+
+/// The value of an `on|off` option: nothing else is accepted, so `--exclusive maybe` is
+/// an error rather than a silent "off".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl FromStr for Switch {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Switch, String> {
+        match text {
+            "on" => Ok(Switch::On),
+            "off" => Ok(Switch::Off),
+            _ => Err("only on or off".into()),
         }
     }
 }
@@ -240,6 +305,11 @@ fn parse_workers(value: &str) -> Result<usize, String> {
             "--workers {value} means no worker at all; ask for 1 or more"
         ));
     }
+    if n > MAX_WORKERS {
+        return Err(format!(
+            "--workers {value} means {n} workers; this tutorial starts at most {MAX_WORKERS}"
+        ));
+    }
     Ok(n)
 }
 
@@ -261,7 +331,8 @@ mod tests {
     fn parse_words(words: &[&str]) -> Result<Option<Args>, String> {
         let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
         Cli::new("test", "a test")
-            .option("--interval", "SECS", "how often", "1")
+            .option::<f64>("--interval", "SECS", "how often", "1")
+            .switch("--fast", "go fast")
             .parse_from(&words)
     }
 
@@ -289,6 +360,17 @@ mod tests {
             .unwrap_err()
             .contains("needs a value"));
         assert!(parse_words(&["--help"]).unwrap().is_none());
+        assert!(parse_words(&["--workers", "100000"])
+            .unwrap_err()
+            .contains("at most"));
+        assert!(parse_words(&["--interval", "soon"])
+            .unwrap_err()
+            .contains("--interval expects SECS, not 'soon'"));
+        assert!(parse_words(&["--fast", "yes"])
+            .unwrap_err()
+            .contains("only on or off"));
+        let args = parse_words(&["--fast", "on"]).unwrap().unwrap();
+        assert!(args.is_on("--fast"));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use nix::cmsg_space;
 use nix::errno::Errno;
@@ -32,7 +32,14 @@ pub const MAX_MESSAGE: usize = 128 * 1024;
 /// thread can wait for messages while another sends.
 #[derive(Clone)]
 pub struct Channel {
-    socket: Arc<OwnedFd>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    socket: OwnedFd,
+    /// Where messages are received, kept between calls: a channel that carries one
+    /// message per connection (chapter 6) must not allocate 128 KiB for each.
+    buf: Mutex<Vec<u8>>,
 }
 
 /// A message as it arrived: its text and, if one came with it, a file descriptor.
@@ -41,6 +48,10 @@ pub struct Message {
     pub text: String,
     /// The fd that travelled with this message, already open in this process. Dropping
     /// the `Message` closes it, so an fd nobody expected cannot leak.
+    ///
+    /// `None` also when an fd was sent but could not be installed here because this
+    /// process has no fd to spare (the kernel drops it and says so with `MSG_CTRUNC`):
+    /// a receiver that expected an fd must treat its absence as "could not take it".
     pub fd: Option<OwnedFd>,
 }
 
@@ -107,7 +118,10 @@ impl Channel {
     /// Wraps an fd that is one end of a `SOCK_SEQPACKET` socketpair.
     pub fn from_fd(fd: OwnedFd) -> Channel {
         Channel {
-            socket: Arc::new(fd),
+            inner: Arc::new(Inner {
+                socket: fd,
+                buf: Mutex::new(Vec::new()),
+            }),
         }
     }
 
@@ -142,7 +156,7 @@ impl Channel {
         let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
         // MSG_NOSIGNAL: a worker whose master died gets EPIPE here, not a fatal SIGPIPE.
         sendmsg::<()>(
-            self.socket.as_raw_fd(),
+            self.inner.socket.as_raw_fd(),
             &iov,
             cmsgs,
             MsgFlags::MSG_NOSIGNAL,
@@ -167,14 +181,25 @@ impl Channel {
 
     // ANCHOR: recv
     fn recv_message(&self, flags: MsgFlags) -> Result<Option<Message>, ChannelError> {
-        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut buf = self.inner.buf.lock().unwrap_or_else(|p| p.into_inner());
+        buf.resize(MAX_MESSAGE, 0);
         // Room for a few fds: a peer that sends more than one gets the extras closed.
         let mut space = cmsg_space!([RawFd; 4]);
         // MSG_CMSG_CLOEXEC: a received fd must not leak into processes we start later.
         let flags = flags | MsgFlags::MSG_CMSG_CLOEXEC;
         let (len, msg_flags, mut fds) = loop {
             let mut iov = [IoSliceMut::new(&mut buf)];
-            match recvmsg::<()>(self.socket.as_raw_fd(), &mut iov, Some(&mut space), flags) {
+            match recvmsg::<()>(
+                self.inner.socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                flags,
+            ) {
+                // MSG_CTRUNC: not every fd sent could be installed here, most often because
+                // our fd table is full. The message itself arrived.
+                Ok(msg) if msg.flags.contains(MsgFlags::MSG_CTRUNC) => {
+                    break (msg.bytes, msg.flags, Vec::new());
+                }
                 Ok(msg) => {
                     let mut fds = Vec::new();
                     for cmsg in msg.cmsgs().map_err(ChannelError::from)? {
@@ -193,9 +218,13 @@ impl Channel {
                 Err(e) => return Err(e.into()),
             }
         };
+        if msg_flags.contains(MsgFlags::MSG_CTRUNC) {
+            // Whatever fds did fit are ours to close; the message goes on without them.
+            close_received_fds(&space);
+        }
         // Zero bytes: either the peer closed its end, or it sent an empty packet (ours
         // never do; see `send_message`). Only a hang-up marks the socket as closed.
-        if len == 0 && fds.is_empty() {
+        if len == 0 && fds.is_empty() && !msg_flags.contains(MsgFlags::MSG_CTRUNC) {
             return Err(match self.hung_up() {
                 true => ChannelError::Closed,
                 false => ChannelError::Malformed("an empty message".into()),
@@ -207,9 +236,11 @@ impl Channel {
         // Only one fd per message is part of our protocol; any others drop (close) here.
         fds.truncate(1);
         let fd = fds.pop();
-        buf.truncate(len);
-        match String::from_utf8(buf) {
-            Ok(text) => Ok(Some(Message { text, fd })),
+        match std::str::from_utf8(&buf[..len]) {
+            Ok(text) => Ok(Some(Message {
+                text: text.to_string(),
+                fd,
+            })),
             Err(e) => Err(ChannelError::Malformed(format!(
                 "{len} bytes that are not UTF-8 text ({e})"
             ))),
@@ -222,7 +253,7 @@ impl Channel {
     /// Whether the other end has closed: `poll` reports a hang-up without waiting.
     fn hung_up(&self) -> bool {
         // The kernel reports POLLHUP whatever we ask for, once the peer has closed.
-        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(self.inner.socket.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::ZERO) {
             Ok(_) => fds[0]
                 .revents()
@@ -233,9 +264,39 @@ impl Channel {
     }
 }
 
+/// Closes the fds in an `SCM_RIGHTS` control message that the kernel cut short
+/// (`MSG_CTRUNC`). nix will not read such a buffer, but the kernel may still have
+/// installed as many fds as it had room for, and each one is ours.
+fn close_received_fds(control: &[u8]) {
+    let header = std::mem::size_of::<libc::cmsghdr>();
+    let align = std::mem::size_of::<usize>();
+    // SAFETY: CMSG_LEN is arithmetic on its argument.
+    let data_offset = unsafe { libc::CMSG_LEN(0) } as usize;
+    let mut at = 0;
+    while at + header <= control.len() {
+        // SAFETY: `at + header` is within the buffer; read_unaligned copes with any
+        // alignment, and every bit pattern is a valid cmsghdr.
+        let cmsg: libc::cmsghdr =
+            unsafe { std::ptr::read_unaligned(control[at..].as_ptr().cast()) };
+        let len = cmsg.cmsg_len as usize;
+        if len < data_offset || at + len > control.len() {
+            return;
+        }
+        if cmsg.cmsg_level == libc::SOL_SOCKET && cmsg.cmsg_type == libc::SCM_RIGHTS {
+            for raw in control[at + data_offset..at + len].chunks_exact(4) {
+                let fd = RawFd::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
+                // SAFETY: the kernel installed this fd for us with the message; nothing
+                // else knows of it, so closing it here is its one and only close.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+        at += (len + align - 1) & !(align - 1);
+    }
+}
+
 impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.socket.as_fd()
+        self.inner.socket.as_fd()
     }
 }
 

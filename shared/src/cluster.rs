@@ -8,14 +8,17 @@
 //! [`Cluster::next_event`]. Small helper threads feed the queue: one per worker that
 //! blocks reading its channel (or, without a channel, waiting for it to exit), and the
 //! Ctrl-C handler. The chapter's own loop stays single-threaded and reads top to bottom.
-//! Chapters that need more event sources (an accept loop, a timer) push their own events
-//! with [`Cluster::sender`].
+//!
+//! A master that must also watch sockets of its own (chapter 6 accepts every connection)
+//! reads the channels itself in one epoll loop, as Node's master does on libuv: see
+//! [`Cluster::polled`].
 
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SendError, Sender};
 use std::sync::Arc;
 
@@ -46,16 +49,20 @@ pub fn master_or_worker(
 ) -> ExitCode {
     // Am I a worker? The same question as Node's `cluster.isPrimary`, asked the same way:
     // is the variable the master sets for its workers in my environment?
-    let result = match spawn::worker_id() {
-        Some(id) => worker(id, args),
-        None => master(args),
+    let result = match spawn::role() {
+        Ok(Some(id)) => worker(id, args),
+        Ok(None) => master(args),
+        Err(why) => {
+            eprintln!("{why}");
+            return ExitCode::from(2);
+        }
     };
     crate::log::exit_code(result)
 }
 // ANCHOR_END: master_or_worker
 
 /// Something that happened, for the master to act on.
-pub enum Event<E = ()> {
+pub enum Event {
     /// Ctrl-C (SIGINT) or SIGTERM reached the master.
     Shutdown,
     /// Worker `id` sent a message.
@@ -64,8 +71,6 @@ pub enum Event<E = ()> {
     BadMessage { id: u32, error: ChannelError },
     /// Worker `id` (pid `pid`) exited or was killed.
     Exit { id: u32, pid: u32, status: Exited },
-    /// An event the chapter pushed itself through [`Cluster::sender`].
-    Other(E),
 }
 
 /// How a worker ended, as `cluster.on('exit', (worker, code, signal))` reports it.
@@ -85,10 +90,12 @@ impl std::fmt::Display for Exited {
 }
 
 /// The master's view of its workers.
-pub struct Cluster<E: Send + 'static = ()> {
+pub struct Cluster {
     workers: BTreeMap<u32, Worker>,
-    events: Receiver<Event<E>>,
-    sender: EventSender<E>,
+    events: Receiver<Event>,
+    sender: EventSender,
+    /// Set by the Ctrl-C handler: a master still forking its workers stops forking.
+    stopping: Arc<AtomicBool>,
     /// Readable whenever an event is queued, for a master that waits in epoll (chapter 6).
     wake: OwnedFd,
     with_channel: bool,
@@ -97,25 +104,17 @@ pub struct Cluster<E: Send + 'static = ()> {
     next_id: u32,
 }
 
-/// Queues events for the master, from any thread, and makes [`Cluster::wake_fd`]
-/// readable for each one.
-pub struct EventSender<E> {
-    queue: Sender<Event<E>>,
+/// Queues events for the master, from its helper threads, and makes
+/// [`Cluster::wake_fd`] readable for each one.
+#[derive(Clone)]
+struct EventSender {
+    queue: Sender<Event>,
     wake: Arc<OwnedFd>,
 }
 
-impl<E> Clone for EventSender<E> {
-    fn clone(&self) -> Self {
-        EventSender {
-            queue: self.queue.clone(),
-            wake: self.wake.clone(),
-        }
-    }
-}
-
-impl<E> EventSender<E> {
+impl EventSender {
     /// Queues `event`; an error means the master is gone.
-    pub fn send(&self, event: Event<E>) -> Result<(), SendError<Event<E>>> {
+    fn send(&self, event: Event) -> Result<(), SendError<Event>> {
         self.queue.send(event)?;
         // One byte per event. A full pipe already says "look at the queue", so a failed
         // write loses nothing.
@@ -124,7 +123,7 @@ impl<E> EventSender<E> {
     }
 }
 
-impl<E: Send + 'static> Cluster<E> {
+impl Cluster {
     /// A cluster whose workers each get an IPC channel (chapter 2 onwards).
     pub fn new() -> io::Result<Self> {
         Self::build(true, false)
@@ -152,10 +151,13 @@ impl<E: Send + 'static> Cluster<E> {
             wake: Arc::new(wake_write),
         };
         let on_signal = sender.clone();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let flag = stopping.clone();
         // ANCHOR: ctrlc
         // ctrlc runs this on its own thread, not inside the signal handler, so it may
         // do anything; it just queues the event for the master's loop.
         ctrlc::set_handler(move || {
+            flag.store(true, Ordering::SeqCst);
             let _ = on_signal.send(Event::Shutdown);
         })
         .map_err(io::Error::other)?;
@@ -164,6 +166,7 @@ impl<E: Send + 'static> Cluster<E> {
             workers: BTreeMap::new(),
             events,
             sender,
+            stopping,
             wake,
             with_channel,
             polled,
@@ -175,6 +178,14 @@ impl<E: Send + 'static> Cluster<E> {
     /// returns its id.
     // ANCHOR: fork
     pub fn fork(&mut self) -> io::Result<u32> {
+        // Ctrl-C while the workers are still starting: start no more. The error ends
+        // the master, and dropping the cluster stops the workers already started.
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "stopped by Ctrl-C while starting the workers",
+            ));
+        }
         let id = self.next_id;
         self.next_id += 1;
         let worker = spawn_worker(id, self.with_channel)?;
@@ -205,7 +216,7 @@ impl<E: Send + 'static> Cluster<E> {
     // ANCHOR_END: watch
 
     /// Waits for the next event.
-    pub fn next_event(&mut self) -> Event<E> {
+    pub fn next_event(&mut self) -> Event {
         let event = self
             .events
             .recv()
@@ -216,7 +227,7 @@ impl<E: Send + 'static> Cluster<E> {
 
     /// Bookkeeping every chapter needs: forget a worker once it has exited, and log it,
     /// as Node's cluster emits `exit`.
-    fn note(&mut self, event: &Event<E>) {
+    fn note(&mut self, event: &Event) {
         if let Event::Exit { id, pid, status } = event {
             self.workers.remove(id);
             log!("worker {id} (pid {pid}) {status}");
@@ -224,7 +235,7 @@ impl<E: Send + 'static> Cluster<E> {
     }
 
     /// Like [`Cluster::next_event`], but gives up after `timeout` and returns `None`.
-    pub fn next_event_timeout(&mut self, timeout: Duration) -> Option<Event<E>> {
+    pub fn next_event_timeout(&mut self, timeout: Duration) -> Option<Event> {
         match self.events.recv_timeout(timeout) {
             Ok(event) => {
                 self.note(&event);
@@ -237,7 +248,7 @@ impl<E: Send + 'static> Cluster<E> {
 
     /// Takes the next queued event without waiting: `None` if there is none. For a master
     /// that waits in epoll and finds [`Cluster::wake_fd`] readable.
-    pub fn try_event(&mut self) -> Option<Event<E>> {
+    pub fn try_event(&mut self) -> Option<Event> {
         let mut byte = [0u8; 1];
         let _ = nix::unistd::read(&self.wake, &mut byte);
         let event = self.events.try_recv().ok()?;
@@ -254,11 +265,6 @@ impl<E: Send + 'static> Cluster<E> {
     /// Worker `id`'s channel, for a master that reads it itself ([`Cluster::polled`]).
     pub fn channel(&self, id: u32) -> Option<&Channel> {
         self.workers.get(&id).and_then(|w| w.channel.as_ref())
-    }
-
-    /// A handle other threads can use to push their own events into the queue.
-    pub fn sender(&self) -> EventSender<E> {
-        self.sender.clone()
     }
 
     /// Sends a text message to worker `id`.
@@ -307,7 +313,7 @@ impl<E: Send + 'static> Cluster<E> {
     /// exit 1 (chapter 7 will start a replacement instead). Any other event: `None`, and
     /// the chapter's own loop goes on with it.
     // ANCHOR: ends_here
-    pub fn ends_here(&mut self, event: &Event<E>) -> Option<ExitCode> {
+    pub fn ends_here(&mut self, event: &Event) -> Option<ExitCode> {
         match event {
             Event::Shutdown => {
                 self.shutdown(Duration::from_secs(5));
@@ -355,9 +361,19 @@ impl<E: Send + 'static> Cluster<E> {
     // ANCHOR_END: shutdown
 }
 
+impl Drop for Cluster {
+    /// A master that returns early, on an error or on Ctrl-C during start-up, still stops
+    /// the workers it started rather than leave them to die with it one by one.
+    fn drop(&mut self) {
+        if !self.workers.is_empty() {
+            self.shutdown(Duration::from_secs(5));
+        }
+    }
+}
+
 /// Forwards every message from one worker until its channel closes.
 // ANCHOR: forward_messages
-fn forward_messages<E>(id: u32, channel: &Channel, events: &EventSender<E>) {
+fn forward_messages(id: u32, channel: &Channel, events: &EventSender) {
     loop {
         let event = match channel.recv() {
             Ok(message) => Event::Message { id, message },

@@ -68,6 +68,14 @@ pub fn exit_code(
 ) -> std::process::ExitCode {
     match result {
         Ok(code) => code,
+        // Ctrl-C during start-up: a requested stop, not a failure.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::Interrupted) =>
+        {
+            crate::log!("{e}");
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             crate::log!("error: {e}");
             std::process::ExitCode::FAILURE

@@ -48,23 +48,28 @@ impl ListenError {
 }
 
 // ANCHOR: listen_error
-impl fmt::Display for ListenError {
-    /// `listen EADDRINUSE: address already in use 127.0.0.1:8000 (errno 98)`, the
-    /// shape of Node's message.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ListenError {
+    /// `listen EADDRINUSE: address already in use 127.0.0.1:8000 (errno 98)`, the shape
+    /// of Node's message.
+    pub fn node_message(&self) -> String {
         let text = match self.error.raw_os_error() {
             Some(n) => Errno::from_raw(n).desc().to_lowercase(),
             None => self.error.to_string(),
         };
-        write!(
-            f,
-            "listen {}: {} {} (errno {}): {}",
+        format!(
+            "listen {}: {} {} (errno {})",
             self.code(),
             text,
             self.addr,
-            self.errno(),
-            self.hint()
+            self.errno()
         )
+    }
+}
+
+impl fmt::Display for ListenError {
+    /// Node's message, then what the learner can do about it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.node_message(), self.hint())
     }
 }
 // ANCHOR_END: listen_error

@@ -11,6 +11,12 @@
 //! The loop watches three kinds of things: listening sockets (accept new connections),
 //! connections (read requests, write responses), and the IPC channel (messages from the
 //! master, handed to the chapter's [`Server::on_message`] callback).
+//!
+//! Nothing a client does can make the loop spin or its memory grow without bound: a
+//! connection is read only while its unsent answers stay under [`OUTPUT_LIMIT`], epoll
+//! watches a socket only for what the loop is ready to do with it, and a connection that
+//! makes no progress, reading or writing, for the idle timeout is closed. Out of fds, the
+//! worker stops accepting until one frees instead of retrying a failing `accept` forever.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -26,14 +32,26 @@ use crate::channel::{Channel, ChannelError, Message};
 use crate::http::{self, Parsed, Request, Response, MAX_BODY, MAX_HEAD};
 use crate::log;
 
+/// A connection whose unsent answers reach this many bytes is not read any further
+/// until the client takes some: a client that sends requests and never reads the answers
+/// costs the worker this much memory, not more.
+pub const OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// The most a connection's unparsed input may hold: one largest request.
+const INPUT_LIMIT: usize = MAX_HEAD + MAX_BODY;
+
+/// How long to wait, out of fds, before trying to accept again when no connection of ours
+/// has closed in the meantime (the fds may be held elsewhere in the process).
+const RETRY_WHEN_OUT_OF_FDS: Duration = Duration::from_secs(1);
+
 type Handler = Box<dyn FnMut(&Request) -> Response>;
 type OnMessage = Box<dyn FnMut(&mut Server, Message)>;
-type OnTimer = Box<dyn FnMut(&mut Server)>;
+type Callback = Box<dyn FnMut(&mut Server)>;
 
 struct Timer {
     every: Duration,
     next: Instant,
-    callback: Option<OnTimer>,
+    callback: Option<Callback>,
 }
 
 const CHANNEL: u64 = 0;
@@ -51,20 +69,37 @@ pub struct Stats {
 }
 
 enum Source {
-    Listener(TcpListener),
+    Listener(Listener),
     Conn(Conn),
+}
+
+struct Listener {
+    socket: TcpListener,
+    /// The epoll flags it is registered with (EPOLLIN, maybe EPOLLEXCLUSIVE).
+    flags: EpollFlags,
 }
 
 struct Conn {
     stream: TcpStream,
     input: Vec<u8>,
     output: Vec<u8>,
+    /// The client has sent end-of-file: answer what is buffered, then close.
+    eof: bool,
     /// Close once `output` is written.
     closing: bool,
-    /// Whether epoll is also watching for writability.
-    writing: bool,
-    /// Dropped if no whole request arrives by then.
+    /// What epoll watches this connection for now.
+    interest: EpollFlags,
+    /// Closed if it makes no progress by then: no whole request read, no byte written.
     deadline: Instant,
+}
+
+/// The worker's state when it has run out of fds (or out of room for one more
+/// connection): the episode is logged once, when it starts and when it ends.
+struct OutOfFds {
+    since: Instant,
+    /// Listeners are off epoll until an fd frees (or `retry` comes).
+    paused: bool,
+    retry: Instant,
 }
 
 /// A worker's event loop. Build it, add listeners and (optionally) the IPC channel, run.
@@ -77,13 +112,15 @@ pub struct Server {
     handler: Option<Handler>,
     channel: Option<Channel>,
     on_message: Option<OnMessage>,
+    on_fds_freed: Option<Callback>,
     timers: Vec<Timer>,
+    out_of_fds: Option<OutOfFds>,
     stats: Stats,
     running: bool,
 }
 
 impl Server {
-    /// A server for worker `worker` that drops connections silent for `idle_timeout`.
+    /// A server for worker `worker` that drops connections idle for `idle_timeout`.
     pub fn new(worker: u32, idle_timeout: Duration) -> io::Result<Server> {
         Ok(Server {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
@@ -94,7 +131,9 @@ impl Server {
             handler: None,
             channel: None,
             on_message: None,
+            on_fds_freed: None,
             timers: Vec::new(),
+            out_of_fds: None,
             stats: Stats::default(),
             running: true,
         })
@@ -133,6 +172,14 @@ impl Server {
         self
     }
 
+    /// Calls `callback` each time the worker, short of fds, may take connections again:
+    /// one of its connections has closed, or a second has passed. Chapter 6's worker
+    /// tells its master it is free again.
+    pub fn on_fds_freed(mut self, callback: impl FnMut(&mut Server) + 'static) -> Server {
+        self.on_fds_freed = Some(Box::new(callback));
+        self
+    }
+
     /// Starts accepting connections on `listener`.
     pub fn add_listener(&mut self, listener: TcpListener) -> io::Result<()> {
         self.add_listener_with(listener, false)
@@ -149,19 +196,14 @@ impl Server {
             false => EpollFlags::EPOLLIN,
         };
         let token = self.register(listener.as_fd(), flags)?;
+        let listener = Listener {
+            socket: listener,
+            flags,
+        };
         self.sources.insert(token, Source::Listener(listener));
         Ok(())
     }
     // ANCHOR_END: add_listener_with
-
-    /// Serves a connection this worker has just accepted.
-    pub fn add_connection(&mut self, stream: TcpStream) -> io::Result<()> {
-        let token = self.adopt(stream, false)?;
-        // The request is usually there already: try it now rather than after one more
-        // trip through epoll_wait.
-        self.ready(token, EpollFlags::EPOLLIN);
-        Ok(())
-    }
 
     /// Takes over a connection accepted by another process (the master, in chapter 6),
     /// without reading it yet: the loop serves it on its next turn. That leaves the
@@ -169,22 +211,23 @@ impl Server {
     /// serving it, so the master hears "taken" before the client can hear the answer.
     // ANCHOR: adopt_connection
     pub fn adopt_connection(&mut self, stream: TcpStream) -> io::Result<()> {
-        self.adopt(stream, false).map(|_| ())
+        stream.set_nonblocking(true)?;
+        self.watch_connection(stream).map(|_| ())
     }
     // ANCHOR_END: adopt_connection
 
-    fn adopt(&mut self, stream: TcpStream, nonblocking: bool) -> io::Result<u64> {
-        if !nonblocking {
-            stream.set_nonblocking(true)?;
-        }
+    /// Starts serving `stream`, which must already be non-blocking; returns its token.
+    fn watch_connection(&mut self, stream: TcpStream) -> io::Result<u64> {
         let token = self.register(stream.as_fd(), EpollFlags::EPOLLIN)?;
         self.stats.accepted += 1;
+        self.took_connection();
         let conn = Conn {
             stream,
             input: Vec::new(),
             output: Vec::new(),
+            eof: false,
             closing: false,
-            writing: false,
+            interest: EpollFlags::EPOLLIN,
             deadline: Instant::now() + self.idle_timeout,
         };
         self.sources.insert(token, Source::Conn(conn));
@@ -225,7 +268,7 @@ impl Server {
     // ANCHOR: run
     pub fn run(mut self) -> io::Result<()> {
         let mut events = vec![EpollEvent::empty(); 256];
-        // Silent connections are looked for a few times per timeout, not on every event.
+        // Stalled connections are looked for a few times per timeout, not on every event.
         let sweep_every =
             (self.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
         let mut next_sweep = Instant::now() + sweep_every;
@@ -249,7 +292,8 @@ impl Server {
                 }
             }
             if Instant::now() >= next_sweep {
-                self.drop_silent_connections();
+                self.close_stalled_connections();
+                self.retry_when_out_of_fds();
                 next_sweep = Instant::now() + sweep_every;
             }
             self.run_timers();
@@ -307,14 +351,7 @@ impl Server {
     fn ready(&mut self, token: u64, flags: EpollFlags) {
         match self.sources.get(&token) {
             Some(Source::Listener(_)) => self.accept(token),
-            Some(Source::Conn(_)) => {
-                if flags
-                    .intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
-                {
-                    self.read(token);
-                }
-                self.flush(token);
-            }
+            Some(Source::Conn(_)) => self.serve(token, flags),
             None => {}
         }
     }
@@ -328,13 +365,15 @@ impl Server {
             };
             // accept4 makes the new socket non-blocking and close-on-exec in the same call.
             let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
-            match accept4(listener.as_raw_fd(), flags) {
+            match accept4(listener.socket.as_raw_fd(), flags) {
                 Ok(fd) => {
                     // SAFETY: accept4 just returned this fd; nothing else owns it.
                     let stream = unsafe { TcpStream::from_raw_fd(fd) };
-                    match self.adopt(stream, true) {
-                        Ok(token) => self.ready(token, EpollFlags::EPOLLIN),
-                        Err(e) => log!("could not watch a new connection: {e}"),
+                    match self.watch_connection(stream) {
+                        // The request is usually there already: serve it now rather
+                        // than after one more trip through epoll_wait.
+                        Ok(token) => self.serve(token, EpollFlags::EPOLLIN),
+                        Err(e) => self.short_of_fds(&format!("cannot watch a connection: {e}")),
                     }
                 }
                 // Nothing (more) to accept. If we found nothing at all, another process
@@ -346,8 +385,14 @@ impl Server {
                     return;
                 }
                 Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
+                // Out of fds (or kernel memory). The connection stays queued and the
+                // listener stays readable, so trying again now would spin: stop
+                // watching the listener until one of our connections closes.
+                Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
+                    self.short_of_fds(&format!("accept: {e}"));
+                    return;
+                }
                 Err(e) => {
-                    // EMFILE and friends: say so, and let the next wakeup try again.
                     log!("accept failed: {e}");
                     return;
                 }
@@ -357,117 +402,109 @@ impl Server {
     }
     // ANCHOR_END: accept
 
-    fn read(&mut self, token: u64) {
+    /// The worker cannot take another connection for want of fds: stop watching the
+    /// listeners until a connection closes (or, if none does, a second passes). Logs once
+    /// per episode. Chapter 6's worker calls it when a connection from its master arrives
+    /// without its fd.
+    pub fn short_of_fds(&mut self, why: &str) {
+        let now = Instant::now();
+        if self.out_of_fds.is_none() {
+            log!("out of fds ({why}); no new connections until one closes");
+        }
+        let since = self.out_of_fds.as_ref().map_or(now, |o| o.since);
+        self.out_of_fds = Some(OutOfFds {
+            since,
+            paused: true,
+            retry: now + RETRY_WHEN_OUT_OF_FDS,
+        });
+        let listeners: Vec<u64> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| matches!(s, Source::Listener(_)))
+            .map(|(token, _)| *token)
+            .collect();
+        for token in listeners {
+            if let Some(Source::Listener(l)) = self.sources.get(&token) {
+                // EPOLLEXCLUSIVE cannot be changed with EPOLL_CTL_MOD: take the listener
+                // off epoll altogether, and add it again later.
+                let _ = self.epoll.delete(l.socket.as_fd());
+            }
+        }
+    }
+
+    /// An fd may have freed: watch the listeners again and let the chapter know.
+    fn fds_freed(&mut self) {
+        match &mut self.out_of_fds {
+            Some(state) if state.paused => state.paused = false,
+            _ => return,
+        }
+        for (token, source) in &self.sources {
+            if let Source::Listener(l) = source {
+                let event = EpollEvent::new(l.flags, *token);
+                if let Err(e) = self.epoll.add(l.socket.as_fd(), event) {
+                    log!("cannot watch a listener again: {e}");
+                }
+            }
+        }
+        if let Some(mut callback) = self.on_fds_freed.take() {
+            callback(self);
+            self.on_fds_freed = Some(callback);
+        }
+    }
+
+    /// A connection was taken: if the worker was short of fds, the episode is over.
+    fn took_connection(&mut self) {
+        if let Some(state) = self.out_of_fds.take() {
+            log!(
+                "fds available again after {:.1} s; accepting again",
+                state.since.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    fn retry_when_out_of_fds(&mut self) {
+        if matches!(&self.out_of_fds, Some(s) if s.paused && Instant::now() >= s.retry) {
+            self.fds_freed();
+        }
+    }
+
+    /// Moves a connection forward as far as it can go now: read what we have room for,
+    /// answer every whole request, write what the client will take. Then tell epoll what
+    /// to wait for next, or close the connection if it is over.
+    fn serve(&mut self, token: u64, flags: EpollFlags) {
         let Some(Source::Conn(conn)) = self.sources.get_mut(&token) else {
             return;
         };
-        let mut chunk = [0u8; 16 * 1024];
-        let mut eof = false;
-        loop {
-            // Never buffer more than one largest request: past that, parsing says 400.
-            if conn.input.len() > MAX_HEAD + MAX_BODY {
+        let mut broken = false;
+        if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
+            && conn.wants_input()
+        {
+            broken = conn.receive().is_err();
+        }
+        while !broken {
+            let buffered = conn.input.len();
+            answer(
+                conn,
+                &mut self.handler,
+                self.worker,
+                &mut self.stats,
+                self.idle_timeout,
+            );
+            broken = conn.send(self.idle_timeout).is_err();
+            // If that made room, requests already buffered can be answered now: epoll will
+            // not wake us for bytes we have already read.
+            if conn.input.len() == buffered || !conn.output.is_empty() {
                 break;
             }
-            match conn.stream.read(&mut chunk) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => {
-                    conn.input.extend_from_slice(&chunk[..n]);
-                    // A short read means the socket is drained for now: skip the read
-                    // that would only say EAGAIN. Epoll tells us if more arrives.
-                    if n < chunk.len() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.close(token);
-                    return;
-                }
-            }
         }
-        self.answer(token);
-        if let Some(Source::Conn(conn)) = self.sources.get_mut(&token) {
-            if eof {
-                // The client is done sending; finish writing what we owe, then close.
-                conn.closing = true;
-                conn.input.clear();
-            }
-        }
-    }
-
-    /// Answers every whole request that has arrived (clients may pipeline several).
-    // ANCHOR: answer
-    fn answer(&mut self, token: u64) {
-        let mut handler = self.handler.take();
-        let worker = self.worker;
-        let Some(Source::Conn(conn)) = self.sources.get_mut(&token) else {
-            return;
-        };
-        while !conn.closing {
-            match http::parse(&conn.input) {
-                Parsed::Partial => break,
-                Parsed::Request { request, used } => {
-                    conn.input.drain(..used);
-                    // The handler runs right here, on the loop's only thread: while it
-                    // runs, nothing else in this worker does.
-                    let response = match handler.as_mut() {
-                        Some(handler) => handler(&request),
-                        None => http::hello(worker),
-                    };
-                    conn.output.extend(response.to_bytes(request.keep_alive));
-                    conn.closing = !request.keep_alive;
-                    conn.deadline = Instant::now() + self.idle_timeout;
-                    self.stats.served += 1;
-                }
-                Parsed::Bad(why) => {
-                    let response = Response {
-                        status: 400,
-                        body: format!("bad request: {why}\n"),
-                    };
-                    conn.output.extend(response.to_bytes(false));
-                    conn.closing = true;
-                }
-            }
-        }
-        self.handler = handler;
-    }
-    // ANCHOR_END: answer
-
-    fn flush(&mut self, token: u64) {
-        let Some(Source::Conn(conn)) = self.sources.get_mut(&token) else {
-            return;
-        };
-        while !conn.output.is_empty() {
-            match conn.stream.write(&conn.output) {
-                Ok(0) => break,
-                Ok(n) => {
-                    conn.output.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.close(token);
-                    return;
-                }
-            }
-        }
-        if conn.output.is_empty() && conn.closing {
+        if broken || conn.is_done() {
             self.close(token);
             return;
         }
-        // Watch for writability only while there is something left to write.
-        let want = !conn.output.is_empty();
-        if want != conn.writing {
-            conn.writing = want;
-            let flags = match want {
-                true => EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT,
-                false => EpollFlags::EPOLLIN,
-            };
-            let mut event = EpollEvent::new(flags, token);
+        let want = conn.interest_now();
+        if want != conn.interest {
+            conn.interest = want;
+            let mut event = EpollEvent::new(want, token);
             if self.epoll.modify(conn.stream.as_fd(), &mut event).is_err() {
                 self.close(token);
             }
@@ -476,27 +513,147 @@ impl Server {
 
     fn close(&mut self, token: u64) {
         if let Some(Source::Conn(conn)) = self.sources.remove(&token) {
-            let _ = self.epoll.delete(conn.stream.as_fd());
+            // Closing the fd also takes it off epoll.
             let _ = conn.stream.shutdown(Shutdown::Both);
+            drop(conn);
+            self.fds_freed();
         }
     }
 
-    /// Drops connections that have not sent a whole request within the idle timeout, so
-    /// a silent client cannot hold a worker's memory and fds forever.
-    fn drop_silent_connections(&mut self) {
+    /// Closes connections that made no progress within the idle timeout: no whole request
+    /// arrived and no byte of an answer went out. A silent client, a slow one, or one that
+    /// never reads cannot hold a worker's memory and fds forever.
+    fn close_stalled_connections(&mut self) {
         let now = Instant::now();
-        let expired: Vec<u64> = self
+        let stalled: Vec<u64> = self
             .sources
             .iter()
             .filter_map(|(token, source)| match source {
-                Source::Conn(conn) if conn.deadline <= now && conn.output.is_empty() => {
-                    Some(*token)
-                }
+                Source::Conn(conn) if conn.deadline <= now => Some(*token),
                 _ => None,
             })
             .collect();
-        for token in expired {
+        for token in stalled {
             self.close(token);
         }
+    }
+}
+
+/// Answers every whole request that has arrived (clients may pipeline several), as long
+/// as the unsent answers stay under [`OUTPUT_LIMIT`].
+// ANCHOR: answer
+fn answer(
+    conn: &mut Conn,
+    handler: &mut Option<Handler>,
+    worker: u32,
+    stats: &mut Stats,
+    idle_timeout: Duration,
+) {
+    while !conn.closing && conn.output.len() < OUTPUT_LIMIT {
+        match http::parse(&conn.input) {
+            Parsed::Partial => {
+                // Nothing more will come: what is left can never be a whole request.
+                conn.closing = conn.eof;
+                break;
+            }
+            Parsed::Request { request, used } => {
+                conn.input.drain(..used);
+                // The handler runs right here, on the loop's only thread: while it
+                // runs, nothing else in this worker does.
+                let response = match handler.as_mut() {
+                    Some(handler) => handler(&request),
+                    None => http::hello(worker),
+                };
+                conn.output.extend(response.to_bytes(request.keep_alive));
+                conn.closing = !request.keep_alive;
+                conn.deadline = Instant::now() + idle_timeout;
+                stats.served += 1;
+            }
+            Parsed::Bad(why) => {
+                let response = Response {
+                    status: 400,
+                    body: format!("bad request: {why}\n"),
+                };
+                conn.output.extend(response.to_bytes(false));
+                conn.closing = true;
+            }
+        }
+    }
+}
+// ANCHOR_END: answer
+
+impl Conn {
+    /// Whether to read more now: not once the client is done or we are closing, and not
+    /// while its answers pile up unsent or its input holds a whole largest request.
+    fn wants_input(&self) -> bool {
+        !self.eof
+            && !self.closing
+            && self.output.len() < OUTPUT_LIMIT
+            && self.input.len() < INPUT_LIMIT
+    }
+
+    /// What epoll should watch this connection for: readable only while we want input,
+    /// writable only while answers wait. (Hang-ups and errors are always reported.)
+    fn interest_now(&self) -> EpollFlags {
+        let mut want = EpollFlags::empty();
+        if self.wants_input() {
+            want |= EpollFlags::EPOLLIN;
+        }
+        if !self.output.is_empty() {
+            want |= EpollFlags::EPOLLOUT;
+        }
+        want
+    }
+
+    /// Over: everything owed is written and nothing more will be answered.
+    fn is_done(&self) -> bool {
+        self.closing && self.output.is_empty()
+    }
+
+    /// Reads what has arrived, up to [`INPUT_LIMIT`]. An error means the connection is
+    /// broken.
+    fn receive(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        while self.input.len() < INPUT_LIMIT {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    self.input.extend_from_slice(&chunk[..n]);
+                    // A short read means the socket is drained for now: skip the read
+                    // that would only say EAGAIN. Epoll tells us if more arrives.
+                    if n < chunk.len() {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes as much of the unsent answers as the client takes now. Every byte that goes
+    /// out is progress, and pushes the idle deadline back. An error means the connection
+    /// is broken.
+    fn send(&mut self, idle_timeout: Duration) -> io::Result<()> {
+        let mut sent = 0;
+        while sent < self.output.len() {
+            match self.stream.write(&self.output[sent..]) {
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if sent > 0 {
+            self.output.drain(..sent);
+            self.deadline = Instant::now() + idle_timeout;
+        }
+        Ok(())
     }
 }

@@ -9,11 +9,13 @@
 //! number in [`CHANNEL_FD_VAR`] as Node does with `NODE_CHANNEL_FD`.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+
+use nix::sys::socket::{getsockopt, sockopt, SockType};
 
 use crate::channel::Channel;
 
@@ -25,14 +27,28 @@ pub const CHANNEL_FD_VAR: &str = "CLUSTER_CHANNEL_FD";
 /// This process's worker id, or `None` in the master.
 // ANCHOR: worker_id
 pub fn worker_id() -> Option<u32> {
-    static ID: OnceLock<Option<u32>> = OnceLock::new();
-    *ID.get_or_init(|| std::env::var(WORKER_ID_VAR).ok()?.parse().ok())
+    role().ok().flatten()
 }
 // ANCHOR_END: worker_id
 
-/// Am I a worker? The question every chapter's `main` asks first, like `cluster.isWorker`.
-pub fn is_worker() -> bool {
-    worker_id().is_some()
+/// Master or worker, from the environment: `Ok(None)` for a master, `Ok(Some(id))` for
+/// worker `id`, and an error that names the variable when it is set to anything but a
+/// worker id (a learner who sets it by hand must not silently get a master).
+pub fn role() -> Result<Option<u32>, String> {
+    static ROLE: OnceLock<Result<Option<u32>, String>> = OnceLock::new();
+    ROLE.get_or_init(|| {
+        let Some(value) = std::env::var_os(WORKER_ID_VAR) else {
+            return Ok(None);
+        };
+        match value.to_str().and_then(|v| v.parse::<u32>().ok()) {
+            Some(id) if id > 0 => Ok(Some(id)),
+            _ => Err(format!(
+                "{WORKER_ID_VAR}={value:?} is not a worker id: a master sets it to 1, 2, ... \
+                 for the workers it starts; unset it to start a master"
+            )),
+        }
+    })
+    .clone()
 }
 
 /// A worker as its master sees it.
@@ -124,28 +140,47 @@ fn prepare_child(inherit: Option<i32>, master: u32) -> io::Result<()> {
 }
 // ANCHOR_END: prepare_child
 
-/// In a worker: takes ownership of the channel inherited from the master, if there is one.
+/// In a worker: takes ownership of the channel inherited from the master.
 ///
-/// Returns `None` in the master, in a worker started without a channel, and on a second
-/// call (the fd has one owner).
+/// Fails, with an error that names [`CHANNEL_FD_VAR`] and says what it must hold, when the
+/// variable is missing or names an fd that is not open or not a `SOCK_SEQPACKET` socket
+/// (set by hand, say), and on a second call (the fd has one owner).
 // ANCHOR: channel_from_env
-pub fn channel_from_env() -> Option<Channel> {
+pub fn channel_from_env() -> Result<Channel, String> {
     static TAKEN: AtomicBool = AtomicBool::new(false);
-    let fd: i32 = std::env::var(CHANNEL_FD_VAR).ok()?.parse().ok()?;
-    // The fd must be open and a socket, or the variable is lying (set by hand, say).
-    // SAFETY: fcntl F_GETFD only reads the flags of an fd number; an invalid number fails.
-    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-        return None;
+    let what = "the worker's end of the socketpair its master made";
+    let value = std::env::var(CHANNEL_FD_VAR).map_err(|_| {
+        format!(
+            "{CHANNEL_FD_VAR} is not set: a worker is started by its master, which puts \
+             the fd of its IPC channel there; run the binary without {WORKER_ID_VAR} to \
+             start a master"
+        )
+    })?;
+    let bad = |why: String| format!("{CHANNEL_FD_VAR}={value}: {why}; it must name {what}");
+    let fd: RawFd = match value.parse() {
+        Ok(fd) if fd > 2 => fd,
+        _ => return Err(bad("not an fd number above 2".into())),
+    };
+    // SAFETY: fcntl F_GETFD only reads the flags of an fd number; an invalid one fails.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(bad(format!("fd {fd} is not open in this process")));
+    }
+    // SAFETY: the fd is open (checked above); we only borrow it for this one question.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    match getsockopt(&borrowed, sockopt::SockType) {
+        Ok(SockType::SeqPacket) => {}
+        Ok(other) => return Err(bad(format!("fd {fd} is a {other:?} socket"))),
+        Err(e) => return Err(bad(format!("fd {fd} is not a socket ({e})"))),
     }
     if TAKEN.swap(true, Ordering::SeqCst) {
-        return None;
+        return Err(format!("the channel in {CHANNEL_FD_VAR} was already taken"));
     }
-    // SAFETY: the fd was inherited for this purpose, is open (checked above), and the
-    // flag above makes this the only place that ever takes ownership of it.
+    // SAFETY: the fd was inherited for this purpose, is an open socket (checked above),
+    // and the flag above makes this the only place that ever takes ownership of it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     // Close-on-exec again, so a program this worker starts does not inherit it.
     // SAFETY: fcntl on an fd we now own.
     unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-    Some(Channel::from_fd(owned))
+    Ok(Channel::from_fd(owned))
 }
 // ANCHOR_END: channel_from_env

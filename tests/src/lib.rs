@@ -265,7 +265,42 @@ impl Chapter {
         (chapter, ours)
     }
 
+    /// Starts `package`'s binary as a master with `args` and at most `max_fds` open fds
+    /// (`RLIMIT_NOFILE`, as `ulimit -n` or `prlimit --nofile` set it). Its workers inherit
+    /// the limit.
+    #[track_caller]
+    pub fn start_limited(package: &str, args: &[&str], max_fds: u64) -> Chapter {
+        let mut command = Command::new(binary(package));
+        command
+            .args(args)
+            .env_remove(shared::spawn::WORKER_ID_VAR)
+            .env_remove(shared::spawn::CHANNEL_FD_VAR);
+        // SAFETY: runs in the child between fork and exec; setrlimit is async-signal-safe
+        // and the closure allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: max_fds as libc::rlim_t,
+                    rlim_max: max_fds as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Chapter::spawn(&format!("{package} (ulimit -n {max_fds})"), command)
+    }
+
+    /// Starts any command as a [`Chapter`]: in its own process group, output collected,
+    /// killed with its group when dropped. `name` labels its output.
+    #[track_caller]
+    pub fn from_command(name: &str, command: Command) -> Chapter {
+        Chapter::spawn(name, command)
+    }
+
     fn spawn(name: &str, mut command: Command) -> Chapter {
+        raise_fd_limit();
         command
             .process_group(0)
             .stdin(Stdio::null())
@@ -486,6 +521,13 @@ impl Chapter {
     #[track_caller]
     pub fn interrupt_and_collect(&mut self) -> Vec<String> {
         self.signal(Signal::SIGINT);
+        self.collect_after_stop()
+    }
+
+    /// Once a master has been told to stop (by whatever signal): waits for it to say
+    /// `all workers stopped` and exit with code 0. Returns its whole output.
+    #[track_caller]
+    pub fn collect_after_stop(&mut self) -> Vec<String> {
         self.wait_for("all workers stopped", TIMEOUT);
         let status = self.wait_exit(TIMEOUT);
         assert_eq!(
@@ -782,6 +824,18 @@ pub fn expect_message(channel: &Channel, what: &str) -> Message {
 // Processes
 // ---------------------------------------------------------------------------------------
 
+/// Raises this test process's soft fd limit to its hard limit, once: tests that hold
+/// hundreds of connections run side by side in one process.
+fn raise_fd_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    });
+}
+
 /// The fields of `/proc/<pid>/stat` after the command name: `[state, ppid, ...]`.
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -828,6 +882,184 @@ pub fn fd_targets(process: &str) -> Vec<(u32, String)> {
         .collect();
     targets.sort();
     targets
+}
+
+/// The CPU time process `pid` has used so far, all its threads, user and system
+/// (`utime + stime` in `/proc/PID/stat`).
+#[track_caller]
+pub fn cpu_time(pid: u32) -> Duration {
+    let fields = stat_fields(pid).unwrap_or_else(|| panic!("no /proc/{pid}/stat"));
+    // After the name: state is field 3 of stat(5), so utime (14) and stime (15) sit at
+    // 11 and 12 here.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .map(|&i| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// The share of one CPU that process `pid` uses over `window`: about 1.0 for a process
+/// that spins, near 0 for one that waits. The window is a measurement, not a wait for
+/// something to happen.
+#[track_caller]
+pub fn cpu_share(pid: u32, window: Duration) -> f64 {
+    let (before, start) = (cpu_time(pid), Instant::now());
+    std::thread::sleep(window);
+    let used = cpu_time(pid).saturating_sub(before);
+    used.as_secs_f64() / start.elapsed().as_secs_f64()
+}
+
+/// How many times process `pid` has gone to sleep and been woken (its voluntary
+/// context switches, all threads, from `/proc/PID/status`).
+#[track_caller]
+pub fn voluntary_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("cannot list /proc/{pid}/task: {e}"));
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// The resident memory of process `pid`, in bytes (`VmRSS` in `/proc/PID/status`).
+#[track_caller]
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// One `/proc/net/tcp{,6}` address, `0100007F:1F90`: the kernel prints each 32-bit word
+/// of the address as a native-endian hex number, and the port in plain hex.
+pub fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let (ip, port) = text.split_once(':')?;
+    let mut bytes = Vec::new();
+    for i in (0..ip.len()).step_by(8) {
+        let word = u32::from_str_radix(ip.get(i..i + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, u16::from_str_radix(port, 16).ok()?))
+}
+
+/// Every listening TCP socket on this machine: `(address, inode)`, from the kernel's
+/// socket tables.
+pub fn listening_sockets() -> Vec<(SocketAddr, u64)> {
+    const LISTEN: &str = "0A";
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        // Columns: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        for line in text.lines().skip(1) {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            if columns.len() > 9 && columns[3] == LISTEN {
+                if let (Some(addr), Ok(inode)) = (parse_proc_addr(columns[1]), columns[9].parse()) {
+                    found.push((addr, inode));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// How many TCP connections (not listening sockets) process `pid` holds: its sockets
+/// found in the kernel's TCP tables in any state but LISTEN.
+pub fn tcp_connections_of(pid: u32) -> usize {
+    const LISTEN: &str = "0A";
+    let mine = socket_inodes(pid);
+    let mut count = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            if columns.len() > 9
+                && columns[3] != LISTEN
+                && columns[9].parse().is_ok_and(|inode| mine.contains(&inode))
+            {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+/// The inodes of the sockets listening on `addr`.
+pub fn listening_inodes(addr: SocketAddr) -> Vec<u64> {
+    listening_sockets()
+        .into_iter()
+        .filter(|(a, _)| *a == addr)
+        .map(|(_, inode)| inode)
+        .collect()
+}
+
+/// The inodes of the sockets process `pid` has open (`socket:[123]` in `/proc/PID/fd`).
+pub fn socket_inodes(pid: u32) -> std::collections::BTreeSet<u64> {
+    fd_targets(&pid.to_string())
+        .iter()
+        .filter_map(|(_, target)| {
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The addresses of the listening sockets process `pid` holds.
+pub fn listening_addrs_of(pid: u32) -> Vec<SocketAddr> {
+    let mine = socket_inodes(pid);
+    listening_sockets()
+        .into_iter()
+        .filter(|(_, inode)| mine.contains(inode))
+        .map(|(addr, _)| addr)
+        .collect()
+}
+
+/// The pids of `pid`'s children, from `/proc/PID/task/*/children`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return children;
+    };
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            children.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    children.sort_unstable();
+    children.dedup();
+    children
 }
 
 /// Polls `condition` every few milliseconds until it holds (true) or `timeout` passes

@@ -2,6 +2,7 @@
 //! worker's private port, holding two fds per client while it does.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
 use chapter_tests::*;
@@ -140,12 +141,124 @@ fn max_connections_refuses_the_extra_client() {
     assert!(parse_hello(&response.body).is_some(), "{response:?}");
 }
 
+/// Megabytes each way through one connection: 100,000 pipelined requests up, their
+/// answers down, with a client that reads through a small window. The proxy meets partial
+/// writes and full buffers on both sides, and must lose, reorder or duplicate nothing.
+#[test]
+fn megabytes_pass_both_ways_intact() {
+    const N: usize = 100_000;
+    // A slow reader is still a reader: give the workers time to wait for it.
+    let (_master, addr, forked) = start(2, &["--idle-timeout", "60"]);
+    let mut stream = connect(addr).expect("connect to the master");
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    shrink_receive_buffer(&stream);
+    let mut writer = stream.try_clone().expect("a second handle for the writer");
+    writer
+        .set_write_timeout(Some(TIMEOUT))
+        .expect("write timeout");
+    // The writer runs beside the reader: a client that wrote everything before reading
+    // would deadlock against any server that stops reading while its answers wait.
+    let one = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
+    let sending = std::thread::spawn(move || {
+        let batch = one.repeat(1000);
+        for _ in 0..N / 1000 {
+            writer.write_all(&batch)?;
+        }
+        Ok::<usize, std::io::Error>(N * one.len())
+    });
+    // One connection, one worker: all N answers are the same bytes. Read the first to
+    // learn them, then the rest in bulk, and compare.
+    let first = read_response(&mut stream).expect("the first response");
+    answered_by(&first, &forked);
+    let expected = shared::http::Response::ok(first.body.clone()).to_bytes(true);
+    let mut rest = vec![0u8; (N - 1) * expected.len()];
+    stream
+        .read_exact(&mut rest)
+        .unwrap_or_else(|e| panic!("reading {} more bytes of answers: {e}", rest.len()));
+    for (i, answer) in rest.chunks(expected.len()).enumerate() {
+        assert!(
+            answer == expected,
+            "response {} of {N} differs from the first: {:?}",
+            i + 2,
+            String::from_utf8_lossy(answer)
+        );
+    }
+    let sent = sending
+        .join()
+        .expect("the writer panicked")
+        .expect("writing failed");
+    assert!(sent > 2 << 20, "{sent} bytes up");
+}
+
+/// A client that sends its request and then shuts down its sending side still gets its
+/// whole answer, then end-of-file: the proxy passes the half-close on, and waits for the
+/// worker's side to finish.
+#[test]
+fn a_half_closed_client_gets_its_answer() {
+    let (_master, addr, forked) = start(2, &[]);
+    for _ in 0..5 {
+        let mut stream = connect(addr).expect("connect to the master");
+        write_request(&mut stream, "/", true).expect("send a request");
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("half-close");
+        let response = read_response(&mut stream).expect("the answer after a half-close");
+        answered_by(&response, &forked);
+        wait_closed(&mut stream).expect("then end-of-file");
+    }
+}
+
+/// Once the master has seen a worker die, every connection goes to the others.
+#[test]
+fn after_a_worker_dies_the_others_serve_everyone() {
+    let (master, addr, forked) = start(3, &[]);
+    let (victim_id, victim) = forked[1];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL a worker");
+    // A connection that reached the dying worker's queue dies with it; once the master
+    // knows, no connection goes there again.
+    master.wait_for(
+        &format!("worker {victim_id} (pid {victim}) was killed"),
+        TIMEOUT,
+    );
+    let survivors: Vec<(u32, u32)> = forked.iter().copied().filter(|w| w.1 != victim).collect();
+    for i in 0..30 {
+        let response = http_get(addr).unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        answered_by(&response, &survivors);
+    }
+}
+
+/// Sets a client socket's receive buffer to 16 KiB (and stops it growing), so that the
+/// server's writes to it go out a little at a time.
+fn shrink_receive_buffer(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 16 * 1024;
+    // SAFETY: setsockopt reads `size`, a local that outlives the call, of the length given.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+}
+
 /// A client that connects and never sends anything: the worker drops it after its idle
 /// timeout, and the master must then let go of both of its fds too, even though the
 /// client itself never closes.
 #[test]
 fn a_silent_client_does_not_hold_the_masters_fds() {
-    let (master, addr, _) = start(2, &["--idle-timeout", "0.3"]);
+    // Long enough that the pairs are certainly seen before the workers drop them, even
+    // on a loaded machine; the test waits for both states, never for the timeout itself.
+    let (master, addr, _) = start(2, &["--idle-timeout", "2"]);
     let before = baseline(&master);
     let silent: Vec<TcpStream> = (0..5)
         .map(|_| connect(addr).expect("connect a silent client"))

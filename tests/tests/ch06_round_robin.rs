@@ -21,46 +21,63 @@ fn start(workers: usize, extra: &[&str]) -> (Chapter, SocketAddr, Vec<(u32, u32)
 /// Makes `m` requests one after another, each on a new connection, and counts the
 /// answers per worker id, checking each comes from the worker the master forked.
 ///
-/// Turns are only exact if the master has heard each worker's acknowledgement before the
-/// next connection arrives: a worker whose ack is still on its way is busy, and Node's
-/// round-robin rightly gives the connection to the next free worker instead. The ack
-/// travels on its own path (the worker's channel), so on a loaded machine the client can
-/// be quicker. The master keeps its copy of a connection until the ack, so its fd count
-/// coming back to where it started says the ack has been handled; wait for that before
-/// each next request.
+/// Turns are exact without waiting for anything between requests: a worker acknowledges
+/// its connection on its channel before it answers the client, so the acknowledgement is
+/// in the master's queue before the client can connect again, and the master's one loop
+/// handles both before it hands out the next connection.
 fn count_turns(
-    master: &Chapter,
     addr: SocketAddr,
     m: usize,
     forked: &[(u32, u32)],
-) -> BTreeMap<u32, usize> {
-    let idle = fd_count(master.pid());
+) -> (BTreeMap<u32, usize>, Vec<u32>) {
     let mut served: BTreeMap<u32, usize> = forked.iter().map(|(id, _)| (*id, 0)).collect();
+    let mut order = Vec::new();
     for i in 0..m {
         let response = http_get(addr).unwrap_or_else(|e| panic!("request {i} failed: {e}"));
         let (_, id) = answered_by(&response, forked);
         *served.entry(id).or_default() += 1;
-        assert!(
-            wait_until(TIMEOUT, || fd_count(master.pid()) == idle),
-            "the master still holds connection {i} (did worker {id} never acknowledge \
-             it?): {:#?}",
-            fd_targets(&master.pid().to_string())
-        );
+        order.push(id);
     }
-    served
+    (served, order)
 }
 
 #[test]
 fn sequential_connections_take_turns() {
     const M: usize = 60;
     const N: usize = 3;
-    let (master, addr, forked) = start(N, &[]);
-    let served = count_turns(&master, addr, M, &forked);
+    let (_master, addr, forked) = start(N, &[]);
+    let (served, order) = count_turns(addr, M, &forked);
     for (id, n) in &served {
-        assert!(
-            (M / N - 1..=M / N + 1).contains(n),
-            "worker {id} should serve {} ± 1 of {M} connections: {served:?}",
+        assert_eq!(
+            *n,
+            M / N,
+            "worker {id} should serve exactly {} of {M}: {served:?}",
             M / N
+        );
+    }
+    // Not only the counts: every window of N consecutive connections has each worker once.
+    for window in order.chunks(N) {
+        let distinct: BTreeSet<&u32> = window.iter().collect();
+        assert_eq!(distinct.len(), N, "turns out of order: {order:?}");
+    }
+}
+
+/// A worker listens on nothing: every connection it serves came from the master.
+#[test]
+fn workers_hold_no_listening_socket() {
+    let (master, addr, forked) = start(2, &[]);
+    get(addr);
+    assert_eq!(
+        listening_addrs_of(master.pid()),
+        vec![addr],
+        "the master holds the one listening socket"
+    );
+    for (id, pid) in &forked {
+        assert_eq!(
+            listening_addrs_of(*pid),
+            Vec::<SocketAddr>::new(),
+            "worker {id} (pid {pid}) should hold no listening socket: {:?}",
+            fd_targets(&pid.to_string())
         );
     }
 }
@@ -252,8 +269,8 @@ fn no_fd_leaks_in_the_master_after_a_thousand_connections() {
 /// Exercise ch06-weights: `--weights 2,1` gives worker 1 two turns for each of worker 2's.
 #[test]
 fn weights_skew_the_turns() {
-    let (master, addr, forked) = start(2, &["--weights", "2,1"]);
-    let served = count_turns(&master, addr, 90, &forked);
+    let (_master, addr, forked) = start(2, &["--weights", "2,1"]);
+    let (served, _) = count_turns(addr, 90, &forked);
     let (first, second) = (served[&1], served[&2]);
     assert!(
         (58..=62).contains(&first) && (28..=32).contains(&second),

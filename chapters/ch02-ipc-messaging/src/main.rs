@@ -51,7 +51,6 @@ fn master(args: &Args) -> Outcome {
             }
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
             Event::Exit { .. } | Event::Shutdown => {}
-            Event::Other(()) => {}
         }
     }
 }
@@ -59,15 +58,9 @@ fn master(args: &Args) -> Outcome {
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Outcome {
-    let Some(channel) = spawn::channel_from_env() else {
-        return Err(format!(
-            "no IPC channel in {}: a worker is started by its master; run the binary \
-             without {} to start one",
-            spawn::CHANNEL_FD_VAR,
-            spawn::WORKER_ID_VAR
-        )
-        .into());
-    };
+    // The inherited end of the socketpair, whose fd number the master put in
+    // CLUSTER_CHANNEL_FD, as Node's child finds NODE_CHANNEL_FD.
+    let channel = spawn::channel_from_env()?;
     let listener = net::listen_random(args.host)?;
     let port = listener.local_addr()?.port();
     log!("listening on http://{}", listener.local_addr()?);

@@ -20,11 +20,9 @@ fn main() -> ExitCode {
         "ch03-eaddrinuse",
         "Chapter 3: every worker binds the same port; one wins, the rest get EADDRINUSE.",
     )
-    .option(
+    .switch(
         "--reuseport",
-        "on|off",
         "set SO_REUSEPORT so every worker can bind the port (exercise ch03-reuseport)",
-        "off",
     )
     .parse();
     // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
@@ -66,7 +64,6 @@ fn master(args: &Args) -> Outcome {
             }
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
             Event::Exit { .. } | Event::Shutdown => {}
-            Event::Other(()) => {}
         }
     }
 }
@@ -96,7 +93,7 @@ fn report(listening: &[u32], failed: &[(u32, String)]) {
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Outcome {
-    let channel = spawn::channel_from_env().ok_or("no IPC channel: start the master instead")?;
+    let channel = spawn::channel_from_env()?;
     // The first message from the master says where to listen.
     let order = channel.recv()?;
     let addr: SocketAddr = order
@@ -107,7 +104,7 @@ fn worker(id: u32, args: &Args) -> Outcome {
             "expected 'listen ADDR' from the master, got '{}'",
             order.text
         ))?;
-    let reuse_port = args.get::<String>("--reuseport") == "on";
+    let reuse_port = args.is_on("--reuseport");
     match net::listen_with(addr.ip(), addr.port(), reuse_port) {
         Ok(listener) => {
             log!("listening on http://{}", listener.local_addr()?);
@@ -121,7 +118,7 @@ fn worker(id: u32, args: &Args) -> Outcome {
             // ANCHOR: solution_ch03_report
             // Node prints an uncaught `Error: listen EADDRINUSE: ...` and the worker dies.
             // We print the same, tell the master why, and exit with code 1.
-            log!("Error: {e}");
+            log!("Error: {}", e.node_message());
             channel.send(&format!("error {} {}", e.code(), e.errno()))?;
             Ok(ExitCode::FAILURE)
             // ANCHOR_END: solution_ch03_report

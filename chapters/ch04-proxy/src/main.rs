@@ -10,6 +10,7 @@ mod proxy;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use nix::sys::resource::{getrlimit, Resource};
@@ -25,9 +26,9 @@ fn main() -> ExitCode {
         "ch04-proxy",
         "Chapter 4: the master proxies each connection to a worker on a private port.",
     )
-    .option(
+    .option::<MaxConnections>(
         "--max-connections",
-        "N",
+        "N|auto",
         "proxy at most N client connections at once; refuse more with a 503 (exercise ch04-limit); \
          auto: half of ulimit -n, less a margin",
         "auto",
@@ -49,9 +50,9 @@ fn master(args: &Args) -> Outcome {
     let upstreams: proxy::Upstreams = Arc::new(Mutex::new(Vec::new()));
     let mut private: Vec<(u32, SocketAddr)> = Vec::new();
     let for_proxy = upstreams.clone();
-    let max = match args.get::<String>("--max-connections").as_str() {
-        "auto" => fd_budget(),
-        _ => args.get::<usize>("--max-connections"),
+    let max = match args.get::<MaxConnections>("--max-connections") {
+        MaxConnections::Auto => fd_budget(),
+        MaxConnections::At(n) => n,
     };
     std::thread::spawn(move || {
         if let Err(e) = proxy::run(listener, for_proxy, max) {
@@ -82,7 +83,6 @@ fn master(args: &Args) -> Outcome {
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
             Event::Exit { id, .. } => private.retain(|(worker, _)| *worker != id),
             Event::Shutdown => {}
-            Event::Other(()) => {}
         }
         if let Ok(mut list) = upstreams.lock() {
             *list = private.iter().map(|(_, addr)| *addr).collect();
@@ -90,6 +90,28 @@ fn master(args: &Args) -> Outcome {
     }
 }
 // ANCHOR_END: master
+
+/// `--max-connections`: a number of clients, or `auto` to size it from `ulimit -n`.
+#[derive(Clone, Copy)]
+enum MaxConnections {
+    Auto,
+    At(usize),
+}
+
+impl FromStr for MaxConnections {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(MaxConnections::Auto),
+            _ => match text.parse::<usize>() {
+                Ok(0) => Err("0 would refuse every client; give 1 or more, or auto".into()),
+                Ok(n) => Ok(MaxConnections::At(n)),
+                Err(_) => Err("a whole number of clients, or auto".into()),
+            },
+        }
+    }
+}
 
 /// How many clients the master can proxy before it runs out of fds: each one costs two,
 /// and a few dozen are kept for the channels, the listener and the runtime.
@@ -100,7 +122,7 @@ fn fd_budget() -> usize {
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Outcome {
-    let channel = spawn::channel_from_env().ok_or("no IPC channel: start the master instead")?;
+    let channel = spawn::channel_from_env()?;
     // Port 0: the kernel picks a free private port; the master learns it over IPC.
     let listener = net::listen(args.host, 0)?;
     let addr = listener.local_addr()?;

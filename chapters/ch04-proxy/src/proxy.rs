@@ -52,6 +52,8 @@ pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io:
     let mut next_pair = 1u64;
     let mut turn = 0usize;
     let mut paused = false;
+    // Set while out of fds, so the shortage is logged once, not once per attempt.
+    let mut short = false;
     let mut events = vec![EpollEvent::empty(); 256];
     loop {
         let ready = match epoll.wait(&mut events, EpollTimeout::NONE) {
@@ -66,11 +68,20 @@ pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io:
                 loop {
                     let mut client = match accept_nonblocking(&listener) {
                         Ok(client) => client,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            // The queue is empty: whatever shortage there was is over.
+                            if std::mem::take(&mut short) {
+                                log!("fds available again; accepting again");
+                            }
+                            break;
+                        }
                         Err(e) if out_of_fds(&e) => {
                             // The listener stays readable, so epoll would wake us for it
                             // forever: stop watching it until a pair closes and frees fds.
-                            log!("accept: {e}; no new connections until one closes (raise ulimit -n, or lower --max-connections)");
+                            // One line per shortage, not one per attempt.
+                            if !std::mem::replace(&mut short, true) {
+                                log!("out of fds (accept: {e}); no new connections until one closes (raise ulimit -n, or lower --max-connections)");
+                            }
                             epoll.modify(
                                 listener.as_fd(),
                                 &mut EpollEvent::new(EpollFlags::empty(), LISTENER),
@@ -329,4 +340,64 @@ impl Pair {
         Ok(())
     }
     // ANCHOR_END: interest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the proxy on a thread of its own, in front of `upstreams`; returns its address.
+    fn proxy_to(upstreams: Vec<SocketAddr>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstreams = Arc::new(Mutex::new(upstreams));
+        std::thread::spawn(move || run(listener, upstreams, 100));
+        addr
+    }
+
+    /// An address where nothing listens: bound, then closed again.
+    fn dead_address() -> SocketAddr {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    fn read_all(addr: SocketAddr) -> String {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    #[test]
+    fn a_worker_that_refuses_is_skipped() {
+        let live = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = proxy_to(vec![dead_address(), live.local_addr().unwrap()]);
+        let serving = std::thread::spawn(move || {
+            // Each turn starts with another worker, so two clients meet the dead one first
+            // at least once; both must still reach the live one.
+            for _ in 0..2 {
+                let (mut conn, _) = live.accept().unwrap();
+                conn.write_all(b"from the live worker").unwrap();
+            }
+        });
+        for _ in 0..2 {
+            assert_eq!(read_all(proxy), "from the live worker");
+        }
+        serving.join().unwrap();
+    }
+
+    #[test]
+    fn with_no_worker_listening_a_client_gets_503() {
+        let proxy = proxy_to(vec![dead_address(), dead_address()]);
+        let answer = read_all(proxy);
+        assert!(
+            answer.starts_with("HTTP/1.1 503") && answer.ends_with("no worker available\n"),
+            "{answer:?}"
+        );
+    }
 }

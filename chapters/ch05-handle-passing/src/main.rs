@@ -24,11 +24,9 @@ fn main() -> ExitCode {
         "ch05-handle-passing",
         "Chapter 5: the master sends its listening socket to every worker; workers race to accept.",
     )
-    .option(
+    .switch(
         "--exclusive",
-        "on|off",
         "register the shared socket with EPOLLEXCLUSIVE: wake one worker per connection",
-        "off",
     )
     .parse();
     // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
@@ -80,7 +78,6 @@ fn master(args: &Args) -> Outcome {
             }
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
             Event::Exit { .. } | Event::Shutdown => {}
-            Event::Other(()) => {}
         }
     }
 }
@@ -118,22 +115,23 @@ fn summarize(cluster: &mut Cluster) {
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Outcome {
-    let channel = spawn::channel_from_env().ok_or("no IPC channel: start the master instead")?;
-    let exclusive = args.get::<String>("--exclusive") == "on";
+    let channel = spawn::channel_from_env()?;
+    let exclusive = args.is_on("--exclusive");
     let mut reported = (0, 0);
     let server = Server::new(id, args.idle_timeout)?
         .on_message(channel, move |server, message| {
             on_message(server, message, exclusive)
         })?
-        // Once a second, if anything changed: how many connections we won, and how often
-        // we were woken for one that another worker took first.
+        // Once a second, if anything changed: how many connections we won, how often the
+        // kernel woke us at all, and how often `accept` then found nothing.
         .every(Duration::from_secs(1), move |server| {
             let stats = server.stats();
             if (stats.accepted, stats.lost_races) != reported {
                 reported = (stats.accepted, stats.lost_races);
                 log!(
-                    "accepted {} connections; woken {} times for nothing (accept said EAGAIN)",
+                    "accepted {} connections; woken {} times in all; accept found nothing {} times",
                     stats.accepted,
+                    wakeups(),
                     stats.lost_races
                 );
             }
@@ -142,6 +140,24 @@ fn worker(id: u32, args: &Args) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 // ANCHOR_END: worker
+
+/// How many times this process has slept and been woken: its voluntary context switches
+/// (Linux). Most wake-ups of a thundering herd never reach the program: epoll wakes every
+/// waiter, and then, finding the socket no longer readable (another worker accepted
+/// first), goes back to sleep without returning. Only this count shows them.
+// ANCHOR: wakeups
+fn wakeups() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+// ANCHOR_END: wakeups
 
 // ANCHOR: on_message
 fn on_message(server: &mut Server, message: Message, exclusive: bool) {

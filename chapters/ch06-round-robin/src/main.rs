@@ -8,11 +8,12 @@
 //! connection the worker rejects, or whose worker dies before acknowledging it, goes to
 //! another worker: none is lost.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
+use std::str::FromStr;
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -29,12 +30,23 @@ fn main() -> ExitCode {
         "ch06-round-robin",
         "Chapter 6: the master accepts each connection and hands it to the workers in turn.",
     )
-    .option(
+    .option::<Weights>(
         "--weights",
         "W1,W2,...",
         "weighted round-robin: worker i gets Wi connections per turn (exercise ch06-weights)",
         "",
     )
+    .check(|args| {
+        let weights = args.get::<Weights>("--weights");
+        match weights.0.len() <= args.workers {
+            true => Ok(()),
+            false => Err(format!(
+                "--weights gives {} weights for {} workers; give at most one per worker",
+                weights.0.len(),
+                args.workers
+            )),
+        }
+    })
     .parse();
     // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
     cluster::master_or_worker(&args, master, worker)
@@ -56,6 +68,12 @@ struct RoundRobin {
     /// The connection each busy worker was sent and has not acknowledged yet. The master
     /// keeps its copy until then, so nothing is lost if the worker dies first.
     sent: HashMap<u32, TcpStream>,
+    /// Workers that rejected a connection for want of fds: none is sent to them until
+    /// they say they are free again.
+    full: HashSet<u32>,
+    /// Workers short of fds since their last accepted connection, so that a shortage is
+    /// logged once, not at every retry.
+    short: HashSet<u32>,
     /// Connections per turn for each worker (1 if not given), and what is left of its turn.
     weights: HashMap<u32, u32>,
     left: HashMap<u32, u32>,
@@ -87,16 +105,15 @@ impl RoundRobin {
         }
     }
 
-    /// Worker `id` answered about the connection it was sent.
-    fn acknowledged(&mut self, id: u32, accepted: bool) {
+    /// Worker `id` took the connection it was sent.
+    fn accepted(&mut self, id: u32) {
         match self.sent.remove(&id) {
-            // Accepted: the worker has its own fd now; dropping ours closes the master's.
-            Some(_conn) if accepted => {}
-            Some(conn) => {
-                log!("worker {id} rejected a connection; it goes to another worker");
-                self.waiting.push_front(conn);
-            }
+            // The worker has its own fd now; dropping ours closes the master's copy.
+            Some(_conn) => {}
             None => log!("worker {id} acknowledged a connection it was never sent"),
+        }
+        if self.short.remove(&id) {
+            log!("worker {id} takes connections again");
         }
         // ANCHOR: solution_ch06_weights
         // A worker with turns left goes back to the front of the line; one whose turn is
@@ -113,9 +130,32 @@ impl RoundRobin {
         // ANCHOR_END: solution_ch06_weights
     }
 
+    /// Worker `id` could not take the connection it was sent: its fd table is full. As
+    /// Node's `distribute` does, the connection goes to the back of the queue for another
+    /// worker. Unlike Node, the worker stays out of the rotation until it says `free`:
+    /// handing it the next connection at once would only bounce back, again and again.
+    fn rejected(&mut self, id: u32) {
+        if let Some(conn) = self.sent.remove(&id) {
+            self.waiting.push_back(conn);
+        }
+        self.full.insert(id);
+        if self.short.insert(id) {
+            log!("worker {id} rejected a connection (out of fds); it gets none until it is free");
+        }
+    }
+
+    /// Worker `id`, which was full, has room again.
+    fn free_again(&mut self, id: u32) {
+        if self.full.remove(&id) {
+            self.free.push_back(id);
+        }
+    }
+
     /// Worker `id` exited: forget it, and rescue the connection it had not taken yet.
     fn remove(&mut self, id: u32) {
         self.free.retain(|&free| free != id);
+        self.full.remove(&id);
+        self.short.remove(&id);
         if let Some(conn) = self.sent.remove(&id) {
             log!("worker {id} died before taking its connection; it goes to another worker");
             self.waiting.push_front(conn);
@@ -124,10 +164,36 @@ impl RoundRobin {
 }
 // ANCHOR_END: round_robin
 
+/// `--weights 2,1`: worker 1 weighs 2, worker 2 weighs 1 (the others 1).
+#[derive(Debug, Default, Clone)]
+struct Weights(Vec<u32>);
+
+impl FromStr for Weights {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Weights, String> {
+        let mut weights = Vec::new();
+        for word in text.split(',').filter(|w| !w.is_empty()) {
+            match word.trim().parse::<u32>() {
+                Ok(w) if w > 0 => weights.push(w),
+                _ => return Err(format!("whole numbers above 0 like 2,1; not '{word}'")),
+            }
+        }
+        Ok(Weights(weights))
+    }
+}
+
+impl Weights {
+    /// Worker id to weight.
+    fn by_worker(&self) -> HashMap<u32, u32> {
+        (1..).zip(self.0.iter().copied()).collect()
+    }
+}
+
 // ANCHOR: master
 fn master(args: &Args) -> Outcome {
     let mut balancer = RoundRobin {
-        weights: parse_weights(&args.get::<String>("--weights"))?,
+        weights: args.get::<Weights>("--weights").by_worker(),
         ..RoundRobin::default()
     };
     let listener = net::listen(args.host, args.port)?;
@@ -156,6 +222,7 @@ fn master(args: &Args) -> Outcome {
     }
     let mut online = 0;
     let mut paused = false;
+    let mut short = false;
     let mut ready = vec![EpollEvent::empty(); 64];
     loop {
         let n = match epoll.wait(&mut ready, EpollTimeout::NONE) {
@@ -165,12 +232,22 @@ fn master(args: &Args) -> Outcome {
         };
         for token in ready[..n].iter().map(EpollEvent::data) {
             match token {
-                LISTENER => {
-                    if !accept_all(&listener, &mut balancer.waiting) {
+                LISTENER => match accept_all(&listener, &mut balancer.waiting) {
+                    Ok(()) => {
+                        if std::mem::take(&mut short) {
+                            log!("fds available again; accepting again");
+                        }
+                    }
+                    Err(e) => {
+                        // Out of fds: the listener stays readable, so watching it would
+                        // wake us for it forever. One line per shortage, not per attempt.
+                        if !std::mem::replace(&mut short, true) {
+                            log!("out of fds (accept: {e}); no new connections until one is handed off");
+                        }
                         watch(&epoll, &listener, EpollFlags::empty())?;
                         paused = true;
                     }
-                }
+                },
                 CLUSTER => {
                     while let Some(event) = cluster.try_event() {
                         if let Some(code) = cluster.ends_here(&event) {
@@ -193,14 +270,15 @@ fn master(args: &Args) -> Outcome {
                                 }
                             }
                             "accepted" => {
-                                balancer.acknowledged(id, true);
+                                balancer.accepted(id);
                                 // Our copy of that connection is closed: one fd free.
                                 if paused {
                                     watch(&epoll, &listener, EpollFlags::EPOLLIN)?;
                                     paused = false;
                                 }
                             }
-                            "rejected" => balancer.acknowledged(id, false),
+                            "rejected" => balancer.rejected(id),
+                            "free" => balancer.free_again(id),
                             text => log!("unexpected message from worker {id}: {text}"),
                         }
                     }
@@ -212,38 +290,19 @@ fn master(args: &Args) -> Outcome {
 }
 // ANCHOR_END: master
 
-/// `--weights 2,1` -> worker 1 weighs 2, worker 2 weighs 1.
-fn parse_weights(text: &str) -> Result<HashMap<u32, u32>, String> {
-    let mut weights = HashMap::new();
-    for (i, word) in text.split(',').filter(|w| !w.is_empty()).enumerate() {
-        match word.trim().parse::<u32>() {
-            Ok(w) if w > 0 => weights.insert(i as u32 + 1, w),
-            _ => {
-                return Err(format!(
-                    "--weights takes whole numbers above 0 like 2,1; not '{word}'"
-                ))
-            }
-        };
-    }
-    Ok(weights)
-}
-
-/// Accepts every connection waiting in the listening socket's queue. Returns `false`
-/// when the master is out of fds (EMFILE): then the listener stays readable, and the
-/// caller must stop watching it until a connection is handed off and closed, or epoll
-/// would report it again at once, forever.
+/// Accepts every connection waiting in the listening socket's queue. Fails when the
+/// master is out of fds (EMFILE): then the listener stays readable, and the caller must
+/// stop watching it until a connection is handed off and closed, or epoll would report
+/// it again at once, forever.
 // ANCHOR: accept_all
-fn accept_all(listener: &TcpListener, waiting: &mut VecDeque<TcpStream>) -> bool {
+fn accept_all(listener: &TcpListener, waiting: &mut VecDeque<TcpStream>) -> io::Result<()> {
     loop {
         match listener.accept() {
             Ok((conn, _peer)) => waiting.push_back(conn),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-            Err(e) => {
-                log!("accept failed: {e}; no new connections until one is handed off");
-                return false;
-            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -284,8 +343,12 @@ fn read_channel(cluster: &Cluster, epoll: &Epoll, id: u32) -> Vec<Message> {
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Outcome {
-    let channel = spawn::channel_from_env().ok_or("no IPC channel: start the master instead")?;
-    let server = Server::new(id, args.idle_timeout)?.on_message(channel, on_message)?;
+    let channel = spawn::channel_from_env()?;
+    let server = Server::new(id, args.idle_timeout)?
+        .on_message(channel, on_message)?
+        // After a rejection for want of fds: one of our connections has closed (or a
+        // second has passed), so tell the master to count on us again.
+        .on_fds_freed(|server| server.send("free"));
     // This worker listens on nothing: every connection comes from the master.
     server.send("online");
     server.run()?;
@@ -294,14 +357,19 @@ fn worker(id: u32, args: &Args) -> Outcome {
 
 fn on_message(server: &mut Server, message: Message) {
     match (message.text.as_str(), message.fd) {
-        ("newconn", Some(fd)) => {
+        ("newconn", fd) => {
             // ANCHOR: newconn
             // Acknowledge before serving, as Node does: the master puts us back in line
             // before our answer can bring the client's next connection to it.
-            match server.adopt_connection(TcpStream::from(fd)) {
+            let taken = match fd {
+                Some(fd) => server.adopt_connection(TcpStream::from(fd)),
+                // The kernel could not install the fd: our fd table is full.
+                None => Err(io::Error::other("its fd did not arrive (MSG_CTRUNC)")),
+            };
+            match taken {
                 Ok(()) => server.send("accepted"),
                 Err(e) => {
-                    log!("cannot serve the connection from the master: {e}");
+                    server.short_of_fds(&format!("a connection from the master: {e}"));
                     server.send("rejected");
                 }
             }

@@ -1,0 +1,199 @@
+//! What a learner may type, or set by hand: every bad value gets one clear line, the
+//! usage, and exit code 2 before any worker is forked; a worker's environment set by hand
+//! is refused in words that name the variable.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use chapter_tests::*;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use shared::spawn::{CHANNEL_FD_VAR, WORKER_ID_VAR};
+
+/// Runs `package` with `args`, expects exit code 2 with `expected` in its stderr, and no
+/// worker forked.
+#[track_caller]
+fn refused(package: &str, args: &[&str], expected: &str) {
+    let (status, stdout, stderr) = run_to_end(package, args);
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "{package} {args:?} should exit 2, but {}\nstdout: {stdout}\nstderr: {stderr}",
+        describe(status)
+    );
+    assert!(
+        stderr.contains(expected),
+        "{package} {args:?}: stderr should say '{expected}':\n{stderr}"
+    );
+    assert!(
+        stderr.contains("Usage:"),
+        "the usage line follows the error:\n{stderr}"
+    );
+    assert!(
+        !stdout.contains("forked worker"),
+        "nothing may be forked before the arguments are checked:\n{stdout}"
+    );
+}
+
+#[test]
+fn too_many_workers_are_refused_with_the_limit() {
+    refused("ch01-random-port-fork", &["--workers", "100000"], "at most");
+    refused("ch06-round-robin", &["--workers", "5000"], "at most");
+    let (_, help, _) = run_to_end("ch01-random-port-fork", &["--help"]);
+    assert!(help.contains("at most"), "--help states the limit:\n{help}");
+}
+
+#[test]
+fn on_off_options_take_only_on_or_off() {
+    refused(
+        "ch05-handle-passing",
+        &["--exclusive", "maybe"],
+        "--exclusive",
+    );
+    refused("ch03-eaddrinuse", &["--reuseport", "yes"], "--reuseport");
+}
+
+#[test]
+fn chapter_options_are_checked_before_any_fork() {
+    refused(
+        "ch04-proxy",
+        &["--port", "0", "--max-connections", "abc"],
+        "--max-connections",
+    );
+    refused(
+        "ch04-proxy",
+        &["--port", "0", "--max-connections", "0"],
+        "--max-connections",
+    );
+    refused(
+        "ch06-round-robin",
+        &["--port", "0", "--workers", "2", "--weights", "1,2,3"],
+        "--weights",
+    );
+    refused(
+        "ch06-round-robin",
+        &["--port", "0", "--weights", "2,x"],
+        "--weights",
+    );
+}
+
+/// Chapter 3 hands one port to every worker on purpose: the hint must not tell someone
+/// who asked for `--port 0` to try `--port 0`.
+#[test]
+fn eaddrinuse_in_chapter_3_does_not_suggest_port_0() {
+    let master = Chapter::start("ch03-eaddrinuse", &["--port", "0", "--workers", "2"]);
+    let line = master.wait_for("EADDRINUSE", TIMEOUT);
+    assert!(
+        !line.contains("--port 0"),
+        "the hint is wrong for chapter 3: {line}"
+    );
+    master.wait_for("failed to bind", TIMEOUT);
+}
+
+/// Ctrl-C while the master is still forking: it stops forking, stops the workers it has,
+/// and leaves nothing behind.
+#[test]
+fn ctrl_c_during_start_up_is_honoured() {
+    let mut master = Chapter::start("ch02-ipc-messaging", &["--workers", "64"]);
+    master.wait_forked(1);
+    master.signal(Signal::SIGINT);
+    let status = master.wait_exit(TIMEOUT);
+    assert!(
+        matches!(status.code(), Some(0 | 130)),
+        "the master should exit 0 or 130 after Ctrl-C, but {}",
+        describe(status)
+    );
+    let group = Pid::from_raw(master.pid() as i32);
+    assert!(
+        wait_until(TIMEOUT, || killpg(group, None).is_err()),
+        "every worker must be gone after Ctrl-C during start-up"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// A worker's environment, set by hand
+// ---------------------------------------------------------------------------------------
+
+/// Starts `package` as a worker with `vars` and `fd` inherited as fd `fd`'s own number;
+/// expects it to exit non-zero within a few seconds, naming `var` in what it prints.
+#[track_caller]
+fn worker_refuses(package: &str, vars: &[(&str, String)], inherit: Option<OwnedFd>, var: &str) {
+    let mut command = Command::new(binary(package));
+    command.args(["--port", "0"]);
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    if let Some(fd) = &inherit {
+        let raw = fd.as_raw_fd();
+        // SAFETY: runs between fork and exec; fcntl is async-signal-safe and nothing is
+        // allocated. It lets the worker inherit this one fd.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(raw, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut worker = Chapter::from_command(&format!("{package} (hand-made worker)"), command);
+    drop(inherit);
+    let status = worker.wait_exit(Duration::from_secs(5));
+    assert!(
+        !status.success(),
+        "a worker with a bad environment must fail, but {}",
+        describe(status)
+    );
+    let said = worker.wait_output_closed(TIMEOUT).join("\n") + &worker.stderr_lines().join("\n");
+    assert!(
+        said.contains(var),
+        "the error should name {var}:\nstdout+stderr: {said}"
+    );
+}
+
+#[test]
+fn a_worker_id_that_is_not_a_number_is_refused() {
+    worker_refuses(
+        "ch01-random-port-fork",
+        &[(WORKER_ID_VAR, "abc".into())],
+        None,
+        WORKER_ID_VAR,
+    );
+}
+
+#[test]
+fn a_channel_fd_that_is_a_pipe_is_refused() {
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    let fd = read.as_raw_fd().to_string();
+    worker_refuses(
+        "ch02-ipc-messaging",
+        &[(WORKER_ID_VAR, "1".into()), (CHANNEL_FD_VAR, fd)],
+        Some(read),
+        CHANNEL_FD_VAR,
+    );
+    drop(write);
+}
+
+#[test]
+fn a_channel_fd_that_is_dev_null_is_refused() {
+    let null: OwnedFd = std::fs::File::open("/dev/null").expect("/dev/null").into();
+    let fd = null.as_raw_fd().to_string();
+    worker_refuses(
+        "ch06-round-robin",
+        &[(WORKER_ID_VAR, "1".into()), (CHANNEL_FD_VAR, fd)],
+        Some(null),
+        CHANNEL_FD_VAR,
+    );
+}
+
+#[test]
+fn a_channel_fd_that_is_not_open_is_refused() {
+    worker_refuses(
+        "ch05-handle-passing",
+        &[(WORKER_ID_VAR, "1".into()), (CHANNEL_FD_VAR, "999".into())],
+        None,
+        CHANNEL_FD_VAR,
+    );
+}
