@@ -153,19 +153,19 @@ pub const EXERCISES: &[Exercise] = &[
     Exercise {
         name: "ch06-handoff",
         chapter: "ch06-round-robin",
-        file: "chapters/ch06-round-robin/src/main.rs",
+        file: "shared/src/round_robin.rs",
         function: "RoundRobin::distribute",
         anchor: "solution_ch06_handoff",
         test: "ch06_round_robin",
         filter: None,
         about: "hand a waiting connection's fd to a free worker, and keep it until the worker acknowledges",
-        hint: "cluster.send_with_fd(id, newconn, conn.as_fd()); on Ok keep conn in self.sent \
+        hint: "cluster.send_with_fd(id, newconn KEY, conn.as_fd()); on Ok keep conn in self.sent \
                under id; on Err log it and put conn back at the front of self.waiting",
     },
     Exercise {
         name: "ch06-weights",
         chapter: "ch06-round-robin",
-        file: "chapters/ch06-round-robin/src/main.rs",
+        file: "shared/src/round_robin.rs",
         function: "RoundRobin::accepted",
         anchor: "solution_ch06_weights",
         test: "ch06_round_robin",

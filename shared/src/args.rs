@@ -25,6 +25,7 @@ pub struct Cli {
     name: &'static str,
     about: &'static str,
     default_port: u16,
+    many_ports: bool,
     extra: Vec<Opt>,
     checks: Vec<Check>,
 }
@@ -44,8 +45,9 @@ struct Opt {
 pub struct Args {
     /// Address to listen on (default 127.0.0.1: a classroom server is not public).
     pub host: IpAddr,
-    /// Port to listen on; 0 lets the kernel pick a free one.
+    /// Port to listen on; 0 lets the kernel pick a free one. The first of [`Args::ports`].
     pub port: u16,
+    ports: Vec<u16>,
     /// How many workers to start (default: one per CPU, like `os.cpus().length`).
     pub workers: usize,
     /// How long a connection may stay silent before the worker drops it.
@@ -60,6 +62,7 @@ impl Cli {
             name,
             about,
             default_port: 8000,
+            many_ports: false,
             extra: Vec::new(),
             checks: Vec::new(),
         }
@@ -68,6 +71,13 @@ impl Cli {
     /// The port used when `--port` is not given (8000 unless a chapter says otherwise).
     pub fn default_port(mut self, port: u16) -> Cli {
         self.default_port = port;
+        self
+    }
+
+    /// Lets `--port` take a list, `--port 8000,8001` (chapter 6: every worker asks the
+    /// master for each port), read back with [`Args::ports`].
+    pub fn many_ports(mut self) -> Cli {
+        self.many_ports = true;
         self
     }
 
@@ -136,6 +146,7 @@ impl Cli {
         let mut args = Args {
             host: IpAddr::from([127, 0, 0, 1]),
             port: self.default_port,
+            ports: vec![self.default_port],
             workers: num_cpus::get().min(MAX_WORKERS),
             idle_timeout: Duration::from_secs(10),
             extra: self
@@ -164,7 +175,16 @@ impl Cli {
             };
             match name {
                 "--host" => args.host = parse(name, &value, "an IP address like 127.0.0.1")?,
-                "--port" => args.port = parse(name, &value, "a port from 0 to 65535")?,
+                "--port" => {
+                    args.ports = match self.many_ports {
+                        true => value
+                            .split(',')
+                            .map(|p| parse(name, p, "ports from 0 to 65535, like 8000,8001"))
+                            .collect::<Result<_, _>>()?,
+                        false => vec![parse(name, &value, "a port from 0 to 65535")?],
+                    };
+                    args.port = args.ports[0];
+                }
                 "--workers" => args.workers = parse_workers(&value)?,
                 "--idle-timeout" => {
                     let secs: f64 = parse(name, &value, "a number of seconds, like 10 or 0.5")?;
@@ -211,10 +231,16 @@ impl Cli {
                 "--host ADDR".to_string(),
                 "address to listen on (default 127.0.0.1)".to_string(),
             ),
-            (
-                "--port PORT".into(),
-                format!("port to listen on (default {port})"),
-            ),
+            match self.many_ports {
+                false => (
+                    "--port PORT".into(),
+                    format!("port to listen on (default {port})"),
+                ),
+                true => (
+                    "--port PORT[,PORT]".into(),
+                    format!("port(s) to listen on, like 8000,8001 (default {port})"),
+                ),
+            },
             (
                 "--workers N".into(),
                 format!(
@@ -242,6 +268,11 @@ impl Cli {
 }
 
 impl Args {
+    /// Every port given with `--port` (one, unless the chapter allows [`Cli::many_ports`]).
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
     /// The value of a chapter-specific option declared with [`Cli::option`].
     ///
     /// The value was checked when the command line was parsed; asking for it as another

@@ -1,76 +1,54 @@
 //! The master's side of a cluster: start workers, hear what they say and when they exit,
 //! and stop them all on Ctrl-C or SIGTERM.
 //!
-//! Explained in chapter 1 (fork, exit, shutdown) and chapter 2 (messages).
+//! Explained in chapter 1 (fork, exit, shutdown) and chapter 2 (messages); chapter 6 adds
+//! a socket of its own to the same loop.
 //!
-//! Node's master is an event emitter: `cluster.on('message')`, `cluster.on('exit')`. Ours
-//! is a queue of [`Event`]s that the chapter's `main` takes one at a time with
-//! [`Cluster::next_event`]. Small helper threads feed the queue: one per worker that
-//! blocks reading its channel (or, without a channel, waiting for it to exit), and the
-//! Ctrl-C handler. The chapter's own loop stays single-threaded and reads top to bottom.
-//!
-//! A master that must also watch sockets of its own (chapter 6 accepts every connection)
-//! reads the channels itself in one epoll loop, as Node's master does on libuv: see
-//! [`Cluster::polled`].
+//! Node's master is an event emitter: `cluster.on('message')`, `cluster.on('exit')`, all
+//! driven by one libuv loop. Ours is one loop too: [`Cluster::next_event`] waits in epoll
+//! on every worker's IPC channel at once and hands back one [`Event`] at a time, so a
+//! chapter's `master` reads top to bottom. Two things cannot be waited for in epoll, and
+//! each gets a small helper thread that queues its event and wakes the loop through a
+//! pipe: a worker's exit (`waitpid` blocks), and Ctrl-C (the `ctrlc` crate).
 
-use std::collections::BTreeMap;
-use std::error::Error;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SendError, Sender};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::mpsc::{self, Receiver, SendError, Sender};
 use std::sync::Arc;
-
-use nix::fcntl::OFlag;
-use nix::unistd::pipe2;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::Pid;
+use nix::unistd::{pipe2, Pid};
 
-use crate::args::Args;
 use crate::channel::{Channel, ChannelError, Message};
 use crate::log;
-use crate::spawn::{self, spawn_worker, Worker};
+use crate::spawn::{spawn_worker, Worker};
 
-/// What a chapter's `master` and `worker` functions return: an exit code, or an error for
-/// [`crate::log::exit_code`] to report.
-pub type Outcome = Result<ExitCode, Box<dyn Error>>;
-
-/// Every chapter's `main`, once its arguments are parsed: run `worker` if this process is
-/// a worker, `master` if not.
-// ANCHOR: master_or_worker
-pub fn master_or_worker(
-    args: &Args,
-    master: fn(&Args) -> Outcome,
-    worker: fn(u32, &Args) -> Outcome,
-) -> ExitCode {
-    // Am I a worker? The same question as Node's `cluster.isPrimary`, asked the same way:
-    // is the variable the master sets for its workers in my environment?
-    let result = match spawn::role() {
-        Ok(Some(id)) => worker(id, args),
-        Ok(None) => master(args),
-        Err(why) => {
-            eprintln!("{why}");
-            return ExitCode::from(2);
-        }
-    };
-    crate::log::exit_code(result)
-}
-// ANCHOR_END: master_or_worker
+pub use crate::spawn::{master_or_worker, Outcome};
 
 /// Something that happened, for the master to act on.
+#[derive(Debug)]
 pub enum Event {
     /// Ctrl-C (SIGINT) or SIGTERM reached the master.
     Shutdown,
+    /// A signal the chapter asked for with [`Cluster::on_signal`] (chapter 9's SIGUSR2).
+    Signal(Signal),
     /// Worker `id` sent a message.
     Message { id: u32, message: Message },
     /// Worker `id` sent something that is not a valid message; it was dropped.
     BadMessage { id: u32, error: ChannelError },
     /// Worker `id` (pid `pid`) exited or was killed.
     Exit { id: u32, pid: u32, status: Exited },
+    /// An fd the chapter added with [`Cluster::watch`] is readable; the number is the
+    /// token it was added with.
+    Ready(u64),
 }
 
 /// How a worker ended, as `cluster.on('exit', (worker, code, signal))` reports it.
@@ -89,23 +67,33 @@ impl std::fmt::Display for Exited {
     }
 }
 
+/// The epoll tokens the cluster keeps for itself. A chapter's own tokens
+/// ([`Cluster::watch`]) must stay below [`FIRST_CHANNEL`].
+const WAKE: u64 = u64::MAX;
+const SIGNALS: u64 = u64::MAX - 1;
+/// Worker `id`'s channel is watched with token `FIRST_CHANNEL + id`.
+pub const FIRST_CHANNEL: u64 = 1 << 32;
+
 /// The master's view of its workers.
 pub struct Cluster {
     workers: BTreeMap<u32, Worker>,
-    events: Receiver<Event>,
+    epoll: Epoll,
+    /// Events from the helper threads, and the pipe they write a byte to for each one.
+    queue: Receiver<Event>,
     sender: EventSender,
+    wake: OwnedFd,
+    /// The read end of the pipe the signal handler of [`Cluster::on_signal`] writes to.
+    signals: Option<OwnedFd>,
+    /// Events read from epoll but not handed out yet.
+    pending: VecDeque<Event>,
     /// Set by the Ctrl-C handler: a master still forking its workers stops forking.
     stopping: Arc<AtomicBool>,
-    /// Readable whenever an event is queued, for a master that waits in epoll (chapter 6).
-    wake: OwnedFd,
     with_channel: bool,
-    /// Whether the master reads the channels itself instead of a helper thread per worker.
-    polled: bool,
     next_id: u32,
 }
 
-/// Queues events for the master, from its helper threads, and makes
-/// [`Cluster::wake_fd`] readable for each one.
+/// Queues events for the master from its helper threads, and writes a byte to the wake
+/// pipe for each, so that the master's epoll returns.
 #[derive(Clone)]
 struct EventSender {
     queue: Sender<Event>,
@@ -116,8 +104,7 @@ impl EventSender {
     /// Queues `event`; an error means the master is gone.
     fn send(&self, event: Event) -> Result<(), SendError<Event>> {
         self.queue.send(event)?;
-        // One byte per event. A full pipe already says "look at the queue", so a failed
-        // write loses nothing.
+        // A full pipe already says "look at the queue", so a failed write loses nothing.
         let _ = nix::unistd::write(&*self.wake, &[1]);
         Ok(())
     }
@@ -126,28 +113,22 @@ impl EventSender {
 impl Cluster {
     /// A cluster whose workers each get an IPC channel (chapter 2 onwards).
     pub fn new() -> io::Result<Self> {
-        Self::build(true, false)
+        Self::build(true)
     }
 
     /// A cluster whose workers get no channel: the master can only start and stop them
     /// (chapter 1).
     pub fn without_channels() -> io::Result<Self> {
-        Self::build(false, false)
+        Self::build(false)
     }
 
-    /// A cluster whose workers each get an IPC channel that the master reads itself, in
-    /// its own event loop, through [`Cluster::channel`] (chapter 6). Exits and Ctrl-C still
-    /// arrive as events; [`Cluster::wake_fd`] says when, and [`Cluster::try_event`] takes
-    /// them.
-    pub fn polled() -> io::Result<Self> {
-        Self::build(true, true)
-    }
-
-    fn build(with_channel: bool, polled: bool) -> io::Result<Self> {
-        let (queue, events) = mpsc::channel();
+    fn build(with_channel: bool) -> io::Result<Self> {
+        let (queue_in, queue) = mpsc::channel();
         let (wake, wake_write) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
         let sender = EventSender {
-            queue,
+            queue: queue_in,
             wake: Arc::new(wake_write),
         };
         let on_signal = sender.clone();
@@ -164,12 +145,14 @@ impl Cluster {
         // ANCHOR_END: ctrlc
         Ok(Cluster {
             workers: BTreeMap::new(),
-            events,
+            epoll,
+            queue,
             sender,
-            stopping,
             wake,
+            signals: None,
+            pending: VecDeque::new(),
+            stopping,
             with_channel,
-            polled,
             next_id: 1,
         })
     }
@@ -190,86 +173,193 @@ impl Cluster {
         self.next_id += 1;
         let worker = spawn_worker(id, self.with_channel)?;
         log!("forked worker {id} (pid {})", worker.pid);
-        self.watch(&worker);
+        self.watch_worker(&worker)?;
         self.workers.insert(id, worker);
         Ok(id)
     }
     // ANCHOR_END: fork
 
-    /// Starts one helper thread that turns what the worker does into events.
-    // ANCHOR: watch
-    fn watch(&self, worker: &Worker) {
+    /// Listens to a new worker: its channel joins the master's epoll, and a helper thread
+    /// waits for its exit.
+    // ANCHOR: watch_worker
+    fn watch_worker(&self, worker: &Worker) -> io::Result<()> {
+        if let Some(channel) = &worker.channel {
+            let token = FIRST_CHANNEL + u64::from(worker.id);
+            self.epoll
+                .add(channel.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))?;
+        }
         let (id, pid) = (worker.id, worker.pid);
         let events = self.sender.clone();
-        // A polled master reads the channel itself; the thread only waits for the exit.
-        let channel = worker.channel.clone().filter(|_| !self.polled);
         std::thread::spawn(move || {
-            if let Some(channel) = channel {
-                forward_messages(id, &channel, &events);
-            }
-            // The channel reads end-of-file when the worker's process has closed it, that
-            // is, as it exits; now wait for the exit itself and reap it.
+            // waitpid blocks until the worker is gone, and reaps it: no zombie is left.
             let status = reap(pid);
             let _ = events.send(Event::Exit { id, pid, status });
         });
+        Ok(())
     }
-    // ANCHOR_END: watch
+    // ANCHOR_END: watch_worker
 
     /// Waits for the next event.
     pub fn next_event(&mut self) -> Event {
-        let event = self
-            .events
-            .recv()
-            .expect("the cluster keeps a sender, so its queue never closes");
-        self.note(&event);
-        event
+        loop {
+            if let Some(event) = self.next_event_timeout(Duration::from_secs(3600)) {
+                return event;
+            }
+        }
+    }
+
+    /// Like [`Cluster::next_event`], but gives up after `timeout` and returns `None`.
+    // ANCHOR: next_event
+    pub fn next_event_timeout(&mut self, timeout: Duration) -> Option<Event> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                self.note(&event);
+                return Some(event);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Rounded up, so a short wait is a wait and not a busy loop.
+            let millis = (left.as_micros().div_ceil(1000)).min(u128::from(u16::MAX - 1)) as u16;
+            if millis == 0 {
+                return None;
+            }
+            self.wait(EpollTimeout::from(millis));
+        }
+    }
+    // ANCHOR_END: next_event
+
+    /// One `epoll_wait`, and everything it found queued in `pending`. Within one wait,
+    /// messages go before exits and before the chapter's own sockets: a worker's last
+    /// words are heard before its death, and an acknowledgement before the next
+    /// connection it frees the worker for.
+    fn wait(&mut self, timeout: EpollTimeout) {
+        let mut ready = [EpollEvent::empty(); 64];
+        let n = match self.epoll.wait(&mut ready, timeout) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => {
+                log!("epoll_wait failed: {e}");
+                0
+            }
+        };
+        let mut messages = Vec::new();
+        let mut sockets = Vec::new();
+        for token in ready[..n].iter().map(EpollEvent::data) {
+            match token {
+                WAKE => drain(&self.wake),
+                SIGNALS => self.read_signals(&mut messages),
+                t if t >= FIRST_CHANNEL => {
+                    self.read_channel((t - FIRST_CHANNEL) as u32, &mut messages)
+                }
+                t => sockets.push(Event::Ready(t)),
+            }
+        }
+        let mut others = Vec::new();
+        while let Ok(event) = self.queue.try_recv() {
+            if let Event::Exit { id, .. } = event {
+                // Whatever the worker wrote before it died is still in its channel.
+                self.read_channel(id, &mut messages);
+            }
+            others.push(event);
+        }
+        self.pending.extend(messages);
+        self.pending.extend(others);
+        self.pending.extend(sockets);
+    }
+
+    /// Every message waiting on worker `id`'s channel. A closed channel leaves epoll (the
+    /// worker's exit comes as an event of its own); a malformed message is reported.
+    fn read_channel(&self, id: u32, into: &mut Vec<Event>) {
+        let Some(channel) = self.channel(id) else {
+            return;
+        };
+        loop {
+            match channel.try_recv() {
+                Ok(Some(message)) => into.push(Event::Message { id, message }),
+                Ok(None) => return,
+                Err(ChannelError::Closed) => {
+                    let _ = self.epoll.delete(channel.as_fd());
+                    return;
+                }
+                Err(ChannelError::Io(e)) => {
+                    log!("reading worker {id}'s channel failed: {e}; no more messages from it");
+                    let _ = self.epoll.delete(channel.as_fd());
+                    return;
+                }
+                Err(error) => into.push(Event::BadMessage { id, error }),
+            }
+        }
     }
 
     /// Bookkeeping every chapter needs: forget a worker once it has exited, and log it,
     /// as Node's cluster emits `exit`.
     fn note(&mut self, event: &Event) {
         if let Event::Exit { id, pid, status } = event {
+            // Dropping the worker closes our end of its channel, which leaves epoll.
             self.workers.remove(id);
             log!("worker {id} (pid {pid}) {status}");
         }
     }
 
-    /// Like [`Cluster::next_event`], but gives up after `timeout` and returns `None`.
-    pub fn next_event_timeout(&mut self, timeout: Duration) -> Option<Event> {
-        match self.events.recv_timeout(timeout) {
-            Ok(event) => {
-                self.note(&event);
-                Some(event)
+    /// Adds one of the chapter's own fds to the master's loop: when it is readable,
+    /// [`Cluster::next_event`] returns [`Event::Ready`]`(token)`. `token` must be below
+    /// [`FIRST_CHANNEL`]. The fd stays watched until [`Cluster::unwatch`] or its close.
+    pub fn watch(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        assert!(token < FIRST_CHANNEL, "token {token} is the cluster's own");
+        self.epoll
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))?;
+        Ok(())
+    }
+
+    /// Stops watching an fd added with [`Cluster::watch`].
+    pub fn unwatch(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.epoll.delete(fd)?;
+        Ok(())
+    }
+
+    /// Also turns `signal` into [`Event::Signal`] (chapter 9 reloads on SIGUSR2). The
+    /// handler only writes the signal's number to a pipe the loop watches.
+    pub fn on_signal(&mut self, signal: Signal) -> io::Result<()> {
+        if self.signals.is_none() {
+            let (read, write) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+            self.epoll
+                .add(read.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
+            // The write end lives as long as the process: the handler may run at any time.
+            SIGNAL_PIPE.store(write.as_raw_fd(), Ordering::SeqCst);
+            std::mem::forget(write);
+            self.signals = Some(read);
+        }
+        let action = SigAction::new(
+            SigHandler::Handler(note_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SAFETY: `note_signal` only calls write(2) and reads an atomic, both
+        // async-signal-safe, and restores errno.
+        unsafe { sigaction(signal, &action) }?;
+        Ok(())
+    }
+
+    fn read_signals(&self, into: &mut Vec<Event>) {
+        let Some(pipe) = &self.signals else { return };
+        let mut bytes = [0u8; 64];
+        while let Ok(n @ 1..) = nix::unistd::read(pipe, &mut bytes) {
+            for byte in &bytes[..n] {
+                if let Ok(signal) = Signal::try_from(i32::from(*byte)) {
+                    into.push(Event::Signal(signal));
+                }
             }
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => unreachable!("the cluster keeps a sender"),
         }
     }
 
-    /// Takes the next queued event without waiting: `None` if there is none. For a master
-    /// that waits in epoll and finds [`Cluster::wake_fd`] readable.
-    pub fn try_event(&mut self) -> Option<Event> {
-        let mut byte = [0u8; 1];
-        let _ = nix::unistd::read(&self.wake, &mut byte);
-        let event = self.events.try_recv().ok()?;
-        self.note(&event);
-        Some(event)
-    }
-
-    /// Readable whenever an event is waiting in the queue: what a master that runs its
-    /// own epoll loop watches to hear about exits and Ctrl-C.
-    pub fn wake_fd(&self) -> BorrowedFd<'_> {
-        self.wake.as_fd()
-    }
-
-    /// Worker `id`'s channel, for a master that reads it itself ([`Cluster::polled`]).
-    pub fn channel(&self, id: u32) -> Option<&Channel> {
+    /// Worker `id`'s channel.
+    fn channel(&self, id: u32) -> Option<&Channel> {
         self.workers.get(&id).and_then(|w| w.channel.as_ref())
     }
 
     /// Sends a text message to worker `id`.
     pub fn send(&self, id: u32, text: &str) -> Result<(), ChannelError> {
-        match self.workers.get(&id).and_then(|w| w.channel.as_ref()) {
+        match self.channel(id) {
             Some(channel) => channel.send(text),
             None => Err(ChannelError::Closed),
         }
@@ -282,7 +372,7 @@ impl Cluster {
         text: &str,
         fd: BorrowedFd<'_>,
     ) -> Result<(), ChannelError> {
-        match self.workers.get(&id).and_then(|w| w.channel.as_ref()) {
+        match self.channel(id) {
             Some(channel) => channel.send_with_fd(text, fd),
             None => Err(ChannelError::Closed),
         }
@@ -308,12 +398,12 @@ impl Cluster {
         self.workers.is_empty()
     }
 
-    /// What every master does with the two events that can end it. Ctrl-C or SIGTERM:
-    /// stop every worker, then exit 0. The last worker gone: nothing is left to manage,
-    /// exit 1 (chapter 7 will start a replacement instead). Any other event: `None`, and
-    /// the chapter's own loop goes on with it.
-    // ANCHOR: ends_here
-    pub fn ends_here(&mut self, event: &Event) -> Option<ExitCode> {
+    /// What every master of chapters 1 to 6 does with the two events that can end it.
+    /// Ctrl-C or SIGTERM: stop every worker, then exit 0. The last worker gone: nothing is
+    /// left to manage, exit 1 (chapter 7 starts a replacement instead). Any other event:
+    /// `None`, and the chapter's own loop goes on with it.
+    // ANCHOR: finished_by
+    pub fn finished_by(&mut self, event: &Event) -> Option<ExitCode> {
         match event {
             Event::Shutdown => {
                 self.shutdown(Duration::from_secs(5));
@@ -326,7 +416,7 @@ impl Cluster {
             _ => None,
         }
     }
-    // ANCHOR_END: ends_here
+    // ANCHOR_END: finished_by
 
     /// Stops every worker: SIGTERM first, then, for any still alive after `grace`,
     /// SIGKILL. Returns once all have exited and been reaped, logging each exit.
@@ -371,25 +461,29 @@ impl Drop for Cluster {
     }
 }
 
-/// Forwards every message from one worker until its channel closes.
-// ANCHOR: forward_messages
-fn forward_messages(id: u32, channel: &Channel, events: &EventSender) {
-    loop {
-        let event = match channel.recv() {
-            Ok(message) => Event::Message { id, message },
-            Err(ChannelError::Closed) => return,
-            Err(ChannelError::Io(e)) => {
-                log!("reading worker {id}'s channel failed: {e}; no more messages from it");
-                return;
-            }
-            Err(error) => Event::BadMessage { id, error },
-        };
-        if events.send(event).is_err() {
-            return;
-        }
+/// Reads and discards everything in a non-blocking pipe.
+fn drain(pipe: &OwnedFd) {
+    let mut bytes = [0u8; 64];
+    while let Ok(1..) = nix::unistd::read(pipe, &mut bytes) {}
+}
+
+/// Where the signal handler of [`Cluster::on_signal`] writes: the pipe's write end.
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn note_signal(signal: libc::c_int) {
+    let fd: RawFd = SIGNAL_PIPE.load(Ordering::SeqCst);
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: errno is thread-local; we put back what write(2) may change, as a signal
+    // handler must. write(2) is async-signal-safe and reads one byte from our stack.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let byte = signal as u8;
+        libc::write(fd, (&byte as *const u8).cast(), 1);
+        *libc::__errno_location() = errno;
     }
 }
-// ANCHOR_END: forward_messages
 
 /// Waits for process `pid` to end and says how it ended.
 fn reap(pid: u32) -> Exited {
@@ -398,7 +492,7 @@ fn reap(pid: u32) -> Exited {
             Ok(WaitStatus::Exited(_, code)) => return Exited::Code(code),
             Ok(WaitStatus::Signaled(_, sig, _)) => return Exited::Signal(sig),
             Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
+            Err(Errno::EINTR) => continue,
             // ECHILD: already reaped by someone else; nothing more to learn.
             Err(_) => return Exited::Code(-1),
         }

@@ -5,12 +5,13 @@
 //! |---|---|---|
 //! | [`args`] | the common command line | 1 |
 //! | [`log`](mod@log) | one line per lifecycle event | 1 |
-//! | [`spawn`] | start a worker by re-running this binary | 1, 2 |
-//! | [`cluster`] | the master: fork, events, shutdown; sending an fd to a worker | 1, 2, 5 |
+//! | [`spawn`] | master or worker? start a worker by re-running this binary | 1, 2 |
+//! | [`cluster`] | the master's loop: fork, events, shutdown; sending an fd to a worker | 1, 2, 5, 6 |
 //! | [`http`] | the `Hello world by <pid>` responder | 1 |
 //! | [`server`] | the worker's single-threaded event loop; adopting a socket or a connection | 1, 2, 5, 6 |
 //! | [`net`] | binding a port, EADDRINUSE, `SO_REUSEADDR` and `SO_REUSEPORT` | 1, 3 |
 //! | [`channel`] | the IPC channel, messages and fds | 2, 5 |
+//! | [`round_robin`] | the master accepts, the workers take turns (Node's `RoundRobinHandle`) | 6 |
 
 pub mod args;
 pub mod channel;
@@ -18,5 +19,6 @@ pub mod cluster;
 pub mod http;
 pub mod log;
 pub mod net;
+pub mod round_robin;
 pub mod server;
 pub mod spawn;

@@ -8,21 +8,49 @@
 //! is not set". We do the same with [`WORKER_ID_VAR`], and pass the inherited channel's fd
 //! number in [`CHANNEL_FD_VAR`] as Node does with `NODE_CHANNEL_FD`.
 
+use std::error::Error;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use nix::sys::socket::{getsockopt, sockopt, SockType};
 
+use crate::args::Args;
 use crate::channel::Channel;
 
 /// The environment variable that makes a process a worker, and gives its id (1, 2, ...).
 pub const WORKER_ID_VAR: &str = "CLUSTER_WORKER_ID";
 /// The environment variable that names the fd of the worker's end of the IPC channel.
 pub const CHANNEL_FD_VAR: &str = "CLUSTER_CHANNEL_FD";
+
+/// What a chapter's `master` and `worker` functions return: an exit code, or an error for
+/// [`crate::log::exit_code`] to report.
+pub type Outcome = Result<ExitCode, Box<dyn Error>>;
+
+/// Every chapter's `main`, once its arguments are parsed: run `worker` if this process is
+/// a worker, `master` if not.
+// ANCHOR: master_or_worker
+pub fn master_or_worker(
+    args: &Args,
+    master: fn(&Args) -> Outcome,
+    worker: fn(u32, &Args) -> Outcome,
+) -> ExitCode {
+    // Am I a worker? The same question as Node's `cluster.isPrimary`, asked the same way:
+    // is the variable the master sets for its workers in my environment?
+    let result = match role() {
+        Ok(Some(id)) => worker(id, args),
+        Ok(None) => master(args),
+        Err(why) => {
+            eprintln!("{why}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::log::exit_code(result)
+}
+// ANCHOR_END: master_or_worker
 
 /// This process's worker id, or `None` in the master.
 // ANCHOR: worker_id

@@ -206,3 +206,30 @@ fn exclusive_wakes_one_worker_instead_of_all() {
          {one} with it: it should wake one worker instead of all"
     );
 }
+
+/// `--shared-handle on` is cluster's SharedHandle: each worker asks, the master binds on
+/// the first request and keeps its socket while sending it to every worker that asks.
+#[test]
+fn shared_handle_keeps_the_masters_socket() {
+    let (master, addr, forked) = Chapter::start_cluster(CH05, 2, &["--shared-handle", "on"]);
+    assert_eq!(master.count("asked to listen: bound"), 1, "bound once");
+    let inodes = listening_inodes(addr);
+    assert_eq!(
+        inodes.len(),
+        1,
+        "one listening socket on {addr}: {inodes:?}"
+    );
+    assert!(
+        socket_inodes(master.pid()).contains(&inodes[0]),
+        "the master keeps its copy of the socket"
+    );
+    for (id, pid) in &forked {
+        assert!(
+            socket_inodes(*pid).contains(&inodes[0]),
+            "worker {id} holds the same socket"
+        );
+    }
+    for _ in 0..10 {
+        answered_by(&get(addr), &forked);
+    }
+}

@@ -277,3 +277,44 @@ fn weights_skew_the_turns() {
         "worker 1 should serve 60 ± 2 and worker 2 30 ± 2 of 90: {served:?}"
     );
 }
+
+/// A worker does not bind: it asks the master (`queryServer`), which makes one
+/// round-robin handle per address on the first request. `--port 0,0` asks for two
+/// sockets (two `listen`s on port 0, as two `server.listen(0)` calls in a Node worker),
+/// and the same workers serve both, taking turns on each.
+#[test]
+fn the_same_workers_serve_two_ports() {
+    let master = Chapter::start(CH06, &["--port", "0,0", "--workers", "2"]);
+    let forked = master.wait_forked(2);
+    let ready = master.wait_for_n("the master accepts", 2, TIMEOUT);
+    let addrs: Vec<SocketAddr> = ready
+        .iter()
+        .map(|l| parse_listen_addr(l).unwrap_or_else(|| panic!("no address in {l}")))
+        .collect();
+    assert_ne!(addrs[0], addrs[1], "two handles, two sockets");
+    for addr in &addrs {
+        let (served, _) = count_turns(*addr, 4, &forked);
+        assert!(
+            served.values().all(|n| *n == 2),
+            "on {addr}, both workers take turns: {served:?}"
+        );
+    }
+    // Each worker asked for each socket, and the master bound each once.
+    assert_eq!(
+        master.count("bound it, round-robin"),
+        2,
+        "{:#?}",
+        master.lines()
+    );
+    let mut held = listening_addrs_of(master.pid());
+    held.sort();
+    let mut expected = addrs.clone();
+    expected.sort();
+    assert_eq!(held, expected, "the master holds both listening sockets");
+    for (id, pid) in &forked {
+        assert!(
+            listening_addrs_of(*pid).is_empty(),
+            "worker {id} holds no listening socket"
+        );
+    }
+}

@@ -38,7 +38,7 @@ fn master(args: &Args) -> Outcome {
         // Without IPC only two events can reach this master: a worker exited, or
         // Ctrl-C/SIGTERM arrived. `ends_here` decides whether either ends the master.
         let event = cluster.next_event();
-        if let Some(code) = cluster.ends_here(&event) {
+        if let Some(code) = cluster.finished_by(&event) {
             return Ok(code);
         }
     }

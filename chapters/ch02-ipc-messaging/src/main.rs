@@ -35,7 +35,7 @@ fn master(args: &Args) -> Outcome {
     }
     loop {
         let event = cluster.next_event();
-        if let Some(code) = cluster.ends_here(&event) {
+        if let Some(code) = cluster.finished_by(&event) {
             return Ok(code);
         }
         match event {
@@ -50,7 +50,7 @@ fn master(args: &Args) -> Outcome {
                 }
             }
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
-            Event::Exit { .. } | Event::Shutdown => {}
+            _ => {}
         }
     }
 }

@@ -47,7 +47,7 @@ fn master(args: &Args) -> Outcome {
     let (mut listening, mut failed) = (Vec::new(), Vec::new());
     loop {
         let event = cluster.next_event();
-        if let Some(code) = cluster.ends_here(&event) {
+        if let Some(code) = cluster.finished_by(&event) {
             return Ok(code);
         }
         match event {
@@ -63,7 +63,7 @@ fn master(args: &Args) -> Outcome {
                 }
             }
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
-            Event::Exit { .. } | Event::Shutdown => {}
+            _ => {}
         }
     }
 }

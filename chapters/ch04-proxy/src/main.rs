@@ -61,7 +61,7 @@ fn master(args: &Args) -> Outcome {
     });
     loop {
         let event = cluster.next_event();
-        if let Some(code) = cluster.ends_here(&event) {
+        if let Some(code) = cluster.finished_by(&event) {
             return Ok(code);
         }
         match event {
@@ -82,7 +82,7 @@ fn master(args: &Args) -> Outcome {
             }
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
             Event::Exit { id, .. } => private.retain(|(worker, _)| *worker != id),
-            Event::Shutdown => {}
+            _ => {}
         }
         if let Ok(mut list) = upstreams.lock() {
             *list = private.iter().map(|(_, addr)| *addr).collect();

@@ -66,8 +66,27 @@ pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io:
             let token = event.data();
             if token == LISTENER {
                 loop {
-                    let mut client = match accept_nonblocking(&listener) {
-                        Ok(client) => client,
+                    let shortage = match accept_nonblocking(&listener) {
+                        Ok(mut client) => {
+                            if refuse_if_full(&mut client, pairs.len(), max_pairs) {
+                                continue;
+                            }
+                            turn += 1;
+                            match open_pair(&epoll, client, &upstreams, turn, next_pair) {
+                                Ok(pair) => {
+                                    pairs.insert(next_pair, pair);
+                                    next_pair += 1;
+                                    continue;
+                                }
+                                // The client has its 503. Short of fds for its second
+                                // socket, the next client would fare no better: pause.
+                                Err(e) if out_of_fds(&e) => e,
+                                Err(e) => {
+                                    log!("cannot proxy a connection: {e}; answered 503");
+                                    continue;
+                                }
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             // The queue is empty: whatever shortage there was is over.
                             if std::mem::take(&mut short) {
@@ -75,33 +94,21 @@ pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io:
                             }
                             break;
                         }
-                        Err(e) if out_of_fds(&e) => {
-                            // The listener stays readable, so epoll would wake us for it
-                            // forever: stop watching it until a pair closes and frees fds.
-                            // One line per shortage, not one per attempt.
-                            if !std::mem::replace(&mut short, true) {
-                                log!("out of fds (accept: {e}); no new connections until one closes (raise ulimit -n, or lower --max-connections)");
-                            }
-                            epoll.modify(
-                                listener.as_fd(),
-                                &mut EpollEvent::new(EpollFlags::empty(), LISTENER),
-                            )?;
-                            paused = true;
-                            break;
-                        }
+                        Err(e) if out_of_fds(&e) => e,
                         Err(_) => continue, // e.g. the client gave up before we accepted
                     };
-                    if refuse_if_full(&mut client, pairs.len(), max_pairs) {
-                        continue;
+                    // Out of fds. The listener stays readable, so epoll would wake us for
+                    // it forever: stop watching it until a pair closes and frees fds. One
+                    // line per shortage, not one per attempt.
+                    if !std::mem::replace(&mut short, true) {
+                        log!("out of fds ({shortage}); no new connections until one closes (raise ulimit -n, or lower --max-connections)");
                     }
-                    turn += 1;
-                    match open_pair(&epoll, client, &upstreams, turn, next_pair) {
-                        Ok(pair) => {
-                            pairs.insert(next_pair, pair);
-                            next_pair += 1;
-                        }
-                        Err(e) => log!("cannot proxy a connection: {e}"),
-                    }
+                    epoll.modify(
+                        listener.as_fd(),
+                        &mut EpollEvent::new(EpollFlags::empty(), LISTENER),
+                    )?;
+                    paused = true;
+                    break;
                 }
                 continue;
             }
@@ -225,7 +232,7 @@ fn open_pair(
             NO_WORKER
         };
         let _ = client.write_all(answer);
-        return Err(io::Error::other(format!("{failure}; answered 503")));
+        return Err(failure);
     };
     // Both sockets are non-blocking from birth. No Nagle delays: a proxy passes on each
     // chunk as it comes, and a small one held back waiting for an ACK stalls the exchange.

@@ -1,12 +1,16 @@
 //! Chapter 5: the master binds the port once, sends the listening socket to every worker
-//! over IPC (`SCM_RIGHTS`), and closes its own copy.
+//! over IPC (`SCM_RIGHTS`), and closes its own copy: the articles' `child_process`
+//! experiment.
 //!
-//! This is Node's "method 2" (the shared handle), and nginx's model: every worker holds
-//! the same listening socket and calls `accept` on it. The kernel gives each connection to
-//! one of them; the others, woken for nothing, get EAGAIN and go back to waiting.
+//! Every worker then holds the same listening socket and calls `accept` on it, as nginx's
+//! workers do. The kernel gives each connection to one of them. Node's cluster does the
+//! same with its "method 2" (`SharedHandle`), a little differently: the master binds
+//! when the first worker asks, keeps the socket, and sends it to each worker that asks.
+//! `--shared-handle on` does that.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
+use std::error::Error;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -28,6 +32,10 @@ fn main() -> ExitCode {
         "--exclusive",
         "register the shared socket with EPOLLEXCLUSIVE: wake one worker per connection",
     )
+    .switch(
+        "--shared-handle",
+        "like cluster's SharedHandle: each worker asks, and the master keeps its socket",
+    )
     .parse();
     // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
     cluster::master_or_worker(&args, master, worker)
@@ -35,14 +43,75 @@ fn main() -> ExitCode {
 
 // ANCHOR: master
 fn master(args: &Args) -> Outcome {
-    // ANCHOR: hand_off
-    // One socket, bound once, by the master: no second bind, so no EADDRINUSE.
-    let listener = net::listen(args.host, args.port)?;
-    let addr = listener.local_addr()?;
-    let mut cluster: Cluster = Cluster::new()?;
+    let mut cluster = Cluster::new()?;
     for _ in 0..args.workers {
         cluster.fork()?;
     }
+    // The articles' experiment: send the socket to every worker now, and close ours. With
+    // --shared-handle, cluster's SharedHandle instead: the first worker to ask makes the
+    // master bind, and the master keeps the socket and sends it to each worker that asks.
+    let like_cluster = args.is_on("--shared-handle");
+    let mut addr = match like_cluster {
+        true => None,
+        false => Some(hand_off(args, &cluster)?),
+    };
+    let mut kept: Option<TcpListener> = None;
+    let mut ready = 0;
+    loop {
+        let event = cluster.next_event();
+        if let Event::Shutdown = event {
+            // Before the workers go, ask them how the race went.
+            summarize(&mut cluster);
+        }
+        if let Some(code) = cluster.finished_by(&event) {
+            return Ok(code);
+        }
+        match event {
+            Event::Message { id, message } if message.text.starts_with("queryServer ") => {
+                // ANCHOR: shared_handle
+                let listener = match &kept {
+                    Some(listener) => listener,
+                    None => {
+                        let listener = kept.insert(net::listen(args.host, args.port)?);
+                        addr = Some(listener.local_addr()?);
+                        log!(
+                            "worker {id} asked to listen: bound {}, and kept it",
+                            listener.local_addr()?
+                        );
+                        listener
+                    }
+                };
+                cluster.send_with_fd(id, "server", listener.as_fd())?;
+                // ANCHOR_END: shared_handle
+            }
+            Event::Message { id, message } if message.text == "listening" => {
+                ready += 1;
+                log!("worker {id} accepts on the shared socket");
+                if let (true, Some(addr)) = (ready == args.workers, addr) {
+                    let master = match like_cluster {
+                        true => "the master keeps its copy, as cluster's SharedHandle does",
+                        false => "the master holds no listening socket",
+                    };
+                    log!("listening on http://{addr} (shared by {ready} workers; {master})");
+                }
+            }
+            Event::Message { id, message } => {
+                log!("unexpected message from worker {id}: {}", message.text)
+            }
+            Event::BadMessage { id, error } => log!("worker {id}: {error}"),
+            _ => {}
+        }
+    }
+}
+// ANCHOR_END: master
+
+/// The articles' `child_process` experiment: bind once, send the listening socket to
+/// every worker, close the master's copy. Returns the address.
+// ANCHOR: hand_off
+fn hand_off(args: &Args, cluster: &Cluster) -> Result<SocketAddr, Box<dyn Error>> {
+    // One socket, bound once, by the master: no second bind, so no EADDRINUSE.
+    let listener = net::listen(args.host, args.port)?;
+    let addr = listener.local_addr()?;
     for id in cluster.ids() {
         // The kernel installs a new fd for the same socket in the worker's fd table.
         cluster.send_with_fd(id, "server", listener.as_fd())?;
@@ -54,33 +123,9 @@ fn master(args: &Args) -> Outcome {
         "sent the listening socket {addr} to {} workers and closed ours",
         cluster.len()
     );
-    // ANCHOR_END: hand_off
-    let mut ready = 0;
-    loop {
-        let event = cluster.next_event();
-        if let Event::Shutdown = event {
-            // Before the workers go, ask them how the race went.
-            summarize(&mut cluster);
-        }
-        if let Some(code) = cluster.ends_here(&event) {
-            return Ok(code);
-        }
-        match event {
-            Event::Message { id, message } if message.text == "listening" => {
-                ready += 1;
-                log!("worker {id} accepts on the shared socket");
-                if ready == args.workers {
-                    log!("listening on http://{addr} (shared by {ready} workers; the master holds no listening socket)");
-                }
-            }
-            Event::Message { id, message } => {
-                log!("unexpected message from worker {id}: {}", message.text)
-            }
-            Event::BadMessage { id, error } => log!("worker {id}: {error}"),
-            Event::Exit { .. } | Event::Shutdown => {}
-        }
-    }
+    Ok(addr)
 }
+// ANCHOR_END: hand_off
 // ANCHOR_END: master
 
 /// Before stopping, asks every worker how many connections it won, and logs the spread.
@@ -117,6 +162,7 @@ fn summarize(cluster: &mut Cluster) {
 fn worker(id: u32, args: &Args) -> Outcome {
     let channel = spawn::channel_from_env()?;
     let exclusive = args.is_on("--exclusive");
+    let ask = args.is_on("--shared-handle");
     let mut reported = (0, 0);
     let server = Server::new(id, args.idle_timeout)?
         .on_message(channel, move |server, message| {
@@ -136,6 +182,13 @@ fn worker(id: u32, args: &Args) -> Outcome {
                 );
             }
         });
+    if ask {
+        // A cluster worker's `server.listen(port)`: ask the master for the socket.
+        server.send(&format!(
+            "queryServer {}",
+            SocketAddr::new(args.host, args.port)
+        ));
+    }
     server.run()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,283 @@
+//! Node's round-robin handle: the master accepts every connection on a listening socket
+//! and hands it, fd and all, to the next free worker; the worker acknowledges before it
+//! serves.
+//!
+//! Explained in chapter 6 (Node's default, "method 1"), and used by the masters of
+//! chapters 7 to 9, which keep serving this way while they restart and reload workers.
+//!
+//! Node's master keeps one `RoundRobinHandle` per address its workers asked for
+//! (`lib/internal/cluster/round_robin_handle.js`); so do we, one [`RoundRobin`] per key.
+//! The messages name the key, so one worker can serve several ports:
+//!
+//! | message | from | meaning |
+//! |---|---|---|
+//! | `queryServer KEY` | worker | listen on KEY for me (`127.0.0.1:8000#0`: address, and which `listen` on it) |
+//! | `listening KEY ADDR` | master | done: KEY's socket is bound to ADDR, and you are one of its workers |
+//! | `newconn KEY` + fd | master | a connection accepted on KEY's socket; take it |
+//! | `accepted KEY` | worker | taken: the master closes its copy, the worker is free again |
+//! | `rejected KEY` | worker | could not take it (out of fds): the master gives it to another |
+//! | `free` | worker | out of fds no longer: count on me again |
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::cluster::Cluster;
+use crate::log;
+use crate::net::{self, ListenError};
+use crate::server::Server;
+
+/// One listening socket in the master and the workers that serve it: who is free, what is
+/// waiting, who holds what.
+pub struct RoundRobin {
+    /// The address as the workers asked for it, and which of their `listen`s on it
+    /// (`127.0.0.1:8000#0`): the handle's name in every message.
+    key: String,
+    listener: TcpListener,
+    /// The token the master's loop watches the listener with.
+    token: u64,
+    /// Every worker that asked for this address.
+    members: HashSet<u32>,
+    /// Workers ready for a connection, longest-waiting first.
+    free: VecDeque<u32>,
+    /// Connections accepted while no worker was free.
+    waiting: VecDeque<TcpStream>,
+    /// The connection each busy worker was sent and has not acknowledged yet. The master
+    /// keeps its copy until then, so nothing is lost if the worker dies first.
+    sent: HashMap<u32, TcpStream>,
+    /// Workers that rejected a connection for want of fds: none is sent to them until
+    /// they say they are free again.
+    full: HashSet<u32>,
+    /// Workers short of fds since their last accepted connection, so that a shortage is
+    /// logged once, not at every retry.
+    short: HashSet<u32>,
+    /// Connections per turn for each worker (1 if not given), and what is left of its turn.
+    weights: HashMap<u32, u32>,
+    left: HashMap<u32, u32>,
+    /// The master is out of fds: the listener is off the loop until a connection is
+    /// handed off and our copy closed.
+    paused: bool,
+    /// Out of fds since the queue was last emptied: the shortage is logged once.
+    out_of_fds: bool,
+}
+
+impl RoundRobin {
+    /// Binds the address in `key` and listens: what Node's master does the first time a
+    /// worker asks for it. A key is `ADDRESS#INDEX`, as Node's is: the INDEX-th `listen`
+    /// on that address in each worker, so a worker that listens twice on port 0 gets two
+    /// sockets, and the second is shared with every other worker's second. The master's
+    /// loop watches the socket with `token`.
+    pub fn bind(key: &str, cluster: &Cluster, token: u64) -> Result<RoundRobin, ListenError> {
+        let address = key.split_once('#').map_or(key, |(address, _)| address);
+        let addr: SocketAddr = address.parse().map_err(|_| ListenError {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            error: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("'{address}' is not an address"),
+            ),
+        })?;
+        let listener = net::listen(addr.ip(), addr.port())?;
+        let watched = listener
+            .set_nonblocking(true)
+            .and_then(|()| cluster.watch(listener.as_fd(), token));
+        if let Err(error) = watched {
+            return Err(ListenError { addr, error });
+        }
+        Ok(RoundRobin {
+            key: key.to_string(),
+            listener,
+            token,
+            members: HashSet::new(),
+            free: VecDeque::new(),
+            waiting: VecDeque::new(),
+            sent: HashMap::new(),
+            full: HashSet::new(),
+            short: HashSet::new(),
+            weights: HashMap::new(),
+            left: HashMap::new(),
+            paused: false,
+            out_of_fds: false,
+        })
+    }
+
+    /// Weighted round-robin: worker `id` gets `weights[id]` connections per turn.
+    pub fn with_weights(mut self, weights: HashMap<u32, u32>) -> RoundRobin {
+        self.weights = weights;
+        self
+    }
+
+    /// The handle's name, as the workers asked for it.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The address the socket is bound to (the real port, when port 0 was asked for).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// How many workers serve this handle.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// True when no worker serves this handle.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Worker `id` serves this address from now on (Node's `handle.add(worker)`): it goes
+    /// to the back of the free line.
+    pub fn add(&mut self, id: u32) {
+        if self.members.insert(id) {
+            self.free.push_back(id);
+        }
+    }
+
+    /// Accepts every connection waiting in the socket's queue. Out of fds, the socket
+    /// stays readable, and watching it would wake the loop for it forever: it leaves the
+    /// loop until a connection is handed off and our copy is closed.
+    // ANCHOR: accept
+    pub fn accept(&mut self, cluster: &Cluster) {
+        loop {
+            match self.listener.accept() {
+                Ok((conn, _peer)) => self.waiting.push_back(conn),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if std::mem::take(&mut self.out_of_fds) {
+                        log!("fds available again; accepting again on {}", self.key);
+                    }
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    if !std::mem::replace(&mut self.out_of_fds, true) {
+                        log!("out of fds (accept: {e}); no new connections on {} until one is handed off", self.key);
+                    }
+                    if cluster.unwatch(self.listener.as_fd()).is_ok() {
+                        self.paused = true;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+    // ANCHOR_END: accept
+
+    /// Pairs waiting connections with free workers, for as long as there are both.
+    // ANCHOR: distribute
+    pub fn distribute(&mut self, cluster: &Cluster) {
+        while !self.waiting.is_empty() {
+            let Some(id) = self.free.pop_front() else {
+                return;
+            };
+            let Some(conn) = self.waiting.pop_front() else {
+                return;
+            };
+            // ANCHOR: solution_ch06_handoff
+            match cluster.send_with_fd(id, &format!("newconn {}", self.key), conn.as_fd()) {
+                Ok(()) => {
+                    self.sent.insert(id, conn);
+                }
+                // The worker is gone: keep the connection for the next one, and do not
+                // put this worker back on the free list.
+                Err(e) => {
+                    log!("could not hand a connection to worker {id}: {e}");
+                    self.waiting.push_front(conn);
+                }
+            }
+            // ANCHOR_END: solution_ch06_handoff
+        }
+    }
+    // ANCHOR_END: distribute
+
+    /// Worker `id` took the connection it was sent.
+    // ANCHOR: accepted
+    pub fn accepted(&mut self, id: u32, cluster: &Cluster) {
+        match self.sent.remove(&id) {
+            // The worker has its own fd now; dropping ours closes the master's copy.
+            Some(_conn) => {}
+            None => log!("worker {id} acknowledged a connection it was never sent"),
+        }
+        if self.short.remove(&id) {
+            log!("worker {id} takes connections again");
+        }
+        // That freed one of our fds: if we were out of them, accept again.
+        if self.paused && cluster.watch(self.listener.as_fd(), self.token).is_ok() {
+            self.paused = false;
+        }
+        // ANCHOR: solution_ch06_weights
+        // A worker with turns left goes back to the front of the line; one whose turn is
+        // over goes to the back, with a new turn of `weight` connections.
+        let weight = self.weights.get(&id).copied().unwrap_or(1);
+        let left = self.left.entry(id).or_insert(weight);
+        *left = left.saturating_sub(1);
+        if *left > 0 {
+            self.free.push_front(id);
+        } else {
+            *left = weight;
+            self.free.push_back(id);
+        }
+        // ANCHOR_END: solution_ch06_weights
+    }
+    // ANCHOR_END: accepted
+
+    /// Worker `id` could not take the connection it was sent: its fd table is full. As
+    /// Node's `distribute` does, the connection goes to the back of the queue for another
+    /// worker. Unlike Node, the worker stays out of the rotation until it says `free`:
+    /// handing it the next connection at once would only bounce back, again and again.
+    // ANCHOR: rejected
+    pub fn rejected(&mut self, id: u32) {
+        if let Some(conn) = self.sent.remove(&id) {
+            self.waiting.push_back(conn);
+        }
+        self.full.insert(id);
+        if self.short.insert(id) {
+            log!("worker {id} rejected a connection (out of fds); it gets none until it is free");
+        }
+    }
+    // ANCHOR_END: rejected
+
+    /// Worker `id`, which was full, has room again.
+    pub fn free_again(&mut self, id: u32) {
+        if self.full.remove(&id) {
+            self.free.push_back(id);
+        }
+    }
+
+    /// Worker `id` exited (or stopped serving this address): forget it, and rescue the
+    /// connection it had not taken yet. (Node's handle would wait forever for that
+    /// worker's answer, and its client with it.)
+    pub fn remove(&mut self, id: u32) {
+        self.members.remove(&id);
+        self.free.retain(|&free| free != id);
+        self.full.remove(&id);
+        self.short.remove(&id);
+        if let Some(conn) = self.sent.remove(&id) {
+            log!("worker {id} died before taking its connection; it goes to another worker");
+            self.waiting.push_front(conn);
+        }
+    }
+}
+
+/// In a worker: takes the connection that came with `newconn KEY`, and acknowledges it
+/// before serving it, as Node's worker does, so the master puts us back in line before
+/// our answer can bring the client's next connection to it. Without an fd (the kernel
+/// could not install it: our fd table is full), or if it cannot be watched, the
+/// connection is rejected and the master gives it to another worker.
+// ANCHOR: take_connection
+pub fn take_connection(server: &mut Server, key: &str, fd: Option<OwnedFd>) {
+    let taken = match fd {
+        Some(fd) => server.adopt_connection(TcpStream::from(fd)),
+        None => Err(io::Error::other("its fd did not arrive (MSG_CTRUNC)")),
+    };
+    match taken {
+        Ok(()) => server.send(&format!("accepted {key}")),
+        Err(e) => {
+            server.short_of_fds(&format!("a connection from the master: {e}"));
+            server.send(&format!("rejected {key}"));
+        }
+    }
+}
+// ANCHOR_END: take_connection
