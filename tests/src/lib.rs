@@ -17,6 +17,8 @@
 //! | [`parse_hello`] | which worker (pid, id) wrote a response body |
 //! | [`recv_timeout`] | read one IPC message, with a timeout |
 //! | [`pid_alive`], [`parent_pid`], [`fd_count`], [`wait_until`] | look at processes |
+//! | [`Chapter::start_command`], [`on_path`] | start a program that is not a chapter (the book's Node.js programs) |
+//! | [`listening_inodes`], [`socket_inodes`] | which sockets listen on an address, and which a process holds |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -843,6 +845,90 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Programs that are not chapter binaries, and the kernel's table of listening sockets
+// ---------------------------------------------------------------------------------------
+
+impl Chapter {
+    /// Starts any program, such as the book's Node.js programs: `command` comes with its
+    /// arguments and environment set. Like [`Chapter::start`], it runs in a process group of
+    /// its own, its output is read line by line, and dropping the returned value kills the
+    /// whole group. `name` labels its lines and failure messages.
+    #[track_caller]
+    pub fn start_command(name: &str, command: Command) -> Chapter {
+        Chapter::spawn(name, command)
+    }
+}
+
+/// The path of `program` if it is an executable file in a directory on `PATH`.
+pub fn on_path(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// One `/proc/net/tcp{,6}` address, `0100007F:1F90`: the kernel prints each 32-bit word
+/// of the address as a native-endian hex number, and the port in plain hex.
+pub fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let (ip, port) = text.split_once(':')?;
+    let mut bytes = Vec::new();
+    for i in (0..ip.len()).step_by(8) {
+        let word = u32::from_str_radix(ip.get(i..i + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, u16::from_str_radix(port, 16).ok()?))
+}
+
+/// The inodes of the sockets listening on `addr`, from the kernel's socket tables
+/// (`/proc/net/tcp` and `/proc/net/tcp6`).
+pub fn listening_inodes(addr: SocketAddr) -> Vec<u64> {
+    const LISTEN: &str = "0A";
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        // Columns: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        for line in text.lines().skip(1) {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            if columns.len() > 9
+                && columns[3] == LISTEN
+                && parse_proc_addr(columns[1]) == Some(addr)
+            {
+                if let Ok(inode) = columns[9].parse() {
+                    inodes.push(inode);
+                }
+            }
+        }
+    }
+    inodes
+}
+
+/// The inodes of the sockets process `pid` has open (`socket:[123]` in `/proc/PID/fd`).
+pub fn socket_inodes(pid: u32) -> std::collections::BTreeSet<u64> {
+    fd_targets(&pid.to_string())
+        .iter()
+        .filter_map(|(_, target)| {
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
 }
 
 #[cfg(test)]

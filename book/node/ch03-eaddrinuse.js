@@ -1,0 +1,33 @@
+// Chapter 3 in Node.js, without the cluster module: every worker calls listen() on the
+// same port. The first bind wins; the others die with EADDRINUSE, printed by Node itself.
+//   WORKERS=3 node book/node/ch03-eaddrinuse.js          # port 8000
+//   PORT=0 WORKERS=3 node book/node/ch03-eaddrinuse.js   # one free port, for everyone
+const { fork } = require('node:child_process');
+const http = require('node:http');
+const net = require('node:net');
+const { log, port, workers } = require('./common');
+
+const id = process.env.CLUSTER_WORKER_ID;
+
+if (id === undefined) {
+  // With PORT=0 every worker would get a different free port and nothing would clash,
+  // so the master asks the kernel for one free port, lets it go, and hands out that.
+  const probe = net.createServer().listen(port, '127.0.0.1', () => {
+    const shared = probe.address().port;
+    probe.close(() => {
+      log(`master started; every worker will bind 127.0.0.1:${shared}`);
+      for (let n = 1; n <= workers; n++) {
+        const child = fork(__filename, [], {
+          env: { ...process.env, CLUSTER_WORKER_ID: String(n), PORT: String(shared) },
+        });
+        log(`forked worker ${n} (pid ${child.pid})`);
+        child.on('exit', (code) => log(`worker ${n} (pid ${child.pid}) exited with code ${code}`));
+      }
+    });
+  });
+} else {
+  // No 'error' handler: the loser's error is uncaught, and Node prints it and exits 1.
+  const hello = `Hello world by ${process.pid} (worker ${id})\n`;
+  http.createServer((req, res) => res.end(hello))
+    .listen(port, '127.0.0.1', () => log(`listening on http://127.0.0.1:${port}`));
+}
