@@ -1,5 +1,6 @@
-// Chapter 2 in Node.js: chapter 1's program, plus a conversation. child_process.fork()
-// gives every child an IPC channel; the worker says `<port> ready`, the master answers `ok`.
+// Chapter 2 in Node.js: chapter 1's program, plus a conversation. Every child
+// that child_process.fork() starts has an IPC channel to its parent: the
+// worker says `<port> ready`, and the master answers `ok`.
 //   WORKERS=2 node book/node/ch02-ipc.js
 const { fork } = require('node:child_process');
 const http = require('node:http');
@@ -18,13 +19,14 @@ if (id === undefined) {
       log(`message from worker ${n}: ${msg}`);
       if (msg.endsWith(' ready')) child.send('ok');
     });
-    child.on('exit', (code, signal) => log(`worker ${n} exited (${signal ?? code})`));
+    child.on('exit', (code, signal) =>
+      log(`worker ${n} exited (${signal ?? code})`));
   }
 } else {
   process.on('message', (msg) => log(`message from master: ${msg}`));
   const hello = `Hello world by ${process.pid} (worker ${id})\n`;
   const server = http.createServer((req, res) => res.end(hello));
-  // Port 0: the kernel picks a free one, so two workers never draw the same.
+  // Port 0: the kernel picks a free port, so two workers never clash.
   server.listen(0, '127.0.0.1', () => {
     const { port } = server.address();
     log(`listening on http://127.0.0.1:${port}`);

@@ -1,7 +1,8 @@
-// Chapter 3 in Node.js, without the cluster module: every worker calls listen() on the
-// same port. The first bind wins; the others die with EADDRINUSE, printed by Node itself.
+// Chapter 3 in Node.js, without the cluster module: every worker calls
+// listen() on the same port. The first bind wins; the others die of
+// EADDRINUSE, which Node prints itself.
 //   WORKERS=3 node book/node/ch03-eaddrinuse.js          # port 8000
-//   PORT=0 WORKERS=3 node book/node/ch03-eaddrinuse.js   # one free port, for everyone
+//   PORT=0 WORKERS=3 node book/node/ch03-eaddrinuse.js   # any free port
 const { fork } = require('node:child_process');
 const http = require('node:http');
 const net = require('node:net');
@@ -10,24 +11,32 @@ const { log, port, workers } = require('./common');
 const id = process.env.CLUSTER_WORKER_ID;
 
 if (id === undefined) {
-  // With PORT=0 every worker would get a different free port and nothing would clash,
-  // so the master asks the kernel for one free port, lets it go, and hands out that.
+  // With PORT=0 every worker would get a different free port and nothing
+  // would clash, so the master asks the kernel for one free port, lets it
+  // go, and hands out that number (PORT=8000 is handed out as it is).
   const probe = net.createServer().listen(port, '127.0.0.1', () => {
     const shared = probe.address().port;
     probe.close(() => {
       log(`master started; every worker will bind 127.0.0.1:${shared}`);
       for (let n = 1; n <= workers; n++) {
         const child = fork(__filename, [], {
-          env: { ...process.env, CLUSTER_WORKER_ID: String(n), PORT: String(shared) },
+          env: {
+            ...process.env,
+            CLUSTER_WORKER_ID: String(n),
+            PORT: String(shared),
+          },
         });
         log(`forked worker ${n} (pid ${child.pid})`);
-        child.on('exit', (code) => log(`worker ${n} (pid ${child.pid}) exited with code ${code}`));
+        child.on('exit', (code) =>
+          log(`worker ${n} (pid ${child.pid}) exited with code ${code}`));
       }
     });
   });
 } else {
-  // No 'error' handler: the loser's error is uncaught, and Node prints it and exits 1.
+  // No 'error' handler: a loser's error is uncaught, so Node prints it and
+  // the worker exits with code 1.
   const hello = `Hello world by ${process.pid} (worker ${id})\n`;
   http.createServer((req, res) => res.end(hello))
-    .listen(port, '127.0.0.1', () => log(`listening on http://127.0.0.1:${port}`));
+    .listen(port, '127.0.0.1',
+      () => log(`listening on http://127.0.0.1:${port}`));
 }

@@ -1,7 +1,7 @@
-// Chapter 4 in Node.js: the master listens on the public port and pipes every client to a
-// worker's private port, in turn. Two sockets in the master for every client.
+// Chapter 4 in Node.js: the master listens on the public port and pipes each
+// client to a worker's private port, in turn: two sockets in the master for
+// every client. (bench/run.sh measures this program beside chapter 4.)
 //   PORT=8000 WORKERS=2 node book/node/ch04-proxy.js
-// (bench/run.sh measures this program beside chapter 4.)
 const { fork } = require('node:child_process');
 const http = require('node:http');
 const net = require('node:net');
@@ -24,7 +24,7 @@ if (id === undefined) {
     });
   }
   const listenInPublic = () => {
-    // allowHalfOpen: when one side stops sending, keep the other direction open.
+    // allowHalfOpen: when one side stops sending, keep the other way open.
     const proxy = net.createServer({ allowHalfOpen: true }, (client) => {
       const upstream = net.connect({
         port: upstreams[turn++ % upstreams.length],
@@ -37,7 +37,8 @@ if (id === undefined) {
     });
     proxy.listen(port, '127.0.0.1', () => {
       const address = `127.0.0.1:${proxy.address().port}`;
-      log(`listening on http://${address} (the master proxies to ${workers} workers)`);
+      log(`listening on http://${address} ` +
+        `(the master proxies to ${workers} workers)`);
     });
   };
   process.on('SIGTERM', () => process.exit(0));

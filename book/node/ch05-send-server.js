@@ -1,6 +1,7 @@
-// Chapter 5 in Node.js, the articles' experiment with child_process: the master listens,
-// sends the listening socket to every worker with the message 'server', and closes its
-// own copy. The workers accept on the one shared socket and race for each connection.
+// Chapter 5 in Node.js, the articles' experiment with child_process: the
+// master listens, sends the listening socket to every worker with the message
+// 'server', and closes its own copy. The workers accept on the one shared
+// socket and race for each connection.
 //   PORT=8000 WORKERS=2 node book/node/ch05-send-server.js
 const { fork } = require('node:child_process');
 const http = require('node:http');
@@ -27,16 +28,18 @@ if (id === undefined) {
       child.on('message', (msg) => {
         if (msg !== 'accepting') return;
         log(`worker ${i + 1} accepts on the shared socket`);
-        if (++accepting === workers) {
-          log(`listening on http://${address} (shared by ${workers} workers; the master holds no listening socket)`);
-        }
+        if (++accepting < workers) return;
+        log(`listening on http://${address} (shared by ${workers} workers; ` +
+          'the master holds no listening socket)');
       });
-      // The fd rides along with the message 'server'. The callback runs once the message
-      // is written: the fd is then in the channel, and closing ours cannot lose it.
+      // The fd rides along with the message 'server'. The callback runs once
+      // the message is written: the fd is in the channel then, and closing
+      // ours cannot lose it. Node never closes a sent server for us.
       child.send('server', server, () => {
         if (++sent < workers) return;
-        server.close(); // our fd goes; the workers' fds keep the socket open
-        log(`sent the listening socket ${address} to ${workers} workers and closed ours`);
+        server.close(); // ours goes; the workers' fds keep the socket open
+        log(`sent the listening socket ${address} to ${workers} workers ` +
+          'and closed ours');
       });
     }
   });
@@ -46,8 +49,9 @@ if (id === undefined) {
   const app = http.createServer((req, res) => res.end(hello));
   process.on('message', (msg, listener) => {
     if (msg !== 'server') return;
-    // `listener` is a net.Server that Node built here, in the worker, around the fd it
-    // received: the same listening socket as the master's, under a new number.
+    // `listener` is a net.Server that Node built here, in the worker, around
+    // the fd that came with the message: the master's listening socket,
+    // under a new number.
     listener.on('connection', (socket) => app.emit('connection', socket));
     process.send('accepting');
   });

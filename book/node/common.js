@@ -1,10 +1,11 @@
-// What every program in this folder shares, as the Rust chapters share the `shared` crate:
-// the log line, and the two settings a person, a test or the benchmark passes in.
+// What every program in this folder shares, as the Rust chapters share the
+// `shared` crate: the log line, and the settings a person, a test or the
+// benchmark passes in.
 const cluster = require('node:cluster');
 const os = require('node:os');
 
-// Who is speaking: `master`, or `worker N`. A worker we fork by hand finds N in
-// CLUSTER_WORKER_ID; one that cluster.fork() started has it in cluster.worker.id.
+// Who is speaking: `master`, or `worker N`. A worker we fork by hand finds N
+// in CLUSTER_WORKER_ID; one that cluster.fork() started, in cluster.worker.id.
 function role() {
   const id = process.env.CLUSTER_WORKER_ID ?? cluster.worker?.id;
   return id === undefined ? 'master' : `worker ${id}`;
@@ -17,8 +18,8 @@ function log(text) {
   console.log(`${clock} ${role()}[${process.pid}] ${text}`);
 }
 
-// PORT=8000 by default; PORT=0 lets the kernel pick a free port. WORKERS defaults to one
-// per CPU, like the Rust chapters' --workers.
+// PORT=8000 by default; PORT=0 lets the kernel pick a free port. WORKERS is
+// one per CPU by default, like the Rust chapters' --workers.
 const port = Number(process.env.PORT ?? 8000);
 const workers = Number(process.env.WORKERS ?? os.availableParallelism());
 
