@@ -2,26 +2,21 @@
 // that child_process.fork() starts has an IPC channel to its parent: the
 // worker says `<port> ready`, and the master answers `ok`.
 //   WORKERS=2 node book/node/ch02-ipc.js
-const { fork } = require('node:child_process');
 const http = require('node:http');
-const { log, workers } = require('./common');
+const { log, workers, forkWorkers } = require('./common');
 
 const id = process.env.CLUSTER_WORKER_ID;
 
 if (id === undefined) {
   log(`master started; forking ${workers} workers`);
-  for (let n = 1; n <= workers; n++) {
-    const child = fork(__filename, process.argv.slice(2), {
-      env: { ...process.env, CLUSTER_WORKER_ID: String(n) },
-    });
-    log(`forked worker ${n} (pid ${child.pid})`);
+  forkWorkers(__filename, (child, n) => {
     child.on('message', (msg) => { // what the worker sent
       log(`message from worker ${n}: ${msg}`);
       if (msg.endsWith(' ready')) child.send('ok');
     });
     child.on('exit', (code, signal) =>
       log(`worker ${n} exited (${signal ?? code})`));
-  }
+  });
 } else {
   process.on('message', (msg) => log(`message from master: ${msg}`));
   const hello = `Hello world by ${process.pid} (worker ${id})\n`;

@@ -3,10 +3,9 @@
 // EADDRINUSE, which Node prints itself.
 //   WORKERS=3 node book/node/ch03-eaddrinuse.js          # port 8000
 //   PORT=0 WORKERS=3 node book/node/ch03-eaddrinuse.js   # any free port
-const { fork } = require('node:child_process');
 const http = require('node:http');
 const net = require('node:net');
-const { log, port, workers } = require('./common');
+const { log, port, forkWorkers } = require('./common');
 
 const id = process.env.CLUSTER_WORKER_ID;
 
@@ -18,18 +17,9 @@ if (id === undefined) {
     const shared = probe.address().port;
     probe.close(() => {
       log(`master started; every worker will bind 127.0.0.1:${shared}`);
-      for (let n = 1; n <= workers; n++) {
-        const child = fork(__filename, [], {
-          env: {
-            ...process.env,
-            CLUSTER_WORKER_ID: String(n),
-            PORT: String(shared),
-          },
-        });
-        log(`forked worker ${n} (pid ${child.pid})`);
-        child.on('exit', (code) =>
-          log(`worker ${n} (pid ${child.pid}) exited with code ${code}`));
-      }
+      forkWorkers(__filename, (child, n) => child.on('exit', (code) =>
+        log(`worker ${n} (pid ${child.pid}) exited with code ${code}`)),
+      { PORT: String(shared) });
     });
   });
 } else {

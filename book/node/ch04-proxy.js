@@ -2,27 +2,20 @@
 // client to a worker's private port, in turn: two sockets in the master for
 // every client. (bench/run.sh measures this program beside chapter 4.)
 //   PORT=8000 WORKERS=2 node book/node/ch04-proxy.js
-const { fork } = require('node:child_process');
 const http = require('node:http');
 const net = require('node:net');
-const { log, port, workers } = require('./common');
+const { log, port, workers, forkWorkers } = require('./common');
 
 const id = process.env.CLUSTER_WORKER_ID;
 
 if (id === undefined) {
   const upstreams = []; // the workers' private ports, as they report them
   let turn = 0;
-  for (let n = 1; n <= workers; n++) {
-    const child = fork(__filename, [], {
-      env: { ...process.env, CLUSTER_WORKER_ID: String(n) },
-    });
-    log(`forked worker ${n} (pid ${child.pid})`);
-    child.on('message', (privatePort) => {
-      log(`worker ${n} serves on private address 127.0.0.1:${privatePort}`);
-      upstreams.push(privatePort);
-      if (upstreams.length === workers) listenInPublic();
-    });
-  }
+  forkWorkers(__filename, (child, n) => child.on('message', (privatePort) => {
+    log(`worker ${n} serves on private address 127.0.0.1:${privatePort}`);
+    upstreams.push(privatePort);
+    if (upstreams.length === workers) listenInPublic();
+  }));
   const listenInPublic = () => {
     // allowHalfOpen: when one side stops sending, keep the other way open.
     const proxy = net.createServer({ allowHalfOpen: true }, (client) => {

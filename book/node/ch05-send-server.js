@@ -3,22 +3,14 @@
 // 'server', and closes its own copy. The workers accept on the one shared
 // socket and race for each connection.
 //   PORT=8000 WORKERS=2 node book/node/ch05-send-server.js
-const { fork } = require('node:child_process');
 const http = require('node:http');
 const net = require('node:net');
-const { log, port, workers } = require('./common');
+const { log, port, workers, forkWorkers } = require('./common');
 
 const id = process.env.CLUSTER_WORKER_ID;
 
 if (id === undefined) {
-  const children = [];
-  for (let n = 1; n <= workers; n++) {
-    const child = fork(__filename, [], {
-      env: { ...process.env, CLUSTER_WORKER_ID: String(n) },
-    });
-    log(`forked worker ${n} (pid ${child.pid})`);
-    children.push(child);
-  }
+  const children = forkWorkers(__filename);
   const server = net.createServer();
   server.listen(port, '127.0.0.1', () => {
     const address = `127.0.0.1:${server.address().port}`;

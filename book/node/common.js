@@ -1,6 +1,7 @@
 // What every program in this folder shares, as the Rust chapters share the
-// `shared` crate: the log line, and the settings a person, a test or the
-// benchmark passes in.
+// `shared` crate: the log line, the settings a person, a test or the
+// benchmark passes in, and chapter 1's way of starting workers.
+const { fork } = require('node:child_process');
 const cluster = require('node:cluster');
 const os = require('node:os');
 
@@ -23,4 +24,21 @@ function log(text) {
 const port = Number(process.env.PORT ?? 8000);
 const workers = Number(process.env.WORKERS ?? os.availableParallelism());
 
-module.exports = { log, port, workers };
+// The master's half of chapter 1: run `file` (the program itself) again once
+// per worker, telling each copy its number in CLUSTER_WORKER_ID, as the
+// cluster module does with NODE_UNIQUE_ID. `setup(child, n)` adds what a
+// chapter needs to each child; `env` adds variables. Returns the children.
+function forkWorkers(file, setup = () => {}, env = {}) {
+  const children = [];
+  for (let n = 1; n <= workers; n++) {
+    const child = fork(file, [], {
+      env: { ...process.env, ...env, CLUSTER_WORKER_ID: String(n) },
+    });
+    log(`forked worker ${n} (pid ${child.pid})`);
+    setup(child, n);
+    children.push(child);
+  }
+  return children;
+}
+
+module.exports = { log, port, workers, forkWorkers };
