@@ -17,6 +17,8 @@
 //! | [`parse_hello`] | which worker (pid, id) wrote a response body |
 //! | [`recv_timeout`] | read one IPC message, with a timeout |
 //! | [`pid_alive`], [`parent_pid`], [`fd_count`], [`wait_until`] | look at processes |
+//! | [`Chapter::start_command`], [`on_path`] | start a program that is not a chapter (the book's Node.js programs) |
+//! | [`listening_inodes`], [`socket_inodes`] | which sockets listen on an address, and which a process holds |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -292,8 +294,10 @@ impl Chapter {
         Chapter::spawn(&format!("{package} (ulimit -n {max_fds})"), command)
     }
 
-    /// Starts any command as a [`Chapter`]: in its own process group, output collected,
-    /// killed with its group when dropped. `name` labels its output.
+    /// Starts any program, such as the book's Node.js programs, as a [`Chapter`]:
+    /// `command` comes with its arguments and environment set. It runs in a process group
+    /// of its own, its output is read line by line, and dropping the returned value kills
+    /// the whole group. `name` labels its lines and failure messages.
     #[track_caller]
     pub fn from_command(name: &str, command: Command) -> Chapter {
         Chapter::spawn(name, command)
@@ -1075,6 +1079,22 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Programs that are not chapter binaries
+// ---------------------------------------------------------------------------------------
+
+/// The path of `program` if it is an executable file in a directory on `PATH`.
+pub fn on_path(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
 }
 
 #[cfg(test)]

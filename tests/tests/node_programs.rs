@@ -1,0 +1,241 @@
+//! The book's Node.js programs (`book/node/*.js`) run too. Each page shows the same stage
+//! written for Node, included from a file under `book/node/`, and these tests start each
+//! file with `node` on a free port, wait for its ready line, and check that it does what
+//! the page says: who answers, which process is whose child, who holds the listening
+//! socket.
+//!
+//! Without `node` on `PATH` every test says that it skipped (on stderr) and passes: the
+//! Rust chapters do not need Node.js.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chapter_tests::*;
+
+/// The book's Node.js programs.
+fn program(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../book/node")
+        .join(file)
+}
+
+/// Starts `node book/node/FILE` with `PORT=0`, `WORKERS=2` and `env`, or returns `None`
+/// (after saying so) when `node` is not installed.
+#[track_caller]
+fn start(file: &str, env: &[(&str, &str)]) -> Option<Chapter> {
+    let Some(node) = on_path("node") else {
+        eprintln!("skipped: `node` is not on PATH, so book/node/{file} was not run");
+        return None;
+    };
+    let mut command = Command::new(node);
+    command
+        .arg(program(file))
+        .env("PORT", "0")
+        .env("WORKERS", "2")
+        // Whatever the test's own environment says, the program starts as a master, and
+        // the cluster module picks its default policy unless a test asks otherwise.
+        .env_remove("CLUSTER_WORKER_ID")
+        .env_remove("NODE_UNIQUE_ID")
+        .env_remove("NODE_CLUSTER_SCHED_POLICY");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    Some(Chapter::from_command(&format!("node {file}"), command))
+}
+
+/// GETs `addr` and checks the answer's shape, `Hello world by <pid> (worker <id>)`, and
+/// that the pid is a child of `master`: returns `(pid, id)`.
+#[track_caller]
+fn hello_from_child(addr: SocketAddr, master: &Chapter) -> (u32, u32) {
+    let response = get(addr);
+    assert_eq!(response.status, 200, "{response:?}");
+    let (pid, id) = parse_hello(&response.body)
+        .unwrap_or_else(|| panic!("not a worker's answer: {:?}", response.body));
+    assert_eq!(
+        parent_pid(pid),
+        Some(master.pid()),
+        "the answer came from pid {pid}, which is not a child of the master {}",
+        master.pid()
+    );
+    (pid, id)
+}
+
+/// Chapters 1 and 2: each worker listens on a port of its own and answers there itself.
+#[track_caller]
+fn every_worker_answers_on_its_own_port(master: &Chapter) {
+    let ready = master.wait_ready(2);
+    let ports: BTreeSet<u16> = ready.iter().map(|r| r.addr.port()).collect();
+    assert_eq!(ports.len(), 2, "two workers, two ports: {ready:?}");
+    for worker in &ready {
+        let answer = hello_from_child(worker.addr, master);
+        assert_eq!(
+            answer,
+            (worker.pid, worker.id),
+            "{worker:?} answered as {answer:?}"
+        );
+    }
+}
+
+#[test]
+fn ch01_each_forked_worker_serves_its_own_random_port() {
+    let Some(master) = start("ch01-fork.js", &[]) else {
+        return;
+    };
+    every_worker_answers_on_its_own_port(&master);
+}
+
+#[test]
+fn ch02_workers_say_ready_and_the_master_answers_ok() {
+    let Some(master) = start("ch02-ipc.js", &[]) else {
+        return;
+    };
+    every_worker_answers_on_its_own_port(&master);
+    let heard = master.wait_for_n("message from master: ok", 2, TIMEOUT);
+    let said: BTreeSet<u32> = heard
+        .iter()
+        .filter_map(|l| parse_speaker(l))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        said,
+        BTreeSet::from([1, 2]),
+        "each worker hears ok: {heard:?}"
+    );
+    assert_eq!(master.count(" ready"), 2, "{:?}", master.lines());
+}
+
+#[test]
+fn ch03_one_worker_binds_and_the_others_die_of_eaddrinuse() {
+    let Some(master) = start("ch03-eaddrinuse.js", &[("WORKERS", "3")]) else {
+        return;
+    };
+    let winner = master.wait_ready(1)[0];
+    master.wait_for_n("exited with code 1", 2, TIMEOUT);
+    for _ in 0..3 {
+        let answer = hello_from_child(winner.addr, &master);
+        assert_eq!(answer, (winner.pid, winner.id));
+    }
+    // Node prints the uncaught error itself, on the losers' stderr.
+    let stderr = master.stderr_lines().join("\n");
+    assert!(
+        stderr.contains("Error: listen EADDRINUSE: address already in use")
+            && stderr.contains("errno: -98"),
+        "Node's own EADDRINUSE report on stderr:\n{stderr}"
+    );
+    assert_eq!(master.count(READY), 1, "{:?}", master.lines());
+}
+
+#[test]
+fn ch04_the_master_proxies_to_each_worker_in_turn() {
+    let Some(master) = start("ch04-proxy.js", &[]) else {
+        return;
+    };
+    let addr = master.wait_master_ready();
+    let ids: Vec<u32> = (0..4).map(|_| hello_from_child(addr, &master).1).collect();
+    assert_eq!(
+        ids.iter().collect::<BTreeSet<_>>().len(),
+        2,
+        "both workers serve: {ids:?}"
+    );
+    assert!(ids.windows(2).all(|w| w[0] != w[1]), "turns: {ids:?}");
+}
+
+/// The sockets listening on `addr`: exactly one, or the test fails.
+#[track_caller]
+fn the_listener(addr: SocketAddr) -> u64 {
+    match listening_inodes(addr)[..] {
+        [inode] => inode,
+        ref found => panic!("one socket should listen on {addr}, found {found:?}"),
+    }
+}
+
+/// Checks who holds the one listening socket on `addr`: the master or not, and every
+/// worker that answered.
+#[track_caller]
+fn check_holders(master: &Chapter, addr: SocketAddr, master_holds: bool, workers: &[u32]) {
+    let listener = the_listener(addr);
+    assert_eq!(
+        socket_inodes(master.pid()).contains(&listener),
+        master_holds,
+        "does the master hold the listening socket {listener}? {:?}",
+        fd_targets(&master.pid().to_string())
+    );
+    for &pid in workers {
+        assert!(
+            socket_inodes(pid).contains(&listener),
+            "worker pid {pid} should hold the listening socket {listener}"
+        );
+    }
+}
+
+#[test]
+fn ch05_the_articles_experiment_leaves_the_socket_to_the_workers() {
+    let Some(master) = start("ch05-send-server.js", &[]) else {
+        return;
+    };
+    let addr = master.wait_master_ready();
+    let answers: Vec<(u32, u32)> = (0..6).map(|_| hello_from_child(addr, &master)).collect();
+    let pids: BTreeSet<u32> = answers.iter().map(|&(pid, _)| pid).collect();
+    // The master sent its socket and closed its own copy: only workers hold it now.
+    let pids: Vec<u32> = pids.into_iter().collect();
+    check_holders(&master, addr, false, &pids);
+}
+
+#[test]
+fn cluster_shared_handle_keeps_the_socket_in_the_master_too() {
+    let Some(master) = start("cluster.js", &[("NODE_CLUSTER_SCHED_POLICY", "none")]) else {
+        return;
+    };
+    let addr = master.wait_master_ready();
+    assert!(master.lines().iter().any(|l| l.contains("policy none")));
+    let pids: BTreeSet<u32> = (0..6).map(|_| hello_from_child(addr, &master).0).collect();
+    // SharedHandle: the master bound the socket, sent it to each worker that asked, and
+    // keeps its own copy for as long as a worker uses it.
+    check_holders(&master, addr, true, &pids.into_iter().collect::<Vec<_>>());
+}
+
+#[test]
+fn cluster_round_robin_the_master_accepts_and_every_worker_serves() {
+    let Some(master) = start("cluster.js", &[]) else {
+        return;
+    };
+    let addr = master.wait_master_ready();
+    assert!(master.lines().iter().any(|l| l.contains("policy rr")));
+    let ids: BTreeSet<u32> = (0..20).map(|_| hello_from_child(addr, &master).1).collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from([1, 2]),
+        "both workers serve in 20 requests"
+    );
+    // RoundRobinHandle: only the master holds the listening socket.
+    check_holders(&master, addr, true, &[]);
+    for line in master.lines() {
+        if let Some((_, pid)) = parse_forked(&line) {
+            assert!(
+                !socket_inodes(pid).contains(&the_listener(addr)),
+                "worker pid {pid} should not hold the listening socket"
+            );
+        }
+    }
+}
+
+#[test]
+fn cluster_every_worker_listens_on_each_port_it_asks_for() {
+    let Some(master) = start("cluster.js", &[("PORT", "0,0")]) else {
+        return;
+    };
+    master.wait_master_ready();
+    let ready = master.wait_for_n(READY, 2, TIMEOUT);
+    let addrs: BTreeSet<SocketAddr> = ready.iter().filter_map(|l| parse_listen_addr(l)).collect();
+    assert_eq!(
+        addrs.len(),
+        2,
+        "two listen() calls, two addresses: {ready:?}"
+    );
+    for addr in addrs {
+        let ids: BTreeSet<u32> = (0..10).map(|_| hello_from_child(addr, &master).1).collect();
+        assert_eq!(ids, BTreeSet::from([1, 2]), "both workers serve {addr}");
+    }
+}
