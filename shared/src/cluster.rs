@@ -123,6 +123,8 @@ impl Cluster {
     }
 
     fn build(with_channel: bool) -> io::Result<Self> {
+        // Where this program is, learned now: workers re-run what is at that path.
+        crate::spawn::exe()?;
         let (queue_in, queue) = mpsc::channel();
         let (wake, wake_write) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
@@ -161,6 +163,11 @@ impl Cluster {
     /// returns its id.
     // ANCHOR: fork
     pub fn fork(&mut self) -> io::Result<u32> {
+        self.fork_with_env(&[])
+    }
+
+    /// [`Cluster::fork`], with extra environment variables for the worker.
+    pub fn fork_with_env(&mut self, env: &[(&str, String)]) -> io::Result<u32> {
         // Ctrl-C while the workers are still starting: start no more. The error ends
         // the master, and dropping the cluster stops the workers already started.
         if self.stopping.load(Ordering::SeqCst) {
@@ -171,7 +178,7 @@ impl Cluster {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let worker = spawn_worker(id, self.with_channel)?;
+        let worker = spawn_worker(id, self.with_channel, env)?;
         log!("forked worker {id} (pid {})", worker.pid);
         self.watch_worker(&worker)?;
         self.workers.insert(id, worker);

@@ -119,6 +119,7 @@ impl Response {
             200 => "OK",
             400 => "Bad Request",
             404 => "Not Found",
+            500 => "Internal Server Error",
             503 => "Service Unavailable",
             _ => "Unknown",
         };

@@ -18,10 +18,12 @@
 //! makes no progress, reading or writing, for the idle timeout is closed. Out of fds, the
 //! worker stops accepting until one frees instead of retrying a failing `accept` forever.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -91,6 +93,8 @@ struct Conn {
     interest: EpollFlags,
     /// Closed if it makes no progress by then: no whole request read, no byte written.
     deadline: Instant,
+    /// Requests answered on it so far.
+    answered: u64,
 }
 
 /// The worker's state when it has run out of fds (or out of room for one more
@@ -113,9 +117,12 @@ pub struct Server {
     channel: Option<Channel>,
     on_message: Option<OnMessage>,
     on_fds_freed: Option<Callback>,
+    on_crash: Option<Callback>,
     timers: Vec<Timer>,
     out_of_fds: Option<OutOfFds>,
     stats: Stats,
+    /// Taking no new connections, and stopping once the open ones are done.
+    draining: bool,
     running: bool,
 }
 
@@ -132,9 +139,11 @@ impl Server {
             channel: None,
             on_message: None,
             on_fds_freed: None,
+            on_crash: None,
             timers: Vec::new(),
             out_of_fds: None,
             stats: Stats::default(),
+            draining: false,
             running: true,
         })
     }
@@ -177,6 +186,15 @@ impl Server {
     /// tells its master it is free again.
     pub fn on_fds_freed(mut self, callback: impl FnMut(&mut Server) + 'static) -> Server {
         self.on_fds_freed = Some(Box::new(callback));
+        self
+    }
+
+    /// Calls `callback` when the handler panics, after the request that made it panic got
+    /// a 500: a chapter that survives its handlers' panics (chapter 7) tells its master
+    /// and drains, as a Node worker does from `process.on('uncaughtException')`. Without
+    /// it, a panic in the handler unwinds out of [`Server::run`], as it would anywhere.
+    pub fn on_crash(mut self, callback: impl FnMut(&mut Server) + 'static) -> Server {
+        self.on_crash = Some(Box::new(callback));
         self
     }
 
@@ -229,6 +247,7 @@ impl Server {
             closing: false,
             interest: EpollFlags::EPOLLIN,
             deadline: Instant::now() + self.idle_timeout,
+            answered: 0,
         };
         self.sources.insert(token, Source::Conn(conn));
         Ok(token)
@@ -255,6 +274,69 @@ impl Server {
     /// Makes [`Server::run`] return after the current event.
     pub fn stop(&mut self) {
         self.running = false;
+    }
+
+    /// A graceful exit (chapter 7): take no new connection, finish the open ones, then
+    /// return from [`Server::run`]. Listeners are closed at once. A keep-alive connection
+    /// that sits idle between requests is closed; every other one is served to the end of
+    /// the requests it has sent, the last answer saying `Connection: close`. Connections
+    /// handed over later (a `newconn` already on its way) are served the same way.
+    // ANCHOR: drain
+    pub fn drain(&mut self) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        let tokens: Vec<u64> = self.sources.keys().copied().collect();
+        for token in tokens {
+            match self.sources.get(&token) {
+                Some(Source::Listener(_)) => {
+                    // Dropping our fd closes the socket, or, if others share it, only
+                    // our hold on it; either way it leaves our epoll.
+                    self.sources.remove(&token);
+                }
+                // Read what has arrived first: a request sent but not yet read is owed
+                // an answer. Answers from now on say `Connection: close`.
+                Some(Source::Conn(_)) => self.serve(token, EpollFlags::EPOLLIN),
+                None => {}
+            }
+        }
+        let idle: Vec<u64> = self
+            .sources
+            .iter()
+            .filter_map(|(token, source)| match source {
+                Source::Conn(conn) if conn.is_idle() => Some(*token),
+                _ => None,
+            })
+            .collect();
+        for token in idle {
+            self.close(token);
+        }
+        log!(
+            "draining: no new connections; finishing {} open ones",
+            self.connections()
+        );
+        self.stop_if_drained();
+    }
+    // ANCHOR_END: drain
+
+    /// Whether [`Server::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// How many connections are open.
+    pub fn connections(&self) -> usize {
+        self.sources
+            .values()
+            .filter(|s| matches!(s, Source::Conn(_)))
+            .count()
+    }
+
+    fn stop_if_drained(&mut self) {
+        if self.draining && self.connections() == 0 {
+            self.stop();
+        }
     }
 
     fn register(&mut self, fd: std::os::fd::BorrowedFd<'_>, flags: EpollFlags) -> io::Result<u64> {
@@ -481,15 +563,17 @@ impl Server {
         {
             broken = conn.receive().is_err();
         }
+        let mut crash = None;
         while !broken {
             let buffered = conn.input.len();
-            answer(
+            crash = crash.or(answer(
                 conn,
                 &mut self.handler,
                 self.worker,
                 &mut self.stats,
                 self.idle_timeout,
-            );
+                self.draining,
+            ));
             broken = conn.send(self.idle_timeout).is_err();
             // If that made room, requests already buffered can be answered now: epoll will
             // not wake us for bytes we have already read.
@@ -499,14 +583,23 @@ impl Server {
         }
         if broken || conn.is_done() {
             self.close(token);
-            return;
+        } else {
+            let want = conn.interest_now();
+            if want != conn.interest {
+                conn.interest = want;
+                let mut event = EpollEvent::new(want, token);
+                if self.epoll.modify(conn.stream.as_fd(), &mut event).is_err() {
+                    self.close(token);
+                }
+            }
         }
-        let want = conn.interest_now();
-        if want != conn.interest {
-            conn.interest = want;
-            let mut event = EpollEvent::new(want, token);
-            if self.epoll.modify(conn.stream.as_fd(), &mut event).is_err() {
-                self.close(token);
+        if let Some(panic) = crash {
+            match self.on_crash.take() {
+                Some(mut on_crash) => {
+                    on_crash(self);
+                    self.on_crash = Some(on_crash);
+                }
+                None => std::panic::resume_unwind(panic),
             }
         }
     }
@@ -517,6 +610,7 @@ impl Server {
             let _ = conn.stream.shutdown(Shutdown::Both);
             drop(conn);
             self.fds_freed();
+            self.stop_if_drained();
         }
     }
 
@@ -540,7 +634,9 @@ impl Server {
 }
 
 /// Answers every whole request that has arrived (clients may pipeline several), as long
-/// as the unsent answers stay under [`OUTPUT_LIMIT`].
+/// as the unsent answers stay under [`OUTPUT_LIMIT`]. While the worker drains, the answer
+/// says `Connection: close`. If the handler panics, the client gets a 500 and the panic
+/// is returned, for the loop to report once the connection is in order.
 // ANCHOR: answer
 fn answer(
     conn: &mut Conn,
@@ -548,7 +644,8 @@ fn answer(
     worker: u32,
     stats: &mut Stats,
     idle_timeout: Duration,
-) {
+    draining: bool,
+) -> Option<Box<dyn Any + Send>> {
     while !conn.closing && conn.output.len() < OUTPUT_LIMIT {
         match http::parse(&conn.input) {
             Parsed::Partial => {
@@ -561,13 +658,28 @@ fn answer(
                 // The handler runs right here, on the loop's only thread: while it
                 // runs, nothing else in this worker does.
                 let response = match handler.as_mut() {
-                    Some(handler) => handler(&request),
-                    None => http::hello(worker),
+                    Some(handler) => catch_unwind(AssertUnwindSafe(|| handler(&request))),
+                    None => Ok(http::hello(worker)),
                 };
-                conn.output.extend(response.to_bytes(request.keep_alive));
-                conn.closing = !request.keep_alive;
+                let keep_alive = request.keep_alive && !draining;
                 conn.deadline = Instant::now() + idle_timeout;
+                conn.answered += 1;
                 stats.served += 1;
+                match response {
+                    Ok(response) => {
+                        conn.output.extend(response.to_bytes(keep_alive));
+                        conn.closing = !keep_alive;
+                    }
+                    Err(panic) => {
+                        let response = Response {
+                            status: 500,
+                            body: "the handler panicked\n".into(),
+                        };
+                        conn.output.extend(response.to_bytes(false));
+                        conn.closing = true;
+                        return Some(panic);
+                    }
+                }
             }
             Parsed::Bad(why) => {
                 let response = Response {
@@ -579,6 +691,7 @@ fn answer(
             }
         }
     }
+    None
 }
 // ANCHOR_END: answer
 
@@ -603,6 +716,13 @@ impl Conn {
             want |= EpollFlags::EPOLLOUT;
         }
         want
+    }
+
+    /// Idle between requests on a kept-alive connection: it has been answered at least
+    /// once, owes nothing and has nothing half-read. (A fresh connection is not idle: its
+    /// first request may be on the way.)
+    fn is_idle(&self) -> bool {
+        self.answered > 0 && self.input.is_empty() && self.output.is_empty()
     }
 
     /// Over: everything owed is written and nothing more will be answered.
@@ -655,5 +775,120 @@ impl Conn {
             self.deadline = Instant::now() + idle_timeout;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::SocketAddr;
+    use std::sync::mpsc;
+
+    /// Runs a server on a thread: returns its address and a receiver that gets `()` when
+    /// `run` returns.
+    fn serve_in_thread(
+        build: impl FnOnce(Server) -> Server + Send + 'static,
+    ) -> (SocketAddr, mpsc::Receiver<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut server = build(Server::new(1, Duration::from_secs(10)).unwrap());
+            server.add_listener(listener).unwrap();
+            server.run().unwrap();
+            let _ = done.send(());
+        });
+        (addr, finished)
+    }
+
+    /// Sends one GET and returns the status line and the Connection header.
+    fn get(stream: &mut TcpStream, path: &str) -> (String, String) {
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let (mut status, mut connection, mut length) = (String::new(), String::new(), 0);
+        reader.read_line(&mut status).unwrap();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.strip_prefix("Connection: ") {
+                connection = v.trim().to_string();
+            }
+            if let Some(v) = line.strip_prefix("Content-Length: ") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        (status.trim().to_string(), connection)
+    }
+
+    fn closed(stream: &mut TcpStream) -> bool {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        matches!(stream.read(&mut [0u8; 16]), Ok(0) | Err(_))
+    }
+
+    #[test]
+    fn draining_closes_idle_connections_and_answers_the_busy_with_close() {
+        // Drains once one request has been answered.
+        let (addr, finished) = serve_in_thread(|server| {
+            server.every(Duration::from_millis(10), |server| {
+                if server.stats().served >= 1 {
+                    server.drain();
+                }
+            })
+        });
+        // A request half sent: the worker owes it an answer.
+        let mut busy = TcpStream::connect(addr).unwrap();
+        busy.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
+        let mut idle = TcpStream::connect(addr).unwrap();
+        assert_eq!(get(&mut idle, "/").1, "keep-alive");
+        assert!(closed(&mut idle), "an idle keep-alive connection is closed");
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "the listener is closed: no new connection"
+        );
+        // The rest of the half-sent request gets its answer, and the connection ends.
+        write!(busy, "\r\n").unwrap();
+        let mut reader = BufReader::new(busy.try_clone().unwrap());
+        let mut head = String::new();
+        while !head.ends_with("\r\n\r\n") {
+            let mut line = String::new();
+            assert!(reader.read_line(&mut line).unwrap() > 0, "got {head:?}");
+            head += &line;
+        }
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        assert!(head.contains("Connection: close"), "{head}");
+        finished
+            .recv_timeout(Duration::from_secs(5))
+            .expect("run returns once the last connection is done");
+    }
+
+    #[test]
+    fn a_panicking_handler_gets_a_500_and_the_crash_hook_runs() {
+        let (addr, finished) = serve_in_thread(|server| {
+            server
+                .handler(|request| match request.path.as_str() {
+                    "/crash" => panic!("crash on purpose"),
+                    _ => Response::ok("hi\n"),
+                })
+                .on_crash(|server| server.drain())
+        });
+        let mut client = TcpStream::connect(addr).unwrap();
+        assert_eq!(get(&mut client, "/").0, "HTTP/1.1 200 OK");
+        let mut crasher = TcpStream::connect(addr).unwrap();
+        let (status, connection) = get(&mut crasher, "/crash");
+        assert_eq!(status, "HTTP/1.1 500 Internal Server Error");
+        assert_eq!(connection, "close");
+        // The hook drained the server: the idle client is let go and run returns.
+        assert!(closed(&mut client));
+        finished
+            .recv_timeout(Duration::from_secs(5))
+            .expect("run returns once drained");
     }
 }

@@ -12,6 +12,7 @@ use std::error::Error;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -92,9 +93,10 @@ pub struct Worker {
 
 /// Starts worker `id` by running this binary again with the same arguments.
 ///
-/// With `with_channel`, a socketpair is made first and the worker inherits one end.
+/// With `with_channel`, a socketpair is made first and the worker inherits one end. `env`
+/// adds variables of the chapter's own (chapter 7 tells a worker which start it is).
 // ANCHOR: spawn
-pub fn spawn_worker(id: u32, with_channel: bool) -> io::Result<Worker> {
+pub fn spawn_worker(id: u32, with_channel: bool, env: &[(&str, String)]) -> io::Result<Worker> {
     // ANCHOR: solution_ch01_spawn
     let (channel, theirs) = match with_channel {
         true => {
@@ -103,13 +105,14 @@ pub fn spawn_worker(id: u32, with_channel: bool) -> io::Result<Worker> {
         }
         false => (None, None),
     };
-    let mut command = Command::new(std::env::current_exe()?);
+    let mut command = Command::new(exe()?);
     command
         .args(std::env::args_os().skip(1))
         .env(WORKER_ID_VAR, id.to_string());
     if let Some(fd) = &theirs {
         command.env(CHANNEL_FD_VAR, fd.as_raw_fd().to_string());
     }
+    command.envs(env.iter().map(|(name, value)| (name, value)));
     let inherit = theirs.as_ref().map(|fd| fd.as_raw_fd());
     let master = std::process::id();
     // SAFETY: the closure runs in the child between fork and exec, where only
@@ -130,6 +133,17 @@ pub fn spawn_worker(id: u32, with_channel: bool) -> io::Result<Worker> {
     // ANCHOR_END: solution_ch01_spawn
 }
 // ANCHOR_END: spawn
+
+/// The path of this program, as it was when the master first asked: every worker runs
+/// what is at that path *now*. Rebuild the binary while the master runs, and the next
+/// worker started runs the new code (chapter 9's reload); the kernel's own name for the
+/// running file would by then say `(deleted)`.
+pub fn exe() -> io::Result<PathBuf> {
+    static EXE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    EXE.get_or_init(|| std::env::current_exe().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|e| io::Error::other(format!("cannot find this program's path: {e}")))
+}
 
 /// Runs in the child after `fork`, before `exec`.
 // ANCHOR: prepare_child

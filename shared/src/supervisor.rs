@@ -1,0 +1,294 @@
+//! Keeping N workers alive: a worker that dies is replaced, after a delay that grows
+//! while its replacements keep dying young, and a place that crash-loops is given up on.
+//!
+//! Explained in chapter 7, and used by chapters 8 and 9, whose masters replace hung and
+//! reloaded workers through it.
+//!
+//! The master thinks in *slots*: places 1 to N, each held by one worker at a time. A
+//! worker's id is never reused (as in Node); when worker 3 in slot 1 dies, worker 5 may
+//! take slot 1. The supervisor only keeps the books and decides; the master forks, and
+//! tells it who holds which slot. Its knobs are PM2's:
+//!
+//! | [`Policy`] | PM2 | meaning |
+//! |---|---|---|
+//! | `restart_delay` | `restart_delay`, `exp_backoff_restart_delay` | the first wait before a restart |
+//! | `growth`, `max_delay` | the ×1.5 of `exp_backoff_restart_delay`, its 15 s cap | how the wait grows |
+//! | `stable_after` | 30 s | up this long, and the wait starts over |
+//! | `min_uptime` | `min_uptime` | dying sooner is a crash at start |
+//! | `max_restarts` | `max_restarts` | more such crashes in a row, and the slot is given up |
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+/// How the supervisor restarts workers.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// The wait before the first restart of a slot.
+    pub restart_delay: Duration,
+    /// Each restart of a slot whose worker did not last waits this many times longer...
+    pub growth: f64,
+    /// ...up to this.
+    pub max_delay: Duration,
+    /// A worker that lives this long has proved itself: its slot's wait starts over.
+    pub stable_after: Duration,
+    /// A worker that dies sooner than this died "at start".
+    pub min_uptime: Duration,
+    /// A slot whose workers die at start more than this many times in a row is given up.
+    pub max_restarts: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            restart_delay: Duration::from_millis(100),
+            growth: 1.5,
+            max_delay: Duration::from_secs(15),
+            stable_after: Duration::from_secs(30),
+            min_uptime: Duration::from_secs(1),
+            max_restarts: 10,
+        }
+    }
+}
+
+/// What to do about a worker that exited.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Start a new worker in `slot` once `after` has passed ([`Supervisor::due`] says when).
+    Restart { slot: usize, after: Duration },
+    /// Slot `slot` crashed at start more than `max_restarts` times in a row: leave it
+    /// empty.
+    GiveUp { slot: usize, crashes: u32 },
+    /// A planned exit (the worker said it was leaving, or was told to): its slot already
+    /// has a replacement, or the master is stopping. Nothing to do.
+    Planned,
+}
+
+/// One place in the pool.
+#[derive(Debug)]
+struct Slot {
+    /// The worker holding it, and since when.
+    worker: Option<(u32, Instant)>,
+    /// How long the next restart waits.
+    delay: Duration,
+    /// Deaths at start in a row.
+    crashes: u32,
+    /// When a restart is due, if one is.
+    restart_at: Option<Instant>,
+    given_up: bool,
+    /// How many workers this slot has started.
+    starts: u32,
+}
+
+/// The books of a master that keeps its workers alive.
+#[derive(Debug)]
+pub struct Supervisor {
+    policy: Policy,
+    slots: Vec<Slot>,
+    /// Workers whose exit is expected: they said they were leaving, or were told to.
+    leaving: HashSet<u32>,
+}
+
+impl Supervisor {
+    /// A pool of `n` slots, numbered 1 to `n`, all empty.
+    pub fn new(n: usize, policy: Policy) -> Supervisor {
+        let slots = (0..n)
+            .map(|_| Slot {
+                worker: None,
+                delay: policy.restart_delay,
+                crashes: 0,
+                restart_at: None,
+                given_up: false,
+                starts: 0,
+            })
+            .collect();
+        Supervisor {
+            policy,
+            slots,
+            leaving: HashSet::new(),
+        }
+    }
+
+    /// The slot numbers, 1 to n.
+    pub fn slots(&self) -> std::ops::RangeInclusive<usize> {
+        1..=self.slots.len()
+    }
+
+    /// Worker `id` now holds `slot` (it was just forked). Returns how many workers the
+    /// slot has started, this one included.
+    pub fn started(&mut self, slot: usize, id: u32, now: Instant) -> u32 {
+        let s = &mut self.slots[slot - 1];
+        s.worker = Some((id, now));
+        s.restart_at = None;
+        s.starts += 1;
+        s.starts
+    }
+
+    /// The slot worker `id` holds, if it holds one.
+    pub fn slot_of(&self, id: u32) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.worker.is_some_and(|(w, _)| w == id))
+            .map(|i| i + 1)
+    }
+
+    /// The worker holding `slot`, if any.
+    pub fn worker_in(&self, slot: usize) -> Option<u32> {
+        self.slots[slot - 1].worker.map(|(id, _)| id)
+    }
+
+    /// Worker `id` is leaving on purpose (it said so, or the master told it to): its exit
+    /// is planned, not a crash, and it gives up its slot now so that a replacement can
+    /// take it at once. Returns the slot it held.
+    pub fn leaving(&mut self, id: u32) -> Option<usize> {
+        self.leaving.insert(id);
+        let slot = self.slot_of(id)?;
+        self.slots[slot - 1].worker = None;
+        Some(slot)
+    }
+
+    /// Whether worker `id` is on its way out.
+    pub fn is_leaving(&self, id: u32) -> bool {
+        self.leaving.contains(&id)
+    }
+
+    /// Worker `id` exited: decide what becomes of its slot.
+    // ANCHOR: exited
+    pub fn exited(&mut self, id: u32, now: Instant) -> Verdict {
+        if self.leaving.remove(&id) {
+            return Verdict::Planned;
+        }
+        let Some(slot) = self.slot_of(id) else {
+            return Verdict::Planned;
+        };
+        let policy = self.policy;
+        let s = &mut self.slots[slot - 1];
+        let up = s.worker.map_or(Duration::ZERO, |(_, since)| now - since);
+        s.worker = None;
+        // A worker that stayed up long enough earns its slot a fresh start.
+        if up >= policy.stable_after {
+            s.delay = policy.restart_delay;
+        }
+        if up < policy.min_uptime {
+            s.crashes += 1;
+        } else {
+            s.crashes = 0;
+        }
+        if s.crashes > policy.max_restarts {
+            s.given_up = true;
+            return Verdict::GiveUp {
+                slot,
+                crashes: s.crashes,
+            };
+        }
+        let after = s.delay;
+        s.restart_at = Some(now + after);
+        // The next death waits longer, up to the cap.
+        s.delay = s.delay.mul_f64(policy.growth).min(policy.max_delay);
+        Verdict::Restart { slot, after }
+    }
+    // ANCHOR_END: exited
+
+    /// The slots whose restart is due at `now`; each is then no longer due.
+    pub fn due(&mut self, now: Instant) -> Vec<usize> {
+        let mut due = Vec::new();
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if s.restart_at.is_some_and(|at| at <= now) {
+                s.restart_at = None;
+                due.push(i + 1);
+            }
+        }
+        due
+    }
+
+    /// When the next restart is due, if any is: how long the master may wait for events.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.slots.iter().filter_map(|s| s.restart_at).min()
+    }
+
+    /// How many slots are still in service (not given up).
+    pub fn in_service(&self) -> usize {
+        self.slots.iter().filter(|s| !s.given_up).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quick() -> Policy {
+        Policy {
+            restart_delay: Duration::from_millis(100),
+            growth: 1.5,
+            max_delay: Duration::from_millis(300),
+            stable_after: Duration::from_secs(30),
+            min_uptime: Duration::from_secs(1),
+            max_restarts: 3,
+        }
+    }
+
+    #[test]
+    fn delays_grow_to_the_cap_then_the_slot_is_given_up() {
+        let mut sup = Supervisor::new(2, quick());
+        let t = Instant::now();
+        let mut id = 1;
+        sup.started(1, id, t);
+        let mut delays = Vec::new();
+        loop {
+            match sup.exited(id, t + Duration::from_millis(10)) {
+                Verdict::Restart { slot: 1, after } => delays.push(after.as_millis()),
+                Verdict::GiveUp { slot: 1, crashes } => {
+                    assert_eq!(crashes, 4);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+            id += 1;
+            sup.started(1, id, t);
+        }
+        assert_eq!(delays, [100, 150, 225]);
+        assert_eq!(sup.in_service(), 1);
+    }
+
+    #[test]
+    fn a_worker_that_lasts_resets_the_delay() {
+        let mut sup = Supervisor::new(1, quick());
+        let t = Instant::now();
+        sup.started(1, 1, t);
+        sup.exited(1, t + Duration::from_secs(2));
+        sup.started(1, 2, t + Duration::from_secs(2));
+        let Verdict::Restart { after, .. } = sup.exited(2, t + Duration::from_secs(4)) else {
+            panic!()
+        };
+        assert_eq!(after.as_millis(), 150, "it grows while workers die young");
+        sup.started(1, 3, t + Duration::from_secs(4));
+        let Verdict::Restart { after, .. } = sup.exited(3, t + Duration::from_secs(40)) else {
+            panic!()
+        };
+        assert_eq!(after.as_millis(), 100, "30 s up: the wait starts over");
+    }
+
+    #[test]
+    fn a_planned_exit_is_not_a_crash_and_frees_the_slot() {
+        let mut sup = Supervisor::new(1, quick());
+        let t = Instant::now();
+        sup.started(1, 7, t);
+        assert_eq!(sup.leaving(7), Some(1));
+        assert_eq!(sup.worker_in(1), None);
+        sup.started(1, 8, t);
+        assert_eq!(sup.exited(7, t), Verdict::Planned);
+        assert_eq!(sup.worker_in(1), Some(8));
+    }
+
+    #[test]
+    fn restarts_come_due_in_time() {
+        let mut sup = Supervisor::new(2, quick());
+        let t = Instant::now();
+        sup.started(1, 1, t);
+        sup.started(2, 2, t);
+        sup.exited(2, t + Duration::from_secs(5));
+        assert_eq!(sup.next_due(), Some(t + Duration::from_millis(5100)));
+        assert!(sup.due(t + Duration::from_secs(5)).is_empty());
+        assert_eq!(sup.due(t + Duration::from_secs(6)), vec![2]);
+        assert_eq!(sup.next_due(), None);
+    }
+}
