@@ -520,6 +520,16 @@ impl Chapter {
         }
     }
 
+    /// Waits until stderr reaches end-of-file, and returns all of it.
+    #[track_caller]
+    pub fn wait_stderr_closed(&self, timeout: Duration) -> Vec<String> {
+        match self.stderr.wait(timeout, |_| None::<()>) {
+            Err((lines, true)) => lines,
+            Err((seen, false)) => self.fail("its stderr to close", timeout, &seen, false),
+            Ok(()) => unreachable!("the predicate never matches"),
+        }
+    }
+
     /// Stops a master the way a user does: SIGINT (Ctrl-C), then waits for it to say
     /// `all workers stopped` and exit with code 0. Returns its whole output.
     #[track_caller]

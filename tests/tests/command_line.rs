@@ -146,7 +146,8 @@ fn worker_refuses(package: &str, vars: &[(&str, String)], inherit: Option<OwnedF
         "a worker with a bad environment must fail, but {}",
         describe(status)
     );
-    let said = worker.wait_output_closed(TIMEOUT).join("\n") + &worker.stderr_lines().join("\n");
+    let said = worker.wait_output_closed(TIMEOUT).join("\n")
+        + &worker.wait_stderr_closed(TIMEOUT).join("\n");
     assert!(
         said.contains(var),
         "the error should name {var}:\nstdout+stderr: {said}"
