@@ -91,7 +91,7 @@ fn stopped(pid: u32) -> bool {
 }
 
 /// What the load thread saw for each request: the pid that answered, or the error.
-type Outcome = Result<u32, String>;
+type Seen = Result<u32, String>;
 
 #[test]
 fn a_killed_worker_costs_at_most_the_connection_it_was_serving() {
@@ -103,7 +103,7 @@ fn a_killed_worker_costs_at_most_the_connection_it_was_serving() {
         .filter(|pid| *pid != victim)
         .collect();
 
-    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+    let outcomes: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
         let (outcomes, stop) = (Arc::clone(&outcomes), Arc::clone(&stop));
@@ -156,7 +156,7 @@ fn a_killed_worker_costs_at_most_the_connection_it_was_serving() {
         failed.len() <= 1,
         "at most the connection the killed worker was serving may fail: {failed:?}"
     );
-    let after: Vec<&Outcome> = outcomes.iter().skip(known_dead + 1).collect();
+    let after: Vec<&Seen> = outcomes.iter().skip(known_dead + 1).collect();
     let mut after_pids = BTreeSet::new();
     for outcome in &after {
         match outcome {
@@ -194,7 +194,7 @@ fn a_connection_whose_worker_dies_before_taking_it_goes_to_another() {
     // Every worker is free, and each new connection goes to the front of the free line
     // while the one before it waits at the back (or is still busy): three connections
     // reach three different workers, so one of them is the stopped one.
-    let answers: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+    let answers: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let readers: Vec<_> = (0..3)
         .map(|i| {
             let mut stream = connect(addr).expect("connect to the master");
