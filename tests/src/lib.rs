@@ -16,12 +16,13 @@
 //! | [`http_get`], [`write_request`], [`read_response`] | a minimal HTTP/1.1 client |
 //! | [`parse_hello`] | which worker (pid, id) wrote a response body |
 //! | [`recv_timeout`] | read one IPC message, with a timeout |
-//! | [`pid_alive`], [`parent_pid`], [`fd_count`], [`wait_until`] | look at processes |
+//! | [`pid_alive`], [`parent_pid`], [`fd_count`], [`socket_inodes`], [`wait_until`] | look at processes |
+//! | [`tcp_sockets`] | the kernel's TCP table, as `ss -tan` shows it |
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -828,6 +829,84 @@ pub fn fd_targets(process: &str) -> Vec<(u32, String)> {
         .collect();
     targets.sort();
     targets
+}
+
+/// The inodes of the sockets process `pid` has open (`socket:[123]` in `/proc/PID/fd`):
+/// two processes that list the same inode hold the same socket.
+pub fn socket_inodes(pid: u32) -> BTreeSet<u64> {
+    fd_targets(&pid.to_string())
+        .iter()
+        .filter_map(|(_, target)| {
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The TCP states the tests look for (`st` in `/proc/net/tcp`), and the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpState {
+    Listen,
+    TimeWait,
+    Other,
+}
+
+/// One TCP socket as the kernel lists it in `/proc/net/tcp` or `/proc/net/tcp6`.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpSocket {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: TcpState,
+    /// 0 for a socket no process holds any more (TIME_WAIT, for one).
+    pub inode: u64,
+}
+
+/// Every TCP socket on the machine (in this network namespace), as `ss -tan` lists them.
+pub fn tcp_sockets() -> Vec<TcpSocket> {
+    let mut sockets = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        // Columns: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        for line in text.lines().skip(1) {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            let parsed = (|| {
+                Some(TcpSocket {
+                    local: parse_proc_addr(columns.get(1)?)?,
+                    remote: parse_proc_addr(columns.get(2)?)?,
+                    state: match *columns.get(3)? {
+                        "0A" => TcpState::Listen,
+                        "06" => TcpState::TimeWait,
+                        _ => TcpState::Other,
+                    },
+                    inode: columns.get(9)?.parse().ok()?,
+                })
+            })();
+            sockets.extend(parsed);
+        }
+    }
+    sockets
+}
+
+/// One `/proc/net/tcp{,6}` address, `0100007F:1F90`: the kernel prints each 32-bit word
+/// of the address as a native-endian hex number, and the port in plain hex.
+fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let mut bytes = Vec::new();
+    for i in (0..ip.len()).step_by(8) {
+        let word = u32::from_str_radix(ip.get(i..i + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, u16::from_str_radix(port, 16).ok()?))
 }
 
 /// Polls `condition` every few milliseconds until it holds (true) or `timeout` passes

@@ -2,7 +2,7 @@
 //! over IPC and closes its own copy; the workers race to accept on it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Barrier;
 
 use chapter_tests::*;
@@ -16,58 +16,12 @@ fn start(workers: usize) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
     Chapter::start_cluster(CH05, workers, &[])
 }
 
-/// One `/proc/net/tcp{,6}` address, `0100007F:1F90`: the kernel prints each 32-bit word
-/// of the address as a native-endian hex number, and the port in plain hex.
-fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
-    let (ip, port) = text.split_once(':')?;
-    let mut bytes = Vec::new();
-    for i in (0..ip.len()).step_by(8) {
-        let word = u32::from_str_radix(ip.get(i..i + 8)?, 16).ok()?;
-        bytes.extend_from_slice(&word.to_ne_bytes());
-    }
-    let ip = match bytes.len() {
-        4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?)),
-        16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)),
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, u16::from_str_radix(port, 16).ok()?))
-}
-
 /// The inodes of the sockets listening on `addr`, from the kernel's socket tables.
 fn listening_inodes(addr: SocketAddr) -> Vec<u64> {
-    const LISTEN: &str = "0A";
-    let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        // Columns: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-        for line in text.lines().skip(1) {
-            let columns: Vec<&str> = line.split_whitespace().collect();
-            if columns.len() > 9
-                && columns[3] == LISTEN
-                && parse_proc_addr(columns[1]) == Some(addr)
-            {
-                if let Ok(inode) = columns[9].parse() {
-                    inodes.push(inode);
-                }
-            }
-        }
-    }
-    inodes
-}
-
-/// The inodes of the sockets process `pid` has open (`socket:[123]` in `/proc/PID/fd`).
-fn socket_inodes(pid: u32) -> BTreeSet<u64> {
-    fd_targets(&pid.to_string())
+    tcp_sockets()
         .iter()
-        .filter_map(|(_, target)| {
-            target
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
-        })
+        .filter(|s| s.state == TcpState::Listen && s.local == addr)
+        .map(|s| s.inode)
         .collect()
 }
 
