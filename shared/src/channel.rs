@@ -167,6 +167,7 @@ impl Channel {
 
     // ANCHOR: recv
     fn recv_message(&self, flags: MsgFlags) -> Result<Option<Message>, ChannelError> {
+        // ANCHOR: solution_ch02_recv
         let mut buf = vec![0u8; MAX_MESSAGE];
         // Room for a few fds: a peer that sends more than one gets the extras closed.
         let mut space = cmsg_space!([RawFd; 4]);
@@ -214,6 +215,7 @@ impl Channel {
                 "{len} bytes that are not UTF-8 text ({e})"
             ))),
         }
+        // ANCHOR_END: solution_ch02_recv
     }
     // ANCHOR_END: recv
 }

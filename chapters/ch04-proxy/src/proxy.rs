@@ -237,6 +237,7 @@ impl Pair {
     /// Side `from` is readable or writable: move bytes.
     // ANCHOR: copy
     fn on_event(&mut self, from: usize, flags: EpollFlags) -> io::Result<()> {
+        // ANCHOR: solution_ch04_copy
         if flags.intersects(EpollFlags::EPOLLERR) {
             return Err(io::Error::other("socket error"));
         }
@@ -274,6 +275,7 @@ impl Pair {
             }
         }
         Ok(())
+        // ANCHOR_END: solution_ch04_copy
     }
     // ANCHOR_END: copy
 

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
 
 // ANCHOR: master
 fn master(args: &Args) -> Outcome {
+    // ANCHOR: solution_ch05_handoff
     // ANCHOR: hand_off
     // One socket, bound once, by the master: no second bind, so no EADDRINUSE.
     let listener = net::listen(args.host, args.port)?;
@@ -83,6 +84,7 @@ fn master(args: &Args) -> Outcome {
             Event::Other(()) => {}
         }
     }
+    // ANCHOR_END: solution_ch05_handoff
 }
 // ANCHOR_END: master
 
