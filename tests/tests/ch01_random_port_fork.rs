@@ -221,6 +221,12 @@ fn workers_as_a_share_of_the_cpus() {
     pin_this_thread_to_one_cpu();
     for (share, expected) in [("100%", 1), ("150%", 2), ("120%", 1), ("10%", 1)] {
         let mut master = Chapter::start(CH01, &["--port", "0", "--workers", share]);
+        // The master says how many it forks before it forks them.
+        let first = master.wait_for("master started", TIMEOUT);
+        assert!(
+            first.ends_with(&format!("forking {expected} workers")),
+            "--workers {share} on 1 CPU should fork {expected} worker(s): {first}"
+        );
         master.wait_ready(expected);
         // Stop it and read the whole log, so a worker too many cannot hide.
         let lines = master.interrupt_and_collect();

@@ -253,6 +253,9 @@ fn worker_counts_what_it_served() {
 fn each_channel_end_is_held_by_one_process() {
     let master = Chapter::start(CH02, &["--port", "0", "--workers", "2"]);
     let ready = master.wait_ready(2);
+    // The master logs a fork once `spawn_worker` has returned, by which time it has
+    // closed its copy; a worker can be ready before that.
+    master.wait_forked(2);
     let masters = socket_inodes(master.pid());
     for worker in &ready {
         let both: Vec<u64> = socket_inodes(worker.pid)

@@ -205,11 +205,11 @@ fn split_responses(mut bytes: &[u8]) -> Result<Vec<(u16, String)>, String> {
     Ok(responses)
 }
 
-/// Exercise ch04-flush: a client whose socket takes little at a time. It announces a
-/// small segment size, so the master's socket to it gets a small send buffer, and it
-/// pipelines thousands of requests: the master's writes to it must often stop half-way
-/// (EAGAIN) and go on when epoll says the socket is writable again. Every answer arrives,
-/// whole and in order, however often that happens.
+/// Exercise ch04-flush: a client that takes its answers slowly. It announces a small
+/// segment size and a small receive buffer, pipelines thousands of requests, and reads
+/// the answers far slower than the worker writes them: the master's writes to it must
+/// stop half-way (EAGAIN) again and again, and go on when epoll says the socket is
+/// writable. Every answer arrives, whole and in order.
 #[test]
 fn pipelined_answers_arrive_whole_when_the_proxy_must_wait_to_write() {
     const N: usize = 5000;
@@ -241,17 +241,41 @@ fn pipelined_answers_arrive_whole_when_the_proxy_must_wait_to_write() {
     // Written on a thread while this one reads: the answers come back as the requests go.
     let mut writer = stream.try_clone().expect("a second handle on the socket");
     let sending = std::thread::spawn(move || writer.write_all(&requests));
+    // Read nothing until the socket's receive buffer is full, so the master's send
+    // buffer fills behind it, then read one byte at a time: answers keep coming faster
+    // than they are taken, and the master must hold them back.
+    let mut peeked = [0u8; 8192];
+    assert!(
+        wait_until(TIMEOUT, || stream
+            .peek(&mut peeked)
+            .is_ok_and(|n| n >= 4096)),
+        "the first answers never filled the client's receive buffer"
+    );
     let mut received = Vec::new();
-    let read = stream.read_to_end(&mut received);
+    let read = loop {
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Ok(0) => break Ok(received.len()),
+            Ok(_) => received.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
     let sent = sending.join().expect("the writing thread panicked");
     let responses = split_responses(&received);
     let whole = responses.as_ref().map_or(0, Vec::len);
     assert!(
         read.is_ok() && sent.is_ok() && whole == N,
         "{N} pipelined requests should get {N} whole answers, then the connection closes; \
-         got {whole} ({} bytes; {}), reading ended with {read:?}, writing with {sent:?}",
+         got {whole} ({} bytes; {}), reading ended with {read:?}, writing with {sent:?}; \
+         the last: {:?}",
         received.len(),
-        responses.err().unwrap_or("the answers parse".into())
+        responses
+            .as_ref()
+            .err()
+            .cloned()
+            .unwrap_or("the answers parse".into()),
+        responses.as_ref().ok().and_then(|r| r.last())
     );
     for (i, (status, body)) in responses.unwrap_or_default().iter().enumerate() {
         assert!(
