@@ -565,6 +565,36 @@ mod tests {
         }
     }
 
+    /// Each chapter page lists its exercises with the commands `check` really runs, so
+    /// the book cannot drift from this table.
+    #[test]
+    fn the_book_shows_every_exercise_with_its_commands() {
+        let book = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../book/src");
+        for e in EXERCISES {
+            let page = book.join(format!("{}.md", e.chapter));
+            let text = std::fs::read_to_string(&page)
+                .unwrap_or_else(|err| panic!("{}: {err}", page.display()));
+            let check = format!("cargo run -q -p exercise -- check {}\n", e.name);
+            let at = text
+                .find(&check)
+                .unwrap_or_else(|| panic!("{} does not show `{}`", page.display(), check.trim()));
+            let shown: Vec<&str> = text[at + check.len()..]
+                .lines()
+                .map_while(|l| {
+                    l.strip_prefix("# runs: ")
+                        .or_else(|| l.strip_prefix("#  then: "))
+                })
+                .collect();
+            assert_eq!(
+                shown,
+                e.commands(),
+                "{}: the `# runs:` lines under `check {}`",
+                page.display(),
+                e.name
+            );
+        }
+    }
+
     #[test]
     fn commands_read_as_a_learner_types_them() {
         let e = find("ch01-spawn").unwrap();
