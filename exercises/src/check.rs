@@ -12,7 +12,7 @@ use crate::run::{self, Ended, Output};
 /// its own (20 s at most), so only an endless loop in the code under test gets near this.
 fn timeout(run: &TestRun) -> Duration {
     match run.target {
-        Target::Lib => Duration::from_secs(120),
+        Target::Lib => Duration::from_secs(60),
         Target::Test(_) => Duration::from_secs(600),
     }
 }
