@@ -1,21 +1,27 @@
 //! The classroom exercise tool: blank a piece of the real code, let the learner rewrite
-//! it, check it with the chapter's tests, and put the reference back.
+//! it, check it with the chapter's tests, give hints one at a time, and put the
+//! reference back.
 //!
-//! `cargo run -q -p exercise -- list | start NAME | check NAME | reset NAME | reset --all
-//! | verify [NAME...]`. The exercises themselves are the table in `registry.rs`.
+//! `cargo run -q -p exercise -- list | start NAME | check NAME | hint NAME | reset NAME
+//! | verify`. The exercises are the table in `registry.rs`; their wrong answers, which
+//! `verify` proves the tests reject, are in `exercises/wrong/`.
 
+#[macro_use]
+mod out;
+mod check;
 mod region;
 mod registry;
+mod report;
 mod run;
+mod verify;
+mod workspace;
+mod wrong;
 
-use std::fs;
-use std::io::{self, Write};
-use std::panic::{self, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use check::Verdict;
 use registry::{Exercise, EXERCISES};
-use run::Verdict;
+use workspace::{Status, Workspace};
 
 const USAGE: &str = "\
 The exercises of Cluster from Scratch: rewrite a piece of the real code, check it with
@@ -23,566 +29,510 @@ the chapter's tests.
 
 usage: cargo run -q -p exercise -- COMMAND
 
-  list            every exercise, its chapter and whether you have started it
-  start NAME      replace the reference code of NAME with a todo!() for you to fill in
-  check NAME      run NAME's tests against your code: passed, or not yet
-  reset NAME      put the reference code back (your version is kept in target/exercises/)
-  reset --all     the same for every started exercise
-  verify [NAME]   for teachers and CI: prove each exercise passes on the reference code,
-                  fails once started, and resets byte for byte
+  list              every exercise, its chapter, and whether you have started it
+  start NAME        replace the reference code of NAME with a todo!() for you to fill in
+  check NAME        build your code and run its tests: which fail, and why
+  check NAME -v     the same, with everything cargo and the tests print (--verbose)
+  hint NAME         the next hint for NAME, one level at a time (hint NAME 2: level 2)
+  reset NAME        put the reference code back (your version is kept in target/exercises/)
+  reset --all       the same for every started exercise
+  verify [NAME...]  for teachers and CI: prove the reference passes, the todo!() fails,
+                    every wrong answer in exercises/wrong/ is caught, and reset is exact
+                    (--steps: every build and test command, with its time)
 ";
 
-/// How a command went: `Ok(true)` success, `Ok(false)` a clear "no" already printed,
-/// `Err` a problem to print.
-type Outcome = Result<bool, String>;
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    Help,
+    List,
+    Start(&'static Exercise),
+    Check {
+        e: &'static Exercise,
+        verbose: bool,
+    },
+    Hint {
+        e: &'static Exercise,
+        level: Option<usize>,
+    },
+    Reset(&'static Exercise),
+    ResetAll,
+    Verify {
+        chosen: Vec<&'static Exercise>,
+        steps: bool,
+    },
+}
+
+impl std::fmt::Debug for Exercise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl PartialEq for Exercise {
+    fn eq(&self, other: &Exercise) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Exercise {}
+
+/// Reads the command line; an error is a sentence saying what is wrong with it.
+fn parse(words: &[&str]) -> Result<Command, String> {
+    let exercise = |command: &str, name: Option<&&str>| -> Result<&'static Exercise, String> {
+        let Some(name) = name else {
+            return Err(format!(
+                "`{command}` needs the name of an exercise, e.g. `{command} {}`. \
+                 The exercises: {}.",
+                EXERCISES[0].name,
+                registry::names()
+            ));
+        };
+        registry::find(name).ok_or_else(|| {
+            format!(
+                "there is no exercise called '{name}'. The exercises: {}.",
+                registry::names()
+            )
+        })
+    };
+    let too_many = |command: &str, extra: &[&str]| {
+        format!(
+            "`{command}` does not take '{}'. See `cargo run -q -p exercise -- help`.",
+            extra.join(" ")
+        )
+    };
+    match words {
+        [] | ["help" | "--help" | "-h"] => Ok(Command::Help),
+        ["list"] => Ok(Command::List),
+        ["start", rest @ ..] | ["reset", rest @ ..] if rest.len() > 1 => {
+            Err(too_many(words[0], &rest[1..]))
+        }
+        ["start", rest @ ..] => exercise("start", rest.first()).map(Command::Start),
+        ["reset", "--all"] => Ok(Command::ResetAll),
+        ["reset", rest @ ..] => exercise("reset", rest.first()).map(Command::Reset),
+        ["check", rest @ ..] => {
+            let verbose = rest.iter().any(|w| matches!(*w, "-v" | "--verbose"));
+            let names: Vec<&&str> = rest
+                .iter()
+                .filter(|w| !matches!(**w, "-v" | "--verbose"))
+                .collect();
+            match names.as_slice() {
+                [_, extra @ ..] if !extra.is_empty() => Err(too_many(
+                    "check",
+                    &extra.iter().map(|w| **w).collect::<Vec<_>>(),
+                )),
+                _ => {
+                    exercise("check", names.first().copied()).map(|e| Command::Check { e, verbose })
+                }
+            }
+        }
+        ["hint", rest @ ..] => {
+            let e = exercise("hint", rest.first())?;
+            match rest.get(1..).unwrap_or_default() {
+                [] => Ok(Command::Hint { e, level: None }),
+                [level] => match level.parse::<usize>() {
+                    Ok(n) if (1..=e.hints.len()).contains(&n) => {
+                        Ok(Command::Hint { e, level: Some(n) })
+                    }
+                    _ => Err(format!(
+                        "{} has hints 1 to {}, not '{level}'",
+                        e.name,
+                        e.hints.len()
+                    )),
+                },
+                [_, extra @ ..] => Err(too_many("hint", extra)),
+            }
+        }
+        ["verify", rest @ ..] => {
+            let steps = rest.contains(&"--steps");
+            let names: Vec<&str> = rest.iter().copied().filter(|w| *w != "--steps").collect();
+            let chosen = match names.is_empty() {
+                true => EXERCISES.iter().collect(),
+                false => names
+                    .iter()
+                    .map(|name| exercise("verify", Some(name)))
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
+            Ok(Command::Verify { chosen, steps })
+        }
+        [other, ..] => Err(format!(
+            "there is no command '{other}'. The commands: list, start, check, hint, reset, \
+             verify, help."
+        )),
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let command = match parse(&words) {
+        Ok(command) => command,
+        Err(message) => {
+            tell!("error: {message}");
+            tell!("usage: cargo run -q -p exercise -- list | start NAME | check NAME | hint NAME | reset NAME | verify");
+            return ExitCode::from(2);
+        }
+    };
     let ws = Workspace::new();
-    let outcome = match words.as_slice() {
-        [] | ["help" | "--help" | "-h"] => {
-            print!("{USAGE}");
+    let outcome = match command {
+        Command::Help => {
+            out::stdout(USAGE);
             Ok(true)
         }
-        ["list"] => ws.list(),
-        ["start", name] => lookup(name).and_then(|e| ws.start_command(e)),
-        ["check", name] => lookup(name).and_then(|e| ws.check_command(e)),
-        ["reset", "--all"] => ws.reset_all(),
-        ["reset", name] => lookup(name).and_then(|e| ws.reset_command(e)),
-        ["verify"] => ws.verify(EXERCISES.iter().collect()),
-        ["verify", names @ ..] => names
-            .iter()
-            .map(|name| lookup(name))
-            .collect::<Result<Vec<_>, _>>()
-            .and_then(|chosen| ws.verify(chosen)),
-        _ => {
-            eprint!(
-                "error: I do not understand '{}'.\n\n{USAGE}",
-                words.join(" ")
-            );
-            return ExitCode::from(2);
+        Command::List => list(&ws),
+        Command::Start(e) => start(&ws, e),
+        Command::Check { e, verbose } => {
+            run::on_interrupt_stop();
+            check(&ws, e, verbose)
+        }
+        Command::Hint { e, level } => hint(&ws, e, level),
+        Command::Reset(e) => reset(&ws, e),
+        Command::ResetAll => reset_all(&ws),
+        Command::Verify { chosen, steps } => {
+            run::on_interrupt_stop();
+            Ok(verify::verify(&ws, &chosen, steps))
         }
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(message) => {
-            eprintln!("error: {message}");
+            tell!("error: {message}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn lookup(name: &str) -> Result<&'static Exercise, String> {
-    registry::find(name).ok_or_else(|| {
-        let names: Vec<&str> = EXERCISES.iter().map(|e| e.name).collect();
-        format!(
-            "there is no exercise called '{name}'. The exercises are: {}.",
-            names.join(", ")
-        )
-    })
-}
+/// How a command went: `Ok(true)` success, `Ok(false)` a clear "no" already printed,
+/// `Err` a problem to print.
+type Done = Result<bool, String>;
 
-/// Where an exercise stands.
-#[derive(Debug, PartialEq, Eq)]
-enum Status {
-    /// The file holds the reference code.
-    Reference,
-    /// Started: the reference is saved in the backup (if `backup`) and the file holds the
-    /// starter line or the learner's own code.
-    Started { backup: bool },
-}
-
-/// The workspace the tool works on: the one it was built from.
-struct Workspace {
-    root: PathBuf,
-}
-
-/// An exercise's file, read, with its region located.
-struct Source {
-    text: String,
-    region: region::Region,
-}
-
-impl Source {
-    fn inner(&self) -> &str {
-        &self.text[self.region.inner.clone()]
-    }
-}
-
-impl Workspace {
-    fn new() -> Workspace {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let root = manifest.parent().unwrap_or(manifest).to_path_buf();
-        Workspace { root }
-    }
-
-    fn path(&self, e: &Exercise) -> PathBuf {
-        self.root.join(e.file)
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.root.join("target").join("exercises")
-    }
-
-    /// Where `start` saves the reference region.
-    fn backup(&self, e: &Exercise) -> PathBuf {
-        self.state_dir().join(format!("{}.orig", e.name))
-    }
-
-    /// Where `reset` saves the learner's region, so resetting never loses work.
-    fn yours(&self, e: &Exercise) -> PathBuf {
-        self.state_dir().join(format!("{}.yours", e.name))
-    }
-
-    fn show(&self, path: &Path) -> String {
-        path.strip_prefix(&self.root)
-            .unwrap_or(path)
-            .display()
-            .to_string()
-    }
-
-    fn read(&self, e: &Exercise) -> Result<Source, String> {
-        let text = fs::read_to_string(self.path(e))
-            .map_err(|err| format!("cannot read {}: {err}", e.file))?;
-        let region = region::find(&text, e.anchor).map_err(|err| {
-            format!(
-                "{}: {err} in {}. The markers must stay as they are; \
-                 `git checkout -- {}` brings them back.",
-                e.name, e.file, e.file
-            )
-        })?;
-        Ok(Source { text, region })
-    }
-
-    fn write(&self, e: &Exercise, text: &str) -> Result<(), String> {
-        fs::write(self.path(e), text).map_err(|err| format!("cannot write {}: {err}", e.file))
-    }
-
-    fn status(&self, e: &Exercise) -> Result<Status, String> {
-        let source = self.read(e)?;
-        let backup = fs::read_to_string(self.backup(e)).ok();
-        Ok(match backup {
-            // A backup equal to the file's region is stale (the file was put back by
-            // hand, e.g. with git): the exercise is not started.
-            Some(saved) if saved == source.inner() => Status::Reference,
-            Some(_) => Status::Started { backup: true },
-            None if region::is_starter(source.inner(), e.name) => Status::Started { backup: false },
-            None => Status::Reference,
-        })
-    }
-
-    fn list(&self) -> Outcome {
-        // Built as one string and written once, ignoring a closed pipe (`list | head`).
-        let mut out = format!(
-            "{:<16}{:<23}{:<11}WHAT YOU WRITE\n",
-            "EXERCISE", "CHAPTER", "STATUS"
+fn list(ws: &Workspace) -> Done {
+    let mut text = format!(
+        "{:<15} {:<22} {:<10} WHAT YOU WRITE\n",
+        "EXERCISE", "CHAPTER", "STATUS"
+    );
+    let mut problems = Vec::new();
+    for e in EXERCISES {
+        let status = match ws.status(e) {
+            Ok(Status::Reference) => "reference",
+            Ok(Status::Started) => "started",
+            Err(message) => {
+                problems.push(message);
+                "broken"
+            }
+        };
+        text += &format!(
+            "{:<15} {:<22} {:<10} {}\n",
+            e.name, e.chapter, status, e.about
         );
-        let mut problems = Vec::new();
-        for e in EXERCISES {
-            let status = match self.status(e) {
-                Ok(Status::Reference) => "reference",
-                Ok(Status::Started { .. }) => "started",
-                Err(message) => {
-                    problems.push(message);
-                    "broken"
-                }
-            };
-            out += &format!("{:<16}{:<23}{:<11}{}\n", e.name, e.chapter, status, e.about);
+    }
+    text += "\nStart one with `cargo run -q -p exercise -- start NAME`; `hint NAME` helps, \
+             `check NAME` judges, `reset NAME` puts the reference code back.\n";
+    out::stdout(&text);
+    for problem in &problems {
+        tell!("error: {problem}");
+    }
+    Ok(problems.is_empty())
+}
+
+fn start(ws: &Workspace, e: &Exercise) -> Done {
+    let line = ws.start(e)?;
+    ws.forget_hints(e);
+    let commands = e.commands().join("\n                ");
+    say!(
+        "Started {name}: {about}.\n\
+         The reference code is saved in {backup}; `git diff` shows what was taken out.\n\n\
+         1. Write your code in {file}, line {line} ({function}), in place of the todo!().\n\
+         2. Check it:     cargo run -q -p exercise -- check {name}\n\
+         \x20  which runs:  {commands}\n\
+         3. Stuck?        cargo run -q -p exercise -- hint {name}   ({hints} hints, one at a time)\n\
+         4. Start over:   cargo run -q -p exercise -- reset {name}",
+        name = e.name,
+        about = e.about,
+        backup = ws.show(&ws.backup(e)),
+        file = e.file,
+        function = e.function,
+        hints = e.hints.len(),
+    );
+    Ok(true)
+}
+
+fn hint(ws: &Workspace, e: &Exercise, level: Option<usize>) -> Done {
+    let count = e.hints.len();
+    let level = level.unwrap_or_else(|| (ws.hint_level(e) + 1).min(count));
+    ws.remember_hint(e, level);
+    say!(
+        "Hint {level} of {count} for {} ({} in {}):\n",
+        e.name,
+        e.function,
+        e.file
+    );
+    out::stdout(&out::wrap(e.hints[level - 1], "  ", 90));
+    say!();
+    if level < count {
+        say!(
+            "Run `cargo run -q -p exercise -- hint {}` again for hint {} of {count}.",
+            e.name,
+            level + 1
+        );
+    } else {
+        say!(
+            "That is the last hint. `hint {} 1` shows the first again; `git diff` and \
+             `reset {}` show the reference itself.",
+            e.name,
+            e.name
+        );
+    }
+    Ok(true)
+}
+
+fn reset(ws: &Workspace, e: &Exercise) -> Done {
+    ws.forget_hints(e);
+    match ws.reset(e)? {
+        Some(done) => say!("{done}"),
+        None => say!(
+            "{} is not started: {} already holds the reference code.",
+            e.name,
+            e.file
+        ),
+    }
+    Ok(true)
+}
+
+fn reset_all(ws: &Workspace) -> Done {
+    let mut all_ok = true;
+    let mut any = false;
+    for e in EXERCISES {
+        ws.forget_hints(e);
+        match ws.reset(e) {
+            Ok(Some(done)) => {
+                say!("{done}");
+                any = true;
+            }
+            Ok(None) => {}
+            Err(message) => {
+                tell!("error: {message}");
+                all_ok = false;
+            }
         }
-        out += "\nStart one with `cargo run -q -p exercise -- start NAME`; \
-                `reset NAME` puts the reference code back.\n";
-        let _ = io::stdout().write_all(out.as_bytes());
-        for problem in &problems {
-            eprintln!("error: {problem}");
+    }
+    if !any && all_ok {
+        say!("No exercise is started: every file holds the reference code.");
+    }
+    Ok(all_ok)
+}
+
+/// How many lines of an assertion message `check` shows (`--verbose` shows all).
+const MESSAGE_LINES: usize = 12;
+
+fn check(ws: &Workspace, e: &Exercise, verbose: bool) -> Done {
+    let source = ws.read(e)?;
+    let still_todo = region::is_starter(source.inner(), e.name);
+    let lines = region::lines(&source.region, source.inner());
+    say!(
+        "Checking {} ({} in {}): building, then running {}...",
+        e.name,
+        e.function,
+        e.file,
+        match e.tests.len() {
+            1 => "its tests".to_string(),
+            n => format!("{n} test commands"),
         }
-        Ok(problems.is_empty())
+    );
+    let (build, ran) = check::all(&ws.root, e, verbose, false)?;
+    let verdict = check::verdict(&build, &ran);
+    if verbose {
+        say!();
     }
 
-    /// Saves the region to the backup, then replaces it with the starter line. Returns
-    /// the line number of the starter line.
-    fn start(&self, e: &Exercise) -> Result<usize, String> {
-        let source = self.read(e)?;
-        if let Status::Started { .. } = self.status(e)? {
+    // Warnings in the learner's own lines matter; the rest is noise.
+    let mine = report::warnings_in(&build.diagnostics, e.file, &lines);
+    if !verbose && !mine.is_empty() {
+        say!("\nThe compiler warns about your code:\n");
+        for warning in mine.iter().take(3) {
+            say!("{}\n", warning.text);
+        }
+    }
+    if verdict == Verdict::DidNotBuild && !verbose {
+        match build.first_error() {
+            Some((first, more)) => {
+                say!("\nYour code does not build. The first error:\n");
+                say!("{}\n", first.text);
+                if more > 0 {
+                    say!("(and {more} more; fixing the first often fixes the others)");
+                }
+            }
+            None => {
+                say!("\nThe build failed. What cargo said:\n");
+                say!("{}", build.stderr.trim_end());
+            }
+        }
+    }
+    for r in &ran {
+        let mut line = format!(
+            "  ran `{}`: {} passed, {} failed ({:.1}s)",
+            r.command,
+            r.tests.passed(),
+            r.tests.failed(),
+            r.output.seconds
+        );
+        if let Some(trouble) = r.trouble() {
+            line += &format!("; {trouble}");
+        }
+        say!("{line}");
+    }
+    if !verbose {
+        for r in &ran {
+            for failure in &r.tests.failures {
+                say!("\nFAILED {}::{}", r.label, failure.name);
+                if let Some(at) = &failure.location {
+                    say!("  at {at}");
+                }
+                for text in failure.message.iter().take(MESSAGE_LINES) {
+                    say!("  | {text}");
+                }
+                if failure.message.len() > MESSAGE_LINES {
+                    say!(
+                        "  | ... ({} more lines: check {} --verbose)",
+                        failure.message.len() - MESSAGE_LINES,
+                        e.name
+                    );
+                }
+            }
+        }
+    }
+    say!();
+    let place = format!("{} ({})", e.file, e.function);
+    match verdict {
+        Verdict::Passed { tests } => {
+            say!("{}: passed ({}).", e.name, check::tests_word(tests));
+            if ws.status(e)? == Status::Reference {
+                say!("(This is the reference code: `start {}` first.)", e.name);
+            }
+            return Ok(true);
+        }
+        Verdict::Interrupted => {
+            say!("{}: interrupted.", e.name);
+            return Ok(false);
+        }
+        Verdict::NoTests => {
             return Err(format!(
-                "{} is already started: your code is in {}, function {} (line {}). \
-                 To start over: cargo run -q -p exercise -- reset {}",
-                e.name, e.file, e.function, source.region.first_line, e.name
-            ));
-        }
-        let backup = self.backup(e);
-        fs::create_dir_all(self.state_dir())
-            .and_then(|()| fs::write(&backup, source.inner()))
-            .map_err(|err| format!("cannot save the reference code to {backup:?}: {err}"))?;
-        let starter = region::starter(&source.region.indent, e.name, e.hint);
-        let started = region::replace(&source.text, &source.region, &starter);
-        if let Err(err) = self.write(e, &started) {
-            let _ = fs::remove_file(&backup);
-            return Err(err);
-        }
-        Ok(source.region.first_line)
-    }
-
-    fn start_command(&self, e: &Exercise) -> Outcome {
-        let line = self.start(e)?;
-        println!(
-            "Started {name}: {about}.\n\
-             The reference code is saved in {backup}.\n\n\
-             1. Edit {file}:{line}, function {function}: replace the todo!() with your code.\n\
-             \x20  Hint: {hint}.\n\
-             2. Check it:     cargo run -q -p exercise -- check {name}\n\
-             \x20  (it runs:    {command})\n\
-             3. Start over:   cargo run -q -p exercise -- reset {name}",
-            name = e.name,
-            about = e.about,
-            backup = self.show(&self.backup(e)),
-            file = e.file,
-            function = e.function,
-            hint = e.hint,
-            command = e.test_command(),
-        );
-        Ok(true)
-    }
-
-    fn check_command(&self, e: &Exercise) -> Outcome {
-        println!("== check {}: {}", e.name, e.test_command());
-        let run = run::tests(&self.root, e, true)?;
-        let still_todo = self
-            .read(e)
-            .map(|s| region::is_starter(s.inner(), e.name))
-            .unwrap_or(false);
-        println!();
-        match run.verdict {
-            Verdict::Passed { tests } => {
-                println!("{}: passed ({}).", e.name, run::tests_word(tests));
-                if self.status(e)? == Status::Reference {
-                    println!("(This is the reference code: `start {}` first.)", e.name);
-                }
-                return Ok(true);
-            }
-            Verdict::Failed { failed, tests } => {
-                println!("{}: not yet: {failed} of {tests} tests failed.", e.name)
-            }
-            Verdict::Crashed => println!(
-                "{}: not yet: the tests stopped before the end (see above).",
+                "{}: no test ran: the exercise's test commands match no test. \
+                 The exercise table is wrong; please report it.",
                 e.name
-            ),
-            Verdict::DidNotBuild => {
-                println!(
-                    "{}: not yet: the code does not build. Fix the first error above \
-                     (in {}, function {}) and check again.",
-                    e.name, e.file, e.function
-                );
-                return Ok(false);
-            }
-            Verdict::NoTests => {
-                return Err(format!(
-                    "{}: no test ran: '{}' matches no test. The exercise table is wrong; \
-                     please report it.",
-                    e.name,
-                    e.test_command()
-                ))
+            ))
+        }
+        Verdict::DidNotBuild => say!(
+            "{}: not yet: the code does not build. Fix the first error, in {place}, and \
+             check again.",
+            e.name
+        ),
+        Verdict::Failed { failed, tests } => {
+            say!("{}: not yet: {failed} of {tests} tests failed.", e.name);
+            if still_todo {
+                say!("The todo!() is still in {place}: that is where your code goes.");
+            } else {
+                say!("Read the first failure above, change {place}, and check again.");
             }
         }
-        if still_todo {
-            println!(
-                "The todo!() is still in {} (function {}): that is where your code goes.",
-                e.file, e.function
-            );
-        } else {
-            println!(
-                "Read the first failure above, change {} (function {}) and check again.",
-                e.file, e.function
-            );
-        }
-        Ok(false)
+    }
+    say!(
+        "Stuck? `cargo run -q -p exercise -- hint {}`. Everything cargo printed: \
+         `check {} --verbose`.",
+        e.name,
+        e.name
+    );
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(line: &str) -> Result<Command, String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        parse(&words)
     }
 
-    /// Puts the reference back. Returns a sentence saying what happened.
-    fn reset(&self, e: &Exercise) -> Result<Option<String>, String> {
-        let source = self.read(e)?;
-        let Ok(saved) = fs::read_to_string(self.backup(e)) else {
-            if region::is_starter(source.inner(), e.name) {
-                return Err(format!(
-                    "{} is started but its backup in {} is gone (cargo clean?). \
-                     Put the reference back with git: git checkout -- {} \
-                     (that also undoes any other change to that file).",
-                    e.name,
-                    self.show(&self.state_dir()),
-                    e.file
-                ));
-            }
-            return Ok(None);
-        };
-        if saved == source.inner() {
-            let _ = fs::remove_file(self.backup(e));
-            return Ok(None);
-        }
-        let mut kept = String::new();
-        if !region::is_starter(source.inner(), e.name) {
-            let yours = self.yours(e);
-            fs::write(&yours, source.inner())
-                .map_err(|err| format!("cannot save your code to {yours:?}: {err}"))?;
-            kept = format!(" Your version is kept in {}.", self.show(&yours));
-        }
-        self.write(e, &region::replace(&source.text, &source.region, &saved))?;
-        let _ = fs::remove_file(self.backup(e));
-        Ok(Some(format!(
-            "{}: {} is back to the reference code.{kept}",
-            e.name, e.file
-        )))
+    fn ex(name: &str) -> &'static Exercise {
+        registry::find(name).unwrap()
     }
 
-    fn reset_command(&self, e: &Exercise) -> Outcome {
-        match self.reset(e)? {
-            Some(done) => println!("{done}"),
-            None => println!(
-                "{} is not started: {} already holds the reference code.",
-                e.name, e.file
-            ),
-        }
-        Ok(true)
-    }
-
-    fn reset_all(&self) -> Outcome {
-        let mut all_ok = true;
-        let mut any = false;
-        for e in EXERCISES {
-            match self.reset(e) {
-                Ok(Some(done)) => {
-                    println!("{done}");
-                    any = true;
-                }
-                Ok(None) => {}
-                Err(message) => {
-                    eprintln!("error: {message}");
-                    all_ok = false;
-                }
-            }
-        }
-        if !any && all_ok {
-            println!("No exercise is started: every file holds the reference code.");
-        }
-        Ok(all_ok)
-    }
-
-    fn verify(&self, chosen: Vec<&'static Exercise>) -> Outcome {
-        println!(
-            "Verifying {} exercise(s). This rewrites source files while it runs; if it is \
-             interrupted, run: cargo run -q -p exercise -- reset --all",
-            chosen.len()
+    #[test]
+    fn reads_every_command() {
+        assert_eq!(parsed(""), Ok(Command::Help));
+        assert_eq!(parsed("list"), Ok(Command::List));
+        assert_eq!(
+            parsed("start ch01-spawn"),
+            Ok(Command::Start(ex("ch01-spawn")))
         );
-        let mut rows = Vec::new();
-        for (i, e) in chosen.iter().enumerate() {
-            println!(
-                "\n[{}/{}] {} ({})",
-                i + 1,
-                chosen.len(),
-                e.name,
-                e.test_command()
-            );
-            let mut row = Row::new(e.name);
-            if panic::catch_unwind(AssertUnwindSafe(|| self.verify_one(e, &mut row))).is_err() {
-                // The guard inside verify_one has put the file back while unwinding.
-                row.problem("the verifier panicked (see above)");
-            }
-            rows.push(row);
-        }
-        println!();
-        println!(
-            "{:<16}{:<22}{:<22}{:<14}RESULT",
-            "EXERCISE", "REFERENCE", "STARTER", "RESET"
+        assert_eq!(
+            parsed("check ch04-flush --verbose"),
+            Ok(Command::Check {
+                e: ex("ch04-flush"),
+                verbose: true
+            })
         );
-        for row in &rows {
-            println!(
-                "{:<16}{:<22}{:<22}{:<14}{}",
-                row.name,
-                row.reference,
-                row.starter,
-                row.reset,
-                if row.problems.is_empty() {
-                    "ok"
-                } else {
-                    "FAILED"
-                }
-            );
-        }
-        let failed: Vec<&Row> = rows.iter().filter(|r| !r.problems.is_empty()).collect();
-        for row in &failed {
-            for problem in &row.problems {
-                println!("{}: {problem}", row.name);
-            }
-        }
-        println!(
-            "{} passed, {} failed",
-            rows.len() - failed.len(),
-            failed.len()
+        assert_eq!(
+            parsed("check -v ch04-flush"),
+            Ok(Command::Check {
+                e: ex("ch04-flush"),
+                verbose: true
+            })
         );
-        Ok(failed.is_empty())
+        assert_eq!(
+            parsed("hint ch04-flush"),
+            Ok(Command::Hint {
+                e: ex("ch04-flush"),
+                level: None
+            })
+        );
+        assert_eq!(
+            parsed("hint ch04-flush 2"),
+            Ok(Command::Hint {
+                e: ex("ch04-flush"),
+                level: Some(2)
+            })
+        );
+        assert_eq!(parsed("reset --all"), Ok(Command::ResetAll));
+        assert_eq!(
+            parsed("verify ch01-spawn ch04-limit"),
+            Ok(Command::Verify {
+                chosen: vec![ex("ch01-spawn"), ex("ch04-limit")],
+                steps: false
+            })
+        );
+        assert_eq!(
+            parsed("verify --steps"),
+            Ok(Command::Verify {
+                chosen: EXERCISES.iter().collect(),
+                steps: true
+            })
+        );
     }
 
-    fn verify_one(&self, e: &Exercise, row: &mut Row) {
-        let path = self.path(e);
-        let test_file = self.root.join("tests/tests").join(format!("{}.rs", e.test));
-        if !test_file.exists() {
-            row.problem(&format!(
-                "its test file {} does not exist",
-                self.show(&test_file)
-            ));
-            return;
+    #[test]
+    fn usage_errors_say_what_to_type() {
+        for command in ["start", "check", "hint", "reset"] {
+            let err = parsed(command).unwrap_err();
+            assert!(err.contains("needs the name of an exercise"), "{err}");
+            assert!(err.contains("ch01-spawn, ch01-percent"), "{err}");
         }
-        let original = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                row.problem(&format!("cannot read {}: {err}", e.file));
-                return;
-            }
-        };
-        match self.status(e) {
-            Ok(Status::Reference) => {}
-            Ok(Status::Started { .. }) => {
-                row.problem(&format!(
-                    "it is started; reset it first (cargo run -q -p exercise -- reset {})",
-                    e.name
-                ));
-                return;
-            }
-            Err(message) => {
-                row.problem(&message);
-                return;
-            }
-        }
-        let _guard = Restore {
-            path: path.clone(),
-            original: original.clone(),
-            backup: self.backup(e),
-        };
-        let logs = self.state_dir().join("verify");
-
-        // 1. The reference code passes.
-        print!("  reference code: ");
-        match run::tests(&self.root, e, false) {
-            Ok(run) => {
-                let log = run.save(&logs, e.name, "reference");
-                println!("{} ({:.1}s)", run.verdict, run.seconds);
-                row.reference = run.verdict.to_string();
-                let problem = match run.verdict {
-                    Verdict::Passed { .. } => None,
-                    Verdict::NoTests => Some(no_test(e)),
-                    _ => Some("the reference code fails its tests".to_string()),
-                };
-                if let Some(problem) = problem {
-                    row.problem(&format!("{problem}; log: {log}"));
-                    run.print_tail();
-                }
-            }
-            Err(message) => row.problem(&message),
-        }
-
-        // 2. The started exercise builds and fails.
-        print!("  started (todo!): ");
-        match self.start(e).and_then(|_| run::tests(&self.root, e, false)) {
-            Ok(run) => {
-                let log = run.save(&logs, e.name, "starter");
-                println!("{} ({:.1}s)", run.verdict, run.seconds);
-                row.starter = run.verdict.to_string();
-                let problem = match run.verdict {
-                    Verdict::Failed { .. } | Verdict::Crashed => None,
-                    Verdict::NoTests => Some(no_test(e)),
-                    Verdict::Passed { .. } => Some(
-                        "the tests still pass with the todo!() in place: they do not exercise \
-                         this region"
-                            .to_string(),
-                    ),
-                    Verdict::DidNotBuild => Some(
-                        "the started exercise does not build: the region must compile when \
-                         it is only a todo!()"
-                            .to_string(),
-                    ),
-                };
-                if let Some(problem) = problem {
-                    row.problem(&format!("{problem}; log: {log}"));
-                    run.print_tail();
-                }
-            }
-            Err(message) => {
-                println!("error");
-                row.problem(&message);
-            }
-        }
-
-        // 3. Reset gives back the same bytes.
-        print!("  reset: ");
-        let reset = self.reset(e);
-        let now = fs::read(&path).unwrap_or_default();
-        if let Err(message) = reset {
-            row.problem(&message);
-        }
-        if now == original {
-            println!("byte-identical");
-            row.reset = "identical".into();
-        } else {
-            println!("DIFFERENT");
-            row.reset = "different".into();
-            row.problem(&format!("after reset, {} differs from before", e.file));
-        }
-    }
-}
-
-fn no_test(e: &Exercise) -> String {
-    format!(
-        "no test ran: `{}` matches no test in tests/tests/{}.rs",
-        e.test_command(),
-        e.test
-    )
-}
-
-/// One line of verify's table.
-struct Row {
-    name: &'static str,
-    reference: String,
-    starter: String,
-    reset: String,
-    problems: Vec<String>,
-}
-
-impl Row {
-    fn new(name: &'static str) -> Row {
-        Row {
-            name,
-            reference: "-".into(),
-            starter: "-".into(),
-            reset: "-".into(),
-            problems: Vec::new(),
-        }
-    }
-
-    fn problem(&mut self, text: &str) {
-        self.problems.push(text.to_string());
-    }
-}
-
-/// Puts a file back as it was, whatever happens (error, early return, panic), and drops
-/// the exercise's backup with it.
-struct Restore {
-    path: PathBuf,
-    original: Vec<u8>,
-    backup: PathBuf,
-}
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        if fs::read(&self.path).ok().as_ref() != Some(&self.original) {
-            match fs::write(&self.path, &self.original) {
-                Ok(()) => eprintln!("(restored {} to the reference code)", self.path.display()),
-                Err(err) => eprintln!(
-                    "error: could not restore {}: {err}. Run: git checkout -- {}",
-                    self.path.display(),
-                    self.path.display()
-                ),
-            }
-        }
-        let _ = fs::remove_file(&self.backup);
+        let err = parsed("start ch99-nope").unwrap_err();
+        assert!(err.contains("no exercise called 'ch99-nope'"), "{err}");
+        assert!(parsed("start ch01-spawn extra")
+            .unwrap_err()
+            .contains("does not take 'extra'"));
+        assert!(parsed("hint ch01-spawn 9")
+            .unwrap_err()
+            .contains("hints 1 to 3"));
+        assert!(parsed("hint ch01-spawn x").unwrap_err().contains("not 'x'"));
+        assert!(parsed("frobnicate")
+            .unwrap_err()
+            .contains("no command 'frobnicate'"));
+        assert!(parsed("verify ch01-spawn nope")
+            .unwrap_err()
+            .contains("'nope'"));
     }
 }

@@ -65,16 +65,31 @@ pub fn replace(text: &str, region: &Region, new_inner: &str) -> String {
     out
 }
 
-/// The single line a started exercise's region holds.
-pub fn starter(indent: &str, name: &str, hint: &str) -> String {
-    format!("{indent}todo!(\"exercise {name}: {hint}\")\n")
+/// What a started exercise's region holds: a comment that says where help is, and a
+/// `todo!()` that says what to write.
+pub fn starter(indent: &str, name: &str, todo: &str) -> String {
+    format!(
+        "{indent}// Exercise {name}: your code goes here. Stuck? \
+         cargo run -q -p exercise -- hint {name}\n\
+         {indent}todo!(\"exercise {name}: {todo}\")\n"
+    )
 }
 
-/// Does this region still hold the starter line of exercise `name`?
+/// Does this region still hold the starter of exercise `name` (whatever its wording),
+/// with nothing else but comments and blank lines?
 pub fn is_starter(inner: &str, name: &str) -> bool {
-    inner
-        .trim_start()
-        .starts_with(&format!("todo!(\"exercise {name}:"))
+    let todo = format!("todo!(\"exercise {name}:");
+    let mut code = inner
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("//"));
+    matches!((code.next(), code.next()), (Some(line), None) if line.starts_with(&todo))
+}
+
+/// The 1-based line numbers a region's inner text spans in its file, once replaced.
+pub fn lines(region: &Region, inner: &str) -> std::ops::RangeInclusive<usize> {
+    let count = inner.lines().count().max(1);
+    region.first_line..=region.first_line + count - 1
 }
 
 #[cfg(test)]
@@ -118,6 +133,7 @@ fn other() {}
         assert_eq!(
             started,
             "fn outer() -> u32 {\n    // ANCHOR: solution_a\n    \
+             // Exercise ex-a: your code goes here. Stuck? cargo run -q -p exercise -- hint ex-a\n    \
              todo!(\"exercise ex-a: add one\")\n    // ANCHOR_END: solution_a\n}\n\
              // ANCHOR: solution_ab\nfn other() {}\n// ANCHOR_END: solution_ab\n"
         );
@@ -126,7 +142,19 @@ fn other() {}
         assert!(is_starter(&started[again.inner.clone()], "ex-a"));
         assert!(!is_starter(&started[again.inner.clone()], "ex-b"));
         assert!(!is_starter(&original, "ex-a"));
+        assert_eq!(lines(&again, &started[again.inner.clone()]), 3..=4);
         assert_eq!(replace(&started, &again, &original), SAMPLE);
+    }
+
+    #[test]
+    fn a_todo_with_code_around_it_is_the_learners_work() {
+        assert!(is_starter("  todo!(\"exercise e: x\")\n", "e"));
+        assert!(is_starter("  // mine\n\n  todo!(\"exercise e: y\")\n", "e"));
+        assert!(!is_starter(
+            "  let x = 1;\n  todo!(\"exercise e: y\")\n",
+            "e"
+        ));
+        assert!(!is_starter("", "e"));
     }
 
     #[test]
@@ -154,23 +182,6 @@ fn other() {}
         assert!(find(open, "solution_o").unwrap_err().contains("ANCHOR_END"));
     }
 
-    #[test]
-    fn every_exercise_row_is_well_formed() {
-        let mut names = std::collections::HashSet::new();
-        for e in EXERCISES {
-            assert!(names.insert(e.name), "{} is listed twice", e.name);
-            assert!(e.anchor.starts_with("solution_"), "{}: anchor", e.name);
-            assert!(e.name.starts_with(&e.chapter[..4]), "{}: chapter", e.name);
-            // The hint becomes a format-string literal inside todo!().
-            assert!(
-                !e.hint.contains(['"', '\\', '{', '}', '\n']),
-                "{}: the hint may not hold quotes, braces, backslashes or newlines",
-                e.name
-            );
-            assert!(!e.about.contains('\n'), "{}: one-line description", e.name);
-        }
-    }
-
     /// Every anchor exists exactly once in the real sources, and blanking it then
     /// restoring it gives back the file byte for byte (in memory: nothing is written).
     #[test]
@@ -186,7 +197,7 @@ fn other() {}
                 "{}: the region is empty",
                 e.name
             );
-            let started = replace(&text, &region, &starter(&region.indent, e.name, e.hint));
+            let started = replace(&text, &region, &starter(&region.indent, e.name, e.todo));
             let again = find(&started, e.anchor).unwrap();
             assert!(is_starter(&started[again.inner.clone()], e.name));
             assert_eq!(replace(&started, &again, original), text, "{}", e.name);

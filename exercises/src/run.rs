@@ -1,182 +1,275 @@
-//! Running an exercise's tests with cargo, and reading what happened.
+//! Running cargo: collect what it prints, stop it at a deadline or on Ctrl-C, and leave
+//! no process behind when we do.
 
-use std::fmt;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::registry::Exercise;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
 
-/// What a test run says about the code.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Tests ran and all passed.
-    Passed { tests: usize },
-    /// Tests ran and some failed.
-    Failed { failed: usize, tests: usize },
-    /// cargo failed before any test ran: the code (or the test) does not compile.
-    DidNotBuild,
-    /// cargo succeeded but ran no test: the filter matches nothing.
-    NoTests,
-    /// The test binary stopped before printing its summary (killed, aborted).
-    Crashed,
+/// Set by Ctrl-C (or SIGTERM) once [`on_interrupt_stop`] has been called.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// From now on, Ctrl-C stops the cargo command that is running (and everything it
+/// started) instead of killing this process at once, so that a command that rewrote a
+/// source file can put it back before it exits.
+///
+/// This process also becomes the "subreaper" of what it starts: a chapter worker whose
+/// master a test killed is re-parented here rather than to init, so that [`stop`] can
+/// still find it if the test itself is stopped before its clean-up ran.
+pub fn on_interrupt_stop() {
+    // If a handler cannot be set, Ctrl-C keeps its default effect; nothing else changes.
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_child_subreaper(true);
 }
 
-impl fmt::Display for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Verdict::Passed { tests } => write!(f, "passes ({})", tests_word(*tests)),
-            Verdict::Failed { failed, tests } => write!(f, "fails ({failed} of {tests})"),
-            Verdict::DidNotBuild => write!(f, "does not build"),
-            Verdict::NoTests => write!(f, "no test ran"),
-            Verdict::Crashed => write!(f, "test run crashed"),
-        }
-    }
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }
 
-/// "1 test", "3 tests".
-pub fn tests_word(n: usize) -> String {
-    if n == 1 {
-        "1 test".into()
-    } else {
-        format!("{n} tests")
-    }
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited by itself, successfully or not.
+    Exited { success: bool },
+    /// It ran past its deadline and was stopped.
+    TimedOut(Duration),
+    /// Ctrl-C: it was stopped.
+    Interrupted,
+    /// Stopped as soon as a test failed, as asked (see [`cargo`]'s `first_failure`).
+    FirstFailure,
 }
 
-pub struct Run {
-    pub verdict: Verdict,
-    pub output: String,
+/// What a cargo command printed, and how it ended.
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+    pub ended: Ended,
     pub seconds: f64,
 }
 
-/// Runs `cargo test ...` for `e` in `root`. With `echo`, cargo's output is passed through
-/// as it comes; without, it is only collected.
-pub fn tests(root: &Path, e: &Exercise, echo: bool) -> Result<Run, String> {
-    let _ = io::stdout().flush();
+impl Output {
+    pub fn success(&self) -> bool {
+        self.ended == Ended::Exited { success: true }
+    }
+
+    /// Both streams, stdout first, for a log file.
+    pub fn both(&self) -> String {
+        format!(
+            "{}\n--- stderr ---\n{}",
+            self.stdout.trim_end(),
+            self.stderr
+        )
+    }
+}
+
+/// Runs `cargo ARGS` in `root` with backtraces off and colours off; with `echo`, passes
+/// its output through as it comes. Stops it (and every process under it) after
+/// `timeout`, on Ctrl-C, and with `first_failure` as soon as libtest reports a failed
+/// test.
+pub fn cargo(
+    root: &Path,
+    args: &[String],
+    timeout: Option<Duration>,
+    echo: bool,
+) -> Result<Output, String> {
+    cargo_until(root, args, timeout, echo, false)
+}
+
+/// [`cargo`], stopping at the first failed test if `first_failure`.
+pub fn cargo_until(
+    root: &Path,
+    args: &[String],
+    timeout: Option<Duration>,
+    echo: bool,
+    first_failure: bool,
+) -> Result<Output, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut full: Vec<String> = args.to_vec();
+    // Options go before a `--`, if there is one.
+    let at = full.iter().position(|a| a == "--").unwrap_or(full.len());
+    full.splice(at..at, ["--color".to_string(), "never".to_string()]);
     let started = Instant::now();
-    let mut child = Command::new(cargo)
-        .args(e.test_args())
+    let mut child = Command::new(&cargo)
+        .args(&full)
         .current_dir(root)
+        .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group: Ctrl-C in the terminal reaches only us, and we decide
+        // how the command stops (see `stop`).
+        .process_group(0)
         .spawn()
-        .map_err(|err| format!("cannot run `{}`: {err}", e.test_command()))?;
-    let collected = Arc::new(Mutex::new(Vec::new()));
-    let readers = [
-        child
-            .stdout
-            .take()
-            .map(|s| tee(s, io::stdout(), echo, &collected)),
-        child
-            .stderr
-            .take()
-            .map(|s| tee(s, io::stderr(), echo, &collected)),
-    ];
-    for reader in readers.into_iter().flatten() {
-        let _ = reader.join();
-    }
-    let status = child
-        .wait()
-        .map_err(|err| format!("`{}` did not finish: {err}", e.test_command()))?;
-    let output =
-        String::from_utf8_lossy(&collected.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
-    Ok(Run {
-        verdict: verdict(status.success(), &output),
-        output,
+        .map_err(|err| format!("cannot run `cargo {}`: {err}", args.join(" ")))?;
+    let failed = Arc::new(AtomicBool::new(false));
+    let out = child
+        .stdout
+        .take()
+        .map(|s| collect(s, echo, Some(failed.clone())));
+    let err = child.stderr.take().map(|s| collect(s, echo, None));
+    let deadline = timeout.map(|t| started + t);
+    let ended = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                break Ended::Exited {
+                    success: status.success(),
+                }
+            }
+            Ok(None) => {}
+            Err(err) => return Err(format!("waiting for cargo failed: {err}")),
+        }
+        if interrupted() {
+            stop(child.id());
+            break Ended::Interrupted;
+        }
+        if first_failure && failed.load(Ordering::SeqCst) {
+            stop(child.id());
+            break Ended::FirstFailure;
+        }
+        if let (Some(deadline), Some(timeout)) = (deadline, timeout) {
+            if Instant::now() >= deadline {
+                stop(child.id());
+                break Ended::TimedOut(timeout);
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.wait();
+    let text = |reader: Option<thread::JoinHandle<String>>| {
+        reader.and_then(|r| r.join().ok()).unwrap_or_default()
+    };
+    Ok(Output {
+        stdout: text(out),
+        stderr: text(err),
+        ended,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-/// Copies `from` into `collected` (and to `to` if `echo`) on a thread of its own.
-fn tee(
-    mut from: impl Read + Send + 'static,
-    mut to: impl Write + Send + 'static,
+/// Reads a pipe to its end on a thread of its own, echoing it if asked. For stdout,
+/// `failed` is set once a line reports a failed test.
+fn collect(
+    mut pipe: impl Read + Send + 'static,
     echo: bool,
-    collected: &Arc<Mutex<Vec<u8>>>,
-) -> thread::JoinHandle<()> {
-    let collected = Arc::clone(collected);
+    failed: Option<Arc<AtomicBool>>,
+) -> thread::JoinHandle<String> {
     thread::spawn(move || {
+        let mut all = Vec::new();
         let mut buf = [0u8; 8192];
         loop {
-            match from.read(&mut buf) {
+            match pipe.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
                     if echo {
-                        let _ = to.write_all(&buf[..n]);
-                        let _ = to.flush();
+                        let text = String::from_utf8_lossy(&buf[..n]);
+                        match failed {
+                            None => crate::out::stderr(&text),
+                            Some(_) => crate::out::stdout(&text),
+                        }
                     }
-                    collected
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .extend_from_slice(&buf[..n]);
+                    let start = all.len();
+                    all.extend_from_slice(&buf[..n]);
+                    if let Some(failed) = &failed {
+                        // The lines this chunk completed, from the last newline before it.
+                        let from = all[..start]
+                            .iter()
+                            .rposition(|b| *b == b'\n')
+                            .map_or(0, |at| at + 1);
+                        let text = String::from_utf8_lossy(&all[from..]);
+                        if text
+                            .lines()
+                            .any(|l| l.starts_with("test ") && l.ends_with(" ... FAILED"))
+                        {
+                            failed.store(true, Ordering::SeqCst);
+                        }
+                    }
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break,
             }
         }
+        String::from_utf8_lossy(&all).into_owned()
     })
 }
 
-/// Reads libtest's `test result: ok. 3 passed; 0 failed; ...` lines.
-pub fn verdict(success: bool, output: &str) -> Verdict {
-    let (mut passed, mut failed, mut results) = (0, 0, 0);
-    for line in output.lines() {
-        let Some(rest) = line.trim().strip_prefix("test result: ") else {
-            continue;
-        };
-        results += 1;
-        for piece in rest.split([';', '.']) {
-            let mut words = piece.split_whitespace();
-            if let (Some(n), Some(kind)) = (words.next(), words.next()) {
-                match (n.parse::<usize>(), kind) {
-                    (Ok(n), "passed") => passed += n,
-                    (Ok(n), "failed") => failed += n,
-                    _ => {}
-                }
-            }
+/// Stops process `root` and every process under it, the chapter binaries a test started
+/// included (they run in process groups of their own, so killing cargo's group alone
+/// would leave them running). Everything is frozen first, so that no process can start
+/// another or be re-parented away while we look, then killed.
+fn stop(root: u32) {
+    let mut frozen: Vec<u32> = Vec::new();
+    loop {
+        let mut found = vec![root];
+        found.extend(descendants(root));
+        let new: Vec<u32> = found.into_iter().filter(|p| !frozen.contains(p)).collect();
+        if new.is_empty() || frozen.len() > 10_000 {
+            break;
         }
+        for pid in &new {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGSTOP);
+        }
+        frozen.extend(new);
     }
-    match (success, results) {
-        (false, 0) if output.contains("could not compile") => Verdict::DidNotBuild,
-        (false, 0) => Verdict::Crashed,
-        (false, _) => Verdict::Failed {
-            failed,
-            tests: passed + failed,
-        },
-        (true, _) if passed == 0 => Verdict::NoTests,
-        (true, _) => Verdict::Passed { tests: passed },
+    for pid in &frozen {
+        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+    }
+    // Orphans re-parented to us (see `on_interrupt_stop`), with their process groups: a
+    // chapter's master and its workers share one.
+    let me = std::process::id();
+    for pid in descendants(me) {
+        if parent_of(pid) == Some(me) {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
     }
 }
 
-impl Run {
-    /// Writes the output to `dir/<name>.<phase>.log`; returns the path for the report.
-    pub fn save(&self, dir: &Path, name: &str, phase: &str) -> String {
-        let path = dir.join(format!("{name}.{phase}.log"));
-        match fs::create_dir_all(dir).and_then(|()| fs::write(&path, &self.output)) {
-            Ok(()) => path.display().to_string(),
-            Err(err) => format!("(not saved: {err})"),
+/// Every process whose chain of parents leads to `root`, from `/proc`.
+fn descendants(root: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(ppid) = parent_of(pid) {
+            parents.push((pid, ppid));
         }
     }
+    let mut found = Vec::new();
+    let mut queue = vec![root];
+    while let Some(parent) = queue.pop() {
+        for (pid, _) in parents.iter().filter(|(_, ppid)| *ppid == parent) {
+            if !found.contains(pid) {
+                found.push(*pid);
+                queue.push(*pid);
+            }
+        }
+    }
+    found
+}
 
-    /// The last lines of the output, for a run that went wrong.
-    pub fn print_tail(&self) {
-        let lines: Vec<&str> = self.output.lines().collect();
-        let from = lines.len().saturating_sub(40);
-        println!(
-            "  --- last {} lines of cargo's output ---",
-            lines.len() - from
-        );
-        for line in &lines[from..] {
-            println!("  | {line}");
-        }
-        println!("  ---");
-    }
+/// The parent pid of `pid`, from `/proc/PID/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may itself hold spaces or ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -184,26 +277,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_libtest_summaries() {
-        let ok = "running 3 tests\ntest a ... ok\n\n\
-                  test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; \
-                  2 filtered out; finished in 1.52s\n";
-        assert_eq!(verdict(true, ok), Verdict::Passed { tests: 3 });
-        let bad = "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; \
-                   0 filtered out; finished in 0.30s\n";
-        assert_eq!(
-            verdict(false, bad),
-            Verdict::Failed {
-                failed: 2,
-                tests: 3
+    fn finds_and_stops_a_whole_tree() {
+        // A shell that starts a grandchild in a process group of its own, as the test
+        // harness starts a chapter binary, then waits.
+        let mut child = Command::new("sh")
+            .args(["-c", "setsid sleep 30 & echo started; wait"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = [0u8; 8];
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut line)
+            .unwrap();
+        let mut under = Vec::new();
+        for _ in 0..500 {
+            under = descendants(child.id());
+            if !under.is_empty() {
+                break;
             }
-        );
-        let none = "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; \
-                    5 filtered out; finished in 0.00s\n";
-        assert_eq!(verdict(true, none), Verdict::NoTests);
-        let build = "error[E0308]: mismatched types\nerror: could not compile `shared`\n";
-        assert_eq!(verdict(false, build), Verdict::DidNotBuild);
-        let killed = "running 3 tests\nerror: test failed, to rerun pass `--test x`\n";
-        assert_eq!(verdict(false, killed), Verdict::Crashed);
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!under.is_empty(), "the grandchild shows up under the shell");
+        stop(child.id());
+        let _ = child.wait();
+        for pid in under {
+            let gone = (0..500).any(|_| {
+                let state = fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+                let dead = state.is_none_or(|s| s.contains(") Z"));
+                if !dead {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                dead
+            });
+            assert!(gone, "process {pid} survived");
+        }
+    }
+
+    #[test]
+    fn collects_output_and_exit_status() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = cargo(root, &["--version".to_string()], None, false).unwrap();
+        assert!(out.success());
+        assert!(out.stdout.starts_with("cargo "), "{}", out.stdout);
     }
 }

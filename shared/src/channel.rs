@@ -183,6 +183,7 @@ impl Channel {
     fn recv_message(&self, flags: MsgFlags) -> Result<Option<Message>, ChannelError> {
         let mut buf = self.inner.buf.lock().unwrap_or_else(|p| p.into_inner());
         buf.resize(MAX_MESSAGE, 0);
+        // ANCHOR: solution_ch02_recv
         // Room for a few fds: a peer that sends more than one gets the extras closed.
         let mut space = cmsg_space!([RawFd; 4]);
         // MSG_CMSG_CLOEXEC: a received fd must not leak into processes we start later.
@@ -245,6 +246,7 @@ impl Channel {
                 "{len} bytes that are not UTF-8 text ({e})"
             ))),
         }
+        // ANCHOR_END: solution_ch02_recv
     }
     // ANCHOR_END: recv
 }

@@ -91,18 +91,18 @@ pub fn listen(host: IpAddr, port: u16) -> Result<TcpListener, ListenError> {
 pub fn listen_with(host: IpAddr, port: u16, reuse_port: bool) -> Result<TcpListener, ListenError> {
     let addr = SocketAddr::new(host, port);
     let open = || -> io::Result<TcpListener> {
+        // ANCHOR: solution_ch03_reuseport
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         // Node sets this on every listening socket. It lets us bind while old connections
         // to the port sit in TIME_WAIT; it does NOT let two live sockets share the port.
         socket.set_reuse_address(true)?;
         if reuse_port {
-            // ANCHOR: solution_ch03_reuseport
             socket.set_reuse_port(true)?;
-            // ANCHOR_END: solution_ch03_reuseport
         }
         socket.bind(&addr.into())?;
         socket.listen(BACKLOG)?;
         Ok(socket.into())
+        // ANCHOR_END: solution_ch03_reuseport
     };
     open().map_err(|error| ListenError { addr, error })
 }

@@ -19,6 +19,7 @@
 //! | [`pid_alive`], [`parent_pid`], [`fd_count`], [`wait_until`] | look at processes |
 //! | [`Chapter::start_command`], [`on_path`] | start a program that is not a chapter (the book's Node.js programs) |
 //! | [`listening_inodes`], [`socket_inodes`] | which sockets listen on an address, and which a process holds |
+//! | [`tcp_sockets`] | the kernel's TCP table, as `ss -tan` shows it |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -979,11 +980,27 @@ pub fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, u16::from_str_radix(port, 16).ok()?))
 }
 
-/// Every listening TCP socket on this machine: `(address, inode)`, from the kernel's
-/// socket tables.
-pub fn listening_sockets() -> Vec<(SocketAddr, u64)> {
-    const LISTEN: &str = "0A";
-    let mut found = Vec::new();
+/// The TCP states the tests look for (`st` in `/proc/net/tcp`), and the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpState {
+    Listen,
+    TimeWait,
+    Other,
+}
+
+/// One TCP socket as the kernel lists it in `/proc/net/tcp` or `/proc/net/tcp6`.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpSocket {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: TcpState,
+    /// 0 for a socket no process holds any more (TIME_WAIT, for one).
+    pub inode: u64,
+}
+
+/// Every TCP socket on the machine (in this network namespace), as `ss -tan` lists them.
+pub fn tcp_sockets() -> Vec<TcpSocket> {
+    let mut sockets = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
@@ -991,37 +1008,40 @@ pub fn listening_sockets() -> Vec<(SocketAddr, u64)> {
         // Columns: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
         for line in text.lines().skip(1) {
             let columns: Vec<&str> = line.split_whitespace().collect();
-            if columns.len() > 9 && columns[3] == LISTEN {
-                if let (Some(addr), Ok(inode)) = (parse_proc_addr(columns[1]), columns[9].parse()) {
-                    found.push((addr, inode));
-                }
-            }
+            let parsed = (|| {
+                Some(TcpSocket {
+                    local: parse_proc_addr(columns.get(1)?)?,
+                    remote: parse_proc_addr(columns.get(2)?)?,
+                    state: match *columns.get(3)? {
+                        "0A" => TcpState::Listen,
+                        "06" => TcpState::TimeWait,
+                        _ => TcpState::Other,
+                    },
+                    inode: columns.get(9)?.parse().ok()?,
+                })
+            })();
+            sockets.extend(parsed);
         }
     }
-    found
+    sockets
 }
 
-/// How many TCP connections (not listening sockets) process `pid` holds: its sockets
-/// found in the kernel's TCP tables in any state but LISTEN.
+/// Every listening TCP socket on this machine: `(address, inode)`.
+pub fn listening_sockets() -> Vec<(SocketAddr, u64)> {
+    tcp_sockets()
+        .into_iter()
+        .filter(|s| s.state == TcpState::Listen)
+        .map(|s| (s.local, s.inode))
+        .collect()
+}
+
+/// How many TCP connections (not listening sockets) process `pid` holds.
 pub fn tcp_connections_of(pid: u32) -> usize {
-    const LISTEN: &str = "0A";
     let mine = socket_inodes(pid);
-    let mut count = 0;
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let columns: Vec<&str> = line.split_whitespace().collect();
-            if columns.len() > 9
-                && columns[3] != LISTEN
-                && columns[9].parse().is_ok_and(|inode| mine.contains(&inode))
-            {
-                count += 1;
-            }
-        }
-    }
-    count
+    tcp_sockets()
+        .iter()
+        .filter(|s| s.state != TcpState::Listen && mine.contains(&s.inode))
+        .count()
 }
 
 /// The inodes of the sockets listening on `addr`.

@@ -182,13 +182,51 @@ fn a_bad_port_exits_2_and_says_why() {
     assert!(!stdout.contains("forked"), "no worker starts:\n{stdout}");
 }
 
-/// Exercise ch01-percent: `--workers 100%` is one worker per CPU, `50%` half as many.
+/// Pins the calling thread to the first CPU it may run on. A process started from this
+/// thread inherits the mask, and a master counts the CPUs it may use (as `num_cpus` and
+/// Node's `os.availableParallelism()` do), so a chapter started from here sees exactly one
+/// CPU, whatever the machine has: the test knows the right answer without computing it.
+fn pin_this_thread_to_one_cpu() {
+    // SAFETY: cpu_set_t is plain data that zeroed() makes an empty set; the two calls only
+    // read and write the set we pass, for the calling thread (pid 0).
+    unsafe {
+        let mut mask: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(
+            libc::sched_getaffinity(0, size, &mut mask),
+            0,
+            "sched_getaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+        let first = (0..libc::CPU_SETSIZE as usize)
+            .find(|&cpu| libc::CPU_ISSET(cpu, &mask))
+            .expect("this thread may run on at least one CPU");
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(first, &mut one);
+        assert_eq!(
+            libc::sched_setaffinity(0, size, &one),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Exercise ch01-percent: `--workers P%` is P% of the CPUs, rounded to the nearest whole
+/// worker and never fewer than one. On one CPU: 150% is 1.5 workers, which rounds to 2
+/// (not down to 1); 120% is 1.2, which rounds to 1 (not up to 2); 10% is 0.1, which
+/// rounds to 0, and one worker is the least there can be.
 #[test]
 fn workers_as_a_share_of_the_cpus() {
-    let cpus = num_cpus::get();
-    let half = ((cpus as f64 / 2.0).round() as usize).max(1);
-    for (share, expected) in [("100%", cpus), ("50%", half)] {
+    pin_this_thread_to_one_cpu();
+    for (share, expected) in [("100%", 1), ("150%", 2), ("120%", 1), ("10%", 1)] {
         let mut master = Chapter::start(CH01, &["--port", "0", "--workers", share]);
+        // The master says how many it forks before it forks them.
+        let first = master.wait_for("master started", TIMEOUT);
+        assert!(
+            first.ends_with(&format!("forking {expected} workers")),
+            "--workers {share} on 1 CPU should fork {expected} worker(s): {first}"
+        );
         master.wait_ready(expected);
         // Stop it and read the whole log, so a worker too many cannot hide.
         let lines = master.interrupt_and_collect();
@@ -196,7 +234,7 @@ fn workers_as_a_share_of_the_cpus() {
         assert_eq!(
             (count("forked worker"), count(READY)),
             (expected, expected),
-            "--workers {share} on {cpus} CPUs should start {expected} workers: {lines:#?}"
+            "--workers {share} on 1 CPU should start {expected} worker(s): {lines:#?}"
         );
     }
 }

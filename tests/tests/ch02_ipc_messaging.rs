@@ -224,17 +224,56 @@ fn a_thousand_fd_round_trips_leak_nothing() {
     );
 }
 
-/// Exercise ch02-served: the worker answers `served?` with how many requests it served.
+/// Exercise ch02-served: the worker answers `served?` with how many requests it served,
+/// which is not how many connections it accepted: three requests come on one kept-alive
+/// connection, a fourth on a connection of its own.
 #[test]
 fn worker_counts_what_it_served() {
     let (worker, channel, ready) = start_worker();
-    for _ in 0..3 {
-        let response = get(ready.addr);
+    let mut stream = connect(ready.addr).expect("connect to the worker");
+    for round in 1..=3 {
+        write_request(&mut stream, "/", true).expect("send a request");
+        let response = read_response(&mut stream)
+            .unwrap_or_else(|e| panic!("response {round} on a kept-alive connection: {e}"));
         assert_eq!(response.body, hello_body(worker.pid(), 1));
     }
+    assert_eq!(get(ready.addr).body, hello_body(worker.pid(), 1));
     channel.send("served?").expect("ask the worker");
     let reply = expect_message(&channel, "'served <n>'");
-    assert_eq!(reply.text, "served 3");
+    assert_eq!(
+        reply.text, "served 4",
+        "4 requests on 2 connections were served"
+    );
+}
+
+/// Each end of a channel is held by one process: the master closes its copy of the
+/// worker's end once the worker is started, and the worker never inherits the master's.
+/// Were the master to keep both, a worker's exit would never read as end-of-file.
+#[test]
+fn each_channel_end_is_held_by_one_process() {
+    let master = Chapter::start(CH02, &["--port", "0", "--workers", "2"]);
+    let ready = master.wait_ready(2);
+    // The master logs a fork once `spawn_worker` has returned, by which time it has
+    // closed its copy; a worker can be ready before that.
+    master.wait_forked(2);
+    let masters = socket_inodes(master.pid());
+    for worker in &ready {
+        let both: Vec<u64> = socket_inodes(worker.pid)
+            .intersection(&masters)
+            .copied()
+            .collect();
+        assert!(
+            both.is_empty(),
+            "the master (pid {}) and worker {} (pid {}) both hold the socket(s) {both:?}: \
+             did the master keep its copy of the worker's end of the channel?\n\
+             master: {:#?}\nworker: {:#?}",
+            master.pid(),
+            worker.id,
+            worker.pid,
+            fd_targets(&master.pid().to_string()),
+            fd_targets(&worker.pid.to_string())
+        );
+    }
 }
 
 /// Packets our own `Channel::send` would never produce (not UTF-8, empty) are reported by

@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 
 use chapter_tests::*;
+use socket2::{Domain, Socket, Type};
 
 const CH04: &str = "ch04-proxy";
 
@@ -192,24 +193,6 @@ fn megabytes_pass_both_ways_intact() {
     assert!(sent > 2 << 20, "{sent} bytes up");
 }
 
-/// A client that sends its request and then shuts down its sending side still gets its
-/// whole answer, then end-of-file: the proxy passes the half-close on, and waits for the
-/// worker's side to finish.
-#[test]
-fn a_half_closed_client_gets_its_answer() {
-    let (_master, addr, forked) = start(2, &[]);
-    for _ in 0..5 {
-        let mut stream = connect(addr).expect("connect to the master");
-        write_request(&mut stream, "/", true).expect("send a request");
-        stream
-            .shutdown(std::net::Shutdown::Write)
-            .expect("half-close");
-        let response = read_response(&mut stream).expect("the answer after a half-close");
-        answered_by(&response, &forked);
-        wait_closed(&mut stream).expect("then end-of-file");
-    }
-}
-
 /// Once the master has seen a worker die, every connection goes to the others.
 #[test]
 fn after_a_worker_dies_the_others_serve_everyone() {
@@ -280,4 +263,136 @@ fn a_silent_client_does_not_hold_the_masters_fds() {
         "after the workers dropped 5 silent clients",
     );
     drop(silent);
+}
+
+/// Splits a stream of HTTP responses into `(status, body)` pairs; an error says where the
+/// stream stops making sense (a response cut short, or bytes that are not one).
+fn split_responses(mut bytes: &[u8]) -> Result<Vec<(u16, String)>, String> {
+    let mut responses = Vec::new();
+    while !bytes.is_empty() {
+        let n = responses.len();
+        let end = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or(format!("response {n} has no complete head"))?;
+        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or(format!(
+                "response {n} starts with {:?}",
+                &head[..head.len().min(40)]
+            ))?;
+        let length: usize = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .ok_or(format!("response {n} has no Content-Length: {head:?}"))?;
+        let body = bytes
+            .get(end + 4..end + 4 + length)
+            .ok_or(format!("response {n} is cut short"))?;
+        responses.push((status, String::from_utf8_lossy(body).into_owned()));
+        bytes = &bytes[end + 4 + length..];
+    }
+    Ok(responses)
+}
+
+/// Exercise ch04-flush: a client that takes its answers slowly. It announces a small
+/// segment size and a small receive buffer, pipelines thousands of requests, and reads
+/// the answers far slower than the worker writes them: the master's writes to it must
+/// stop half-way (EAGAIN) again and again, and go on when epoll says the socket is
+/// writable. Every answer arrives, whole and in order.
+#[test]
+fn pipelined_answers_arrive_whole_when_the_proxy_must_wait_to_write() {
+    const N: usize = 5000;
+    let (_master, addr, forked) = start(1, &[]);
+    let (_, pid) = forked[0];
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("a socket");
+    socket.set_tcp_mss(536).expect("TCP_MAXSEG");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket
+        .connect_timeout(&addr.into(), TIMEOUT)
+        .expect("connect to the master");
+    let mut stream = TcpStream::from(socket);
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("a read timeout");
+    stream
+        .set_write_timeout(Some(TIMEOUT))
+        .expect("a write timeout");
+
+    let mut requests = Vec::new();
+    for i in 1..=N {
+        let connection = if i == N { "close" } else { "keep-alive" };
+        write!(
+            requests,
+            "GET / HTTP/1.1\r\nHost: test\r\nConnection: {connection}\r\n\r\n"
+        )
+        .expect("format a request");
+    }
+    // Written on a thread while this one reads: the answers come back as the requests go.
+    let mut writer = stream.try_clone().expect("a second handle on the socket");
+    let sending = std::thread::spawn(move || writer.write_all(&requests));
+    // Read nothing until the socket's receive buffer is full, so the master's send
+    // buffer fills behind it, then read one byte at a time: answers keep coming faster
+    // than they are taken, and the master must hold them back.
+    let mut peeked = [0u8; 8192];
+    assert!(
+        wait_until(TIMEOUT, || stream
+            .peek(&mut peeked)
+            .is_ok_and(|n| n >= 4096)),
+        "the first answers never filled the client's receive buffer"
+    );
+    let mut received = Vec::new();
+    let read = loop {
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Ok(0) => break Ok(received.len()),
+            Ok(_) => received.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let sent = sending.join().expect("the writing thread panicked");
+    let responses = split_responses(&received);
+    let whole = responses.as_ref().map_or(0, Vec::len);
+    assert!(
+        read.is_ok() && sent.is_ok() && whole == N,
+        "{N} pipelined requests should get {N} whole answers, then the connection closes; \
+         got {whole} ({} bytes; {}), reading ended with {read:?}, writing with {sent:?}; \
+         the last: {:?}",
+        received.len(),
+        responses
+            .as_ref()
+            .err()
+            .cloned()
+            .unwrap_or("the answers parse".into()),
+        responses.as_ref().ok().and_then(|r| r.last())
+    );
+    for (i, (status, body)) in responses.unwrap_or_default().iter().enumerate() {
+        assert!(
+            *status == 200 && *body == hello_body(pid, 1),
+            "answer {i} of {N} is {status} {body:?}"
+        );
+    }
+}
+
+/// Exercise ch04-copy: a client that sends its request and then shuts down its sending
+/// side (`shutdown(SHUT_WR)`, as `nc -N` does) still gets its answer. The master passes
+/// the end-of-file on to the worker as a half-close, not as the end of the exchange; the
+/// worker answers, closes, and that end-of-file comes back to the client.
+#[test]
+fn a_half_closed_client_still_gets_its_answer() {
+    let (_master, addr, forked) = start(2, &[]);
+    let mut stream = connect(addr).expect("connect to the master");
+    // Keep-alive: only the end-of-file tells the worker that no request follows.
+    write_request(&mut stream, "/", true).expect("send a request");
+    stream.shutdown(Shutdown::Write).expect("half-close");
+    let response = read_response(&mut stream)
+        .unwrap_or_else(|e| panic!("no answer after the client's half-close: {e}"));
+    answered_by(&response, &forked);
+    wait_closed(&mut stream)
+        .expect("the connection should close once the client's end-of-file has reached the worker");
 }

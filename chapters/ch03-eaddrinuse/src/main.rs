@@ -50,6 +50,7 @@ fn master(args: &Args) -> Outcome {
         if let Some(code) = cluster.finished_by(&event) {
             return Ok(code);
         }
+        let answered = listening.len() + failed.len();
         match event {
             Event::Message { id, message } => {
                 let mut words = message.text.split(' ');
@@ -58,12 +59,18 @@ fn master(args: &Args) -> Outcome {
                     (Some("error"), Some(code)) => failed.push((id, code.to_string())),
                     _ => log!("unexpected message from worker {id}: {}", message.text),
                 }
-                if listening.len() + failed.len() == args.workers {
-                    report(&listening, &failed);
-                }
+            }
+            // A worker that dies without a word failed too, for a reason it did not say.
+            Event::Exit { id, .. }
+                if !listening.contains(&id) && !failed.iter().any(|(f, _)| *f == id) =>
+            {
+                failed.push((id, "no answer".to_string()))
             }
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
             _ => {}
+        }
+        if answered < args.workers && listening.len() + failed.len() == args.workers {
+            report(&listening, &failed);
         }
     }
 }

@@ -71,6 +71,11 @@ fn master(args: &Args) -> Outcome {
                         Ok(addr) => {
                             log!("worker {id} serves on private address {addr}");
                             private.push((id, addr));
+                            // The proxy must know the worker before the ready line tells
+                            // anyone to connect.
+                            if let Ok(mut list) = upstreams.lock() {
+                                list.push(addr);
+                            }
                             if private.len() == args.workers {
                                 log!("listening on http://{public} (the master proxies to {} workers)", private.len());
                             }

@@ -255,6 +255,7 @@ impl Pair {
     /// Side `from` is readable or writable: move bytes.
     // ANCHOR: copy
     fn on_event(&mut self, from: usize, flags: EpollFlags) -> io::Result<()> {
+        // ANCHOR: solution_ch04_copy
         if flags.intersects(EpollFlags::EPOLLERR) {
             return Err(io::Error::other("socket error"));
         }
@@ -292,6 +293,7 @@ impl Pair {
             }
         }
         Ok(())
+        // ANCHOR_END: solution_ch04_copy
     }
     // ANCHOR_END: copy
 

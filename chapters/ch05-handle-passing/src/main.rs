@@ -109,6 +109,7 @@ fn master(args: &Args) -> Outcome {
 /// every worker, close the master's copy. Returns the address.
 // ANCHOR: hand_off
 fn hand_off(args: &Args, cluster: &Cluster) -> Result<SocketAddr, Box<dyn Error>> {
+    // ANCHOR: solution_ch05_handoff
     // One socket, bound once, by the master: no second bind, so no EADDRINUSE.
     let listener = net::listen(args.host, args.port)?;
     let addr = listener.local_addr()?;
@@ -124,9 +125,9 @@ fn hand_off(args: &Args, cluster: &Cluster) -> Result<SocketAddr, Box<dyn Error>
         cluster.len()
     );
     Ok(addr)
+    // ANCHOR_END: solution_ch05_handoff
 }
 // ANCHOR_END: hand_off
-// ANCHOR_END: master
 
 /// Before stopping, asks every worker how many connections it won, and logs the spread.
 // ANCHOR: summarize
