@@ -126,7 +126,6 @@ fn hand_off(args: &Args, cluster: &Cluster) -> Result<SocketAddr, Box<dyn Error>
     Ok(addr)
 }
 // ANCHOR_END: hand_off
-// ANCHOR_END: master
 
 /// Before stopping, asks every worker how many connections it won, and logs the spread.
 // ANCHOR: summarize
@@ -175,7 +174,8 @@ fn worker(id: u32, args: &Args) -> Outcome {
             if (stats.accepted, stats.lost_races) != reported {
                 reported = (stats.accepted, stats.lost_races);
                 log!(
-                    "accepted {} connections; woken {} times in all; accept found nothing {} times",
+                    "accepted {} connections; woken {} times in all; accept found nothing \
+                     {} times",
                     stats.accepted,
                     wakeups(),
                     stats.lost_races
