@@ -73,7 +73,7 @@ fn master(args: &Args) -> Outcome {
                         if private.len() == args.workers {
                             log!(
                                 "listening on http://{public} (the master proxies to {} \
-                                     workers)",
+                                 workers)",
                                 private.len()
                             );
                         }
