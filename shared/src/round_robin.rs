@@ -153,7 +153,11 @@ impl RoundRobin {
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
                     if !std::mem::replace(&mut self.out_of_fds, true) {
-                        log!("out of fds (accept: {e}); no new connections on {} until one is handed off", self.key);
+                        log!(
+                            "out of fds (accept: {e}); no new connections on {} until one is \
+                             handed off",
+                            self.key
+                        );
                     }
                     if cluster.unwatch(self.listener.as_fd()).is_ok() {
                         self.paused = true;
@@ -234,7 +238,10 @@ impl RoundRobin {
         }
         self.full.insert(id);
         if self.short.insert(id) {
-            log!("worker {id} rejected a connection (out of fds); it gets none until it is free");
+            log!(
+                "worker {id} rejected a connection (out of fds); it gets none until it is \
+                 free"
+            );
         }
     }
     // ANCHOR_END: rejected

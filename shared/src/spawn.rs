@@ -63,6 +63,7 @@ pub fn worker_id() -> Option<u32> {
 /// Master or worker, from the environment: `Ok(None)` for a master, `Ok(Some(id))` for
 /// worker `id`, and an error that names the variable when it is set to anything but a
 /// worker id (a learner who sets it by hand must not silently get a master).
+// ANCHOR: role
 pub fn role() -> Result<Option<u32>, String> {
     static ROLE: OnceLock<Result<Option<u32>, String>> = OnceLock::new();
     ROLE.get_or_init(|| {
@@ -79,6 +80,7 @@ pub fn role() -> Result<Option<u32>, String> {
     })
     .clone()
 }
+// ANCHOR_END: role
 
 /// A worker as its master sees it.
 pub struct Worker {

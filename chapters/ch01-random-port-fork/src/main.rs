@@ -36,7 +36,7 @@ fn master(args: &Args) -> Outcome {
     }
     loop {
         // Without IPC only two events can reach this master: a worker exited, or
-        // Ctrl-C/SIGTERM arrived. `ends_here` decides whether either ends the master.
+        // Ctrl-C/SIGTERM arrived. `finished_by` decides whether either ends the master.
         let event = cluster.next_event();
         if let Some(code) = cluster.finished_by(&event) {
             return Ok(code);

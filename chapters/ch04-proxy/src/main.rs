@@ -65,26 +65,28 @@ fn master(args: &Args) -> Outcome {
             return Ok(code);
         }
         match event {
-            Event::Message { id, message } => {
-                match message.text.strip_prefix("listening ") {
-                    Some(addr) => match addr.parse() {
-                        Ok(addr) => {
-                            log!("worker {id} serves on private address {addr}");
-                            private.push((id, addr));
-                            // The proxy must know the worker before the ready line tells
-                            // anyone to connect.
-                            if let Ok(mut list) = upstreams.lock() {
-                                list.push(addr);
-                            }
-                            if private.len() == args.workers {
-                                log!("listening on http://{public} (the master proxies to {} workers)", private.len());
-                            }
+            Event::Message { id, message } => match message.text.strip_prefix("listening ") {
+                Some(addr) => match addr.parse() {
+                    Ok(addr) => {
+                        log!("worker {id} serves on private address {addr}");
+                        private.push((id, addr));
+                        // The proxy must know the worker before the ready line tells
+                        // anyone to connect.
+                        if let Ok(mut list) = upstreams.lock() {
+                            list.push(addr);
                         }
-                        Err(_) => log!("worker {id} sent a bad address: {addr}"),
-                    },
-                    None => log!("unexpected message from worker {id}: {}", message.text),
-                }
-            }
+                        if private.len() == args.workers {
+                            log!(
+                                "listening on http://{public} (the master proxies to {} \
+                                 workers)",
+                                private.len()
+                            );
+                        }
+                    }
+                    Err(_) => log!("worker {id} sent a bad address: {addr}"),
+                },
+                None => log!("unexpected message from worker {id}: {}", message.text),
+            },
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
             Event::Exit { id, .. } => private.retain(|(worker, _)| *worker != id),
             _ => {}

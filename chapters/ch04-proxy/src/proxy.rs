@@ -101,7 +101,10 @@ pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io:
                     // it forever: stop watching it until a pair closes and frees fds. One
                     // line per shortage, not one per attempt.
                     if !std::mem::replace(&mut short, true) {
-                        log!("out of fds ({shortage}); no new connections until one closes (raise ulimit -n, or lower --max-connections)");
+                        log!(
+                            "out of fds ({shortage}); no new connections until one closes \
+                             (raise ulimit -n, or lower --max-connections)"
+                        );
                     }
                     epoll.modify(
                         listener.as_fd(),

@@ -176,7 +176,8 @@ fn worker(id: u32, args: &Args) -> Outcome {
             if (stats.accepted, stats.lost_races) != reported {
                 reported = (stats.accepted, stats.lost_races);
                 log!(
-                    "accepted {} connections; woken {} times in all; accept found nothing {} times",
+                    "accepted {} connections; woken {} times in all; accept found nothing \
+                     {} times",
                     stats.accepted,
                     wakeups(),
                     stats.lost_races
