@@ -16,6 +16,10 @@ const server = http.createServer((req, res) => {
   res.end(hello);
 });
 
+// Keep an idle connection open for a minute (Node's default is 5 s): bench/models.sh
+// opens thousands of connections before it starts loading them.
+server.keepAliveTimeout = 60_000;
+
 server.listen(Number(process.env.PORT ?? 8000), '127.0.0.1', () => {
   const { address, port } = server.address();
   console.log(`listening on http://${address}:${port} (pid ${process.pid})`);

@@ -57,9 +57,7 @@ fn main() -> ExitCode {
 fn serve(args: &Args) -> Outcome {
     let model: String = args.get("--model");
     let max_clients: usize = args.get("--max-clients");
-    if !(1..=MAX_CLIENTS_LIMIT).contains(&max_clients) {
-        return Err(format!("--max-clients must be from 1 to {MAX_CLIENTS_LIMIT}").into());
-    }
+    check(&model, max_clients)?;
     let listener = net::listen(args.host, args.port)?;
     let addr = listener.local_addr()?;
     match model.as_str() {
@@ -72,17 +70,11 @@ fn serve(args: &Args) -> Outcome {
             log!("listening on http://{addr} (a thread per connection, at most {max_clients})");
             thread::serve(listener, max_clients, args.idle_timeout)
         }
-        "event" if given("--max-clients") => Err(
-            "--max-clients applies to the process and thread models only: the event \
-                 loop's limit is its file descriptors (ulimit -n)"
-                .into(),
-        ),
-        "event" => {
+        _ => {
             process::default_signals();
             log!("listening on http://{addr} (one thread, one event loop)");
             event_loop(listener, args)
         }
-        other => Err(format!("--model {other}: expected process, thread or event").into()),
     }
 }
 // ANCHOR_END: main
@@ -97,6 +89,28 @@ fn event_loop(listener: std::net::TcpListener, args: &Args) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 // ANCHOR_END: event
+
+/// Refuses a model we do not have, and a cap that is out of range or has no meaning.
+fn check(model: &str, max_clients: usize) -> Result<(), String> {
+    if !["process", "thread", "event"].contains(&model) {
+        return Err(format!(
+            "--model {model}: expected process, thread or event"
+        ));
+    }
+    if model == "event" && given("--max-clients") {
+        return Err(
+            "--max-clients applies to the process and thread models only: the \
+                    event loop's limit is its file descriptors (ulimit -n)"
+                .into(),
+        );
+    }
+    if !(1..=MAX_CLIENTS_LIMIT).contains(&max_clients) {
+        return Err(format!(
+            "--max-clients must be from 1 to {MAX_CLIENTS_LIMIT}"
+        ));
+    }
+    Ok(())
+}
 
 /// Every chapter's command line takes `--workers`, but this one has no workers: say so
 /// rather than accept a number and ignore it.

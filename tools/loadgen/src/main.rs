@@ -38,6 +38,9 @@ struct Options {
     timeout: Duration,
     /// `--duration`: count for this long, once every client has had a first answer.
     duration: Option<Duration>,
+    /// `--hold`: wait for a line on stdin before counting, and keep the connections open
+    /// after the report until stdin closes.
+    hold: bool,
 }
 
 /// Where a `--duration` run is: warming up (connecting), measuring, or over.
@@ -64,10 +67,12 @@ struct Tally {
     by_worker: BTreeMap<(String, String), usize>,
     errors: BTreeMap<String, usize>,
     latencies: Vec<Duration>,
+    /// With `--hold`: the connections still open when the time was up.
+    held: Vec<Socket>,
 }
 
 const USAGE: &str =
-    "Usage: loadgen URL [-n REQUESTS] [-c CLIENTS] [-k] [--timeout SECS] [--duration SECS]
+    "Usage: loadgen URL [-n REQUESTS] [-c CLIENTS] [-k] [--timeout SECS] [--duration SECS [--hold]]
 
 Sends REQUESTS (default 1000) GET requests to URL, CLIENTS at a time (default 8), each on a
 new connection, or with -k on one kept-alive connection per client. Prints the rate, the
@@ -75,7 +80,9 @@ errors, and how many requests each worker answered.
 
 With --duration SECS, -n is ignored: every client connects and gets a first answer (each
 within --timeout), a line 'measuring: N of CLIENTS clients answered' is printed, and the
-requests answered in the next SECS seconds are counted.";
+requests answered in the next SECS seconds are counted. With --hold, the counting starts only
+when a line arrives on standard input, and the connections stay open after the report, idle,
+until standard input closes: time to look at the server, before and after.";
 
 fn main() -> ExitCode {
     let options = match parse(std::env::args().skip(1).collect()) {
@@ -114,12 +121,17 @@ fn main() -> ExitCode {
             *total.errors.entry(error).or_default() += n;
         }
         total.latencies.extend(tally.latencies);
+        total.held.extend(tally.held);
     }
     report(
         &options,
         &total,
         elapsed.unwrap_or_else(|| started.elapsed()),
     );
+    if options.hold {
+        // Idle, every connection open, until whoever started us closes our stdin.
+        let _ = io::copy(&mut io::stdin(), &mut io::sink());
+    }
     match total.by_worker.is_empty() {
         true => ExitCode::FAILURE,
         false => ExitCode::SUCCESS,
@@ -130,6 +142,7 @@ fn parse(words: Vec<String>) -> Result<Options, String> {
     let mut url = None;
     let (mut requests, mut clients, mut keep_alive, mut timeout) = (1000, 8, false, 5.0);
     let mut duration = None;
+    let mut hold = false;
     let mut rest = words.into_iter();
     while let Some(word) = rest.next() {
         let mut value = |name: &str| rest.next().ok_or(format!("{name} needs a value"));
@@ -154,6 +167,7 @@ fn parse(words: Vec<String>) -> Result<Options, String> {
                 );
             }
             "-k" => keep_alive = true,
+            "--hold" => hold = true,
             _ if url.is_none() && !word.starts_with('-') => url = Some(word),
             _ => return Err(format!("unknown argument '{word}'")),
         }
@@ -177,6 +191,8 @@ fn parse(words: Vec<String>) -> Result<Options, String> {
     if duration.is_some() {
         // The clock, not a count, ends the run.
         requests = usize::MAX;
+    } else if hold {
+        return Err("--hold goes with --duration".into());
     }
     Ok(Options {
         addr,
@@ -187,6 +203,7 @@ fn parse(words: Vec<String>) -> Result<Options, String> {
         keep_alive,
         timeout: Duration::from_secs_f64(timeout),
         duration,
+        hold,
     })
 }
 
@@ -215,6 +232,11 @@ fn measure(options: &Options, window: &Window, duration: Duration) -> Instant {
     let _ = out.write_all(line.as_bytes());
     let _ = out.flush();
     drop(out);
+    if options.hold {
+        // Every client is connected and idle: whoever started us may look at the server
+        // now, and says when to start with a line on our stdin.
+        let _ = io::stdin().read_line(&mut String::new());
+    }
     let started = Instant::now();
     window.measuring.store(true, Ordering::Relaxed);
     std::thread::sleep(duration);
@@ -268,9 +290,21 @@ fn client(options: &Options, next: &AtomicUsize, window: &Window, connections: u
     // every wake-up would cost more than the requests.
     let mut live = slots.iter().filter(|s| s.is_some()).count();
     let mut next_scan = Instant::now();
+    // --duration: clients that have had their first answer wait here, connection open,
+    // until every other client has had one too. Otherwise the first clients' load would
+    // starve the server's accepting of the last ones, and the warm-up would never end.
+    let mut parked: Vec<usize> = Vec::new();
     let mut events = vec![EpollEvent::empty(); connections.max(1)];
     while live > 0 {
-        let ready = match epoll.wait(&mut events, EpollTimeout::from(100u16)) {
+        if !parked.is_empty() && window.measuring.load(Ordering::Relaxed) {
+            for i in parked.drain(..) {
+                let reuse = slots[i].take().filter(|_| options.keep_alive);
+                slots[i] = begin(options, next, window, &epoll, i, reuse, &mut tally);
+                live -= usize::from(slots[i].is_none());
+            }
+        }
+        let wait = if parked.is_empty() { 100u16 } else { 5 };
+        let ready = match epoll.wait(&mut events, EpollTimeout::from(wait)) {
             Ok(n) => n,
             Err(Errno::EINTR) => 0,
             Err(e) => {
@@ -293,8 +327,21 @@ fn client(options: &Options, next: &AtomicUsize, window: &Window, connections: u
                         tally.latencies.push(slot.started.elapsed());
                         *tally.by_worker.entry(who(&body)).or_default() += 1;
                     }
+                    if options.duration.is_some() && !window.measuring.load(Ordering::Relaxed) {
+                        // No deadline while it waits for the others.
+                        slot.deadline = Instant::now() + Duration::from_secs(86_400);
+                        parked.push(i);
+                        continue;
+                    }
                     let reuse = slots[i].take().filter(|_| options.keep_alive);
-                    slots[i] = begin(options, next, window, &epoll, i, reuse, &mut tally);
+                    if window.over.load(Ordering::Relaxed) {
+                        // Time is up: keep this connection for --hold, or close it.
+                        tally
+                            .held
+                            .extend(reuse.filter(|_| options.hold).map(|slot| slot.stream));
+                    } else {
+                        slots[i] = begin(options, next, window, &epoll, i, reuse, &mut tally);
+                    }
                 }
                 Err(e) => {
                     if window.counts(options) {
@@ -321,7 +368,9 @@ fn client(options: &Options, next: &AtomicUsize, window: &Window, connections: u
                 }
                 *slot = begin(options, next, window, &epoll, i, None, &mut tally);
             } else if ended {
-                *slot = None;
+                if let Some(slot) = slot.take().filter(|_| options.hold) {
+                    tally.held.push(slot.stream);
+                }
             }
             live -= usize::from((expired || ended) && slot.is_none());
         }

@@ -26,10 +26,17 @@ fn style(target: &str) -> (&'static str, &'static str, bool) {
     }
 }
 
+/// What a panel shows of a row.
+type Value = fn(&Row) -> f64;
+
 struct Panel {
     title: &'static str,
     log: bool,
-    value: fn(&Row) -> f64,
+    value: Value,
+    /// A second value drawn dotted, for targets where it differs from the first by more
+    /// than twice at the most connections: the PSS beside the RSS, for forked processes
+    /// that share most of their pages.
+    second: Option<(&'static str, Value)>,
 }
 
 const PANELS: [Panel; 4] = [
@@ -37,21 +44,25 @@ const PANELS: [Panel; 4] = [
         title: "Requests per second (all connections busy)",
         log: false,
         value: |r| r.rps,
+        second: None,
     },
     Panel {
         title: "Memory: RSS summed over the server's processes, MiB",
         log: true,
         value: |r| r.rss_mib,
+        second: Some(("PSS", |r| r.pss_mib)),
     },
     Panel {
         title: "Context switches per request answered",
         log: true,
         value: |r| r.switches_per_request,
+        second: None,
     },
     Panel {
         title: "A new client's wait for its first answer, ms",
         log: true,
         value: |r| r.fresh_ms,
+        second: None,
     },
 ];
 
@@ -67,7 +78,7 @@ pub fn draw(rows: &[Row]) -> String {
     levels.sort_unstable();
     levels.dedup();
     let stopped: Vec<&Row> = rows.iter().filter(|r| !r.ok()).collect();
-    let height = TOP[1] + PANEL_H + 110.0 + 18.0 * stopped.len() as f64;
+    let height = TOP[1] + PANEL_H + 85.0 + 18.0 * stopped.len() as f64;
 
     let mut svg = String::new();
     let _ = write!(
@@ -171,7 +182,10 @@ fn draw_panel(
     targets: &[&str],
     levels: &[usize],
 ) {
-    let values: Vec<f64> = rows.iter().filter(|r| r.ok()).map(panel.value).collect();
+    let mut values: Vec<f64> = rows.iter().filter(|r| r.ok()).map(panel.value).collect();
+    if let Some((_, second)) = panel.second {
+        values.extend(rows.iter().filter(|r| r.ok()).map(second));
+    }
     let axis = Axis::new(&values, panel.log);
     let x_of = |level: usize| -> f64 {
         let (lo, hi) = (
@@ -246,8 +260,38 @@ fn draw_panel(
                 path.join(" ")
             );
         }
-        for (x, y) in points {
+        for &(x, y) in &points {
             draw_marker(svg, marker, x, y, colour);
+        }
+        if let Some((name, second)) = panel.second {
+            let ok: Vec<&&Row> = mine.iter().filter(|r| r.ok()).collect();
+            // Judged where it matters most, at the most connections.
+            let apart = ok
+                .last()
+                .is_some_and(|r| (panel.value)(r) > 2.0 * second(r).max(f64::MIN_POSITIVE));
+            if apart && ok.len() > 1 {
+                let path: Vec<String> = ok
+                    .iter()
+                    .map(|r| format!("{:.1},{:.1}", x_of(r.level), y_of(second(r))))
+                    .collect();
+                let _ = writeln!(
+                    svg,
+                    r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2" stroke-dasharray="2 3"/>"#,
+                    path.join(" ")
+                );
+                if let Some(last) = ok.last() {
+                    let (x, y) = (x_of(last.level), y_of(second(last)));
+                    text(
+                        svg,
+                        x - 10.0,
+                        y + 4.0,
+                        12,
+                        "end",
+                        colour,
+                        &format!("{} ({name})", target),
+                    );
+                }
+            }
         }
         for row in mine.iter().filter(|r| !r.ok()) {
             let (x, y) = (x_of(row.level), top + PANEL_H - 12.0);

@@ -12,10 +12,12 @@
 //! models-bench chart IN.csv OUT.svg
 //! ```
 //!
-//! For every target and level it starts a fresh server, runs `loadgen --duration` with
-//! that many connections, and, once every connection has had its first answer, samples
-//! the server's process tree under `/proc` at the start, middle and end of the counting
-//! window, while a probe opens a new connection every 200 ms and times its first answer.
+//! For every target and level it starts a fresh server and runs `loadgen --duration
+//! --hold` with that many connections. Once every connection has had its first answer
+//! and waits, idle, it reads the context switches of the server's process tree under
+//! `/proc`, then lets the load go; meanwhile a probe opens a new connection every 200 ms
+//! and times its first answer. When the time is up, loadgen holds the connections open,
+//! idle again, while the switches and the memory are read.
 
 mod chart;
 mod procfs;
@@ -275,10 +277,21 @@ fn start(options: &Options, target: &Target, level: usize) -> Result<Server, Str
         }
     };
     command
-        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
+    die_with_us(&mut command);
+    // A session of its own, and so a process group to kill and, with Linux's autogroup
+    // scheduling, a CPU share of its own: the kernel splits the CPUs fairly between the
+    // server and the load, however many processes or threads the server runs. Without
+    // it, 10,000 server processes would leave the load client a ten-thousandth of a CPU.
+    // SAFETY: setsid is async-signal-safe and allocates nothing.
+    unsafe {
+        command.pre_exec(|| match libc::setsid() {
+            -1 => Err(std::io::Error::last_os_error()),
+            _ => Ok(()),
+        });
+    }
     let mut child = command
         .spawn()
         .map_err(|e| format!("could not start {}: {e}", target.name()))?;
@@ -300,6 +313,20 @@ fn start(options: &Options, target: &Target, level: usize) -> Result<Server, Str
         addr,
         _scratch: scratch,
     })
+}
+
+/// Has `command`'s process get SIGTERM if this one dies, even by Ctrl-C or kill -9, so an
+/// interrupted run leaves no server or load behind.
+fn die_with_us(command: &mut Command) {
+    // SAFETY: runs between fork and exec; prctl is async-signal-safe and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Reads the server's output until its `listening on http://ADDR` line; keeps draining it
@@ -366,11 +393,14 @@ fn measure(options: &Options, target: &Target, level: usize) -> Result<Row, Stri
     let server = start(options, target, level)?;
     let root = server.child.id();
     let url = format!("http://{}/", server.addr);
-    let mut loadgen = Command::new(options.bin.join("loadgen"))
+    let mut loadgen = Command::new(options.bin.join("loadgen"));
+    loadgen
         .args([url.as_str(), "-k", "-c", &level.to_string()])
-        .args(["--timeout", "30", "--duration"])
-        .arg(options.duration.as_secs_f64().to_string())
-        .stdin(Stdio::null())
+        .args(["--timeout", "30", "--hold", "--duration"])
+        .arg(options.duration.as_secs_f64().to_string());
+    die_with_us(&mut loadgen);
+    let mut loadgen = loadgen
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -387,22 +417,35 @@ fn measure(options: &Options, target: &Target, level: usize) -> Result<Row, Stri
             let _ = loadgen.wait();
             "loadgen never began measuring".to_string()
         })?;
-    let window_start = Instant::now();
     let open: usize = measuring
         .split_whitespace()
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
+    // Every connection is open and idle, waiting for our word to start: count the
+    // context switches so far, then start the load, and a new client now and then.
     let first = procfs::sample(root, false);
+    let mut go = loadgen.stdin.take().ok_or("no stdin for loadgen")?;
+    go.write_all(b"go\n")
+        .map_err(|e| format!("loadgen did not take the word to start: {e}"))?;
     let probes = Probes::start(server.addr);
-    sleep_until(window_start + options.duration / 2);
-    let middle = procfs::sample(root, true);
-    let margin = (options.duration / 10).min(Duration::from_millis(300));
-    sleep_until(window_start + options.duration - margin);
-    let last = procfs::sample(root, false);
-    let sampled_for = last_elapsed(window_start, options.duration - margin);
+    // loadgen's report comes when its time is up; it then holds every connection open,
+    // idle, until we close its stdin: the moment to read memory, with no load to slow
+    // the reading down.
+    let mut report = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        let done = line.contains("requests/s;");
+        report.push(line);
+        if done {
+            break;
+        }
+    }
+    // The rest of the report (a row per worker: with the process model, 10,000 rows) must
+    // still be read, or loadgen would block writing it and never see its stdin close.
+    std::thread::spawn(move || for _ in lines {});
     let fresh = probes.stop();
-    let report: Vec<String> = lines.map_while(Result::ok).collect();
+    let last = procfs::sample(root, true);
+    drop(go);
     let _ = loadgen.wait();
     drop(server);
 
@@ -415,22 +458,20 @@ fn measure(options: &Options, target: &Target, level: usize) -> Result<Row, Stri
     row.p50_ms = p50;
     row.p99_ms = p99;
     row.errors = errors;
-    row.rss_mib = middle.rss_kib as f64 / 1024.0;
-    row.pss_mib = middle.pss_kib as f64 / 1024.0;
-    row.processes = middle.processes;
-    row.threads = middle.threads;
+    row.rss_mib = last.rss_kib as f64 / 1024.0;
+    row.pss_mib = last.pss_kib as f64 / 1024.0;
+    row.processes = last.processes;
+    row.threads = last.threads;
     row.switches = switches;
-    row.switches_per_request = switches as f64 / (rps * sampled_for.as_secs_f64()).max(1.0);
+    // Counted over the window and the short idle moment after it, which adds next to
+    // nothing: per request answered in the window.
+    row.switches_per_request = switches as f64 / (rps * options.duration.as_secs_f64()).max(1.0);
     row.set_fresh(&fresh);
     if open < level {
         row.status = "stopped".into();
         row.note = format!("only {open} of {level} connections got an answer");
     }
     Ok(row)
-}
-
-fn last_elapsed(start: Instant, planned: Duration) -> Duration {
-    start.elapsed().min(planned.max(Duration::from_millis(1)))
 }
 
 fn sleep_until(when: Instant) {

@@ -1,7 +1,7 @@
 //! What `/proc` says about a server: its processes and threads, their memory, and how
 //! often the kernel switched them off a CPU.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs;
 
 /// A look at a server's whole process tree at one moment.
@@ -33,35 +33,27 @@ impl Sample {
     }
 }
 
-/// Every process whose ancestry leads to `root`, `root` first.
+/// Every process whose ancestry leads to `root`, `root` first, from the kernel's list of
+/// each thread's children (`/proc/<pid>/task/<tid>/children`): a few reads, rather than
+/// one per process on the machine.
 pub fn tree(root: u32) -> Vec<u32> {
-    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    if let Ok(dir) = fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                continue;
-            };
-            if let Some(ppid) = parent(pid) {
-                children.entry(ppid).or_default().push(pid);
-            }
-        }
-    }
     let mut found = vec![root];
     let mut i = 0;
     while i < found.len() {
-        if let Some(kids) = children.get(&found[i]) {
-            found.extend(kids);
+        let pid = found[i];
+        if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+            for task in tasks.flatten() {
+                if let Ok(list) = fs::read_to_string(task.path().join("children")) {
+                    found.extend(
+                        list.split_whitespace()
+                            .filter_map(|n| n.parse::<u32>().ok()),
+                    );
+                }
+            }
         }
         i += 1;
     }
     found
-}
-
-/// The parent of `pid`, from `/proc/<pid>/stat` (the name in parentheses may hold spaces).
-fn parent(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Samples the tree under `root`; with `pss`, also reads each process's `smaps_rollup`,
