@@ -83,7 +83,7 @@ pub fn draw(rows: &[Row]) -> String {
     let mut svg = String::new();
     let _ = write!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="13">
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" font-family="DejaVu Sans, Verdana, Helvetica, Arial, sans-serif" font-size="13">
 <rect width="100%" height="100%" fill="white"/>
 "#
     );
@@ -114,9 +114,11 @@ pub fn draw(rows: &[Row]) -> String {
     }
     // The legend, in one row under the panels.
     let legend_y = TOP[1] + PANEL_H + 62.0;
-    let step = WIDTH / (targets.len() as f64 + 1.0);
+    // Room for the longest label ("process per connection") in each slot, centred.
+    let step = 195.0;
+    let start = (WIDTH - step * targets.len() as f64) / 2.0 + 20.0;
     for (i, target) in targets.iter().enumerate() {
-        let x = step * (i as f64 + 0.5) + 40.0;
+        let x = start + step * i as f64;
         let (colour, marker, dashed) = style(target);
         line(
             &mut svg,
