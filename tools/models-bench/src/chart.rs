@@ -47,7 +47,7 @@ const PANELS: [Panel; 4] = [
         second: None,
     },
     Panel {
-        title: "Memory: RSS summed over the server's processes, MiB",
+        title: "Memory: RSS summed over its processes, MiB",
         log: true,
         value: |r| r.rss_mib,
         second: Some(("PSS", |r| r.pss_mib)),
@@ -78,7 +78,8 @@ pub fn draw(rows: &[Row]) -> String {
     levels.sort_unstable();
     levels.dedup();
     let stopped: Vec<&Row> = rows.iter().filter(|r| !r.ok()).collect();
-    let height = TOP[1] + PANEL_H + 85.0 + 18.0 * stopped.len() as f64;
+    let legend_rows = targets.len().div_ceil(3) as f64;
+    let height = TOP[1] + PANEL_H + 60.0 + 26.0 * legend_rows + 18.0 * stopped.len() as f64;
 
     let mut svg = String::new();
     let _ = write!(
@@ -114,11 +115,12 @@ pub fn draw(rows: &[Row]) -> String {
     }
     // The legend, in one row under the panels.
     let legend_y = TOP[1] + PANEL_H + 62.0;
-    // Room for the longest label ("process per connection") in each slot, centred.
-    let step = 195.0;
-    let start = (WIDTH - step * targets.len() as f64) / 2.0 + 20.0;
+    // Three to a row: room for the longest label ("process per connection"), centred.
+    let step = 270.0;
     for (i, target) in targets.iter().enumerate() {
-        let x = start + step * i as f64;
+        let in_row = (targets.len() - i / 3 * 3).min(3) as f64;
+        let x = (WIDTH - step * in_row) / 2.0 + 30.0 + step * (i % 3) as f64;
+        let legend_y = legend_y + 26.0 * (i / 3) as f64;
         let (colour, marker, dashed) = style(target);
         line(
             &mut svg,
@@ -141,8 +143,9 @@ pub fn draw(rows: &[Row]) -> String {
         );
     }
     // Why a target stopped where it did.
+    let below = legend_y + 26.0 * targets.len().div_ceil(3) as f64 + 8.0;
     for (i, row) in stopped.iter().enumerate() {
-        let y = legend_y + 32.0 + 18.0 * i as f64;
+        let y = below + 18.0 * i as f64;
         let (colour, _, _) = style(&row.target);
         text(
             &mut svg,

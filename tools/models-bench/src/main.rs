@@ -467,9 +467,17 @@ fn measure(options: &Options, target: &Target, level: usize) -> Result<Row, Stri
     // nothing: per request answered in the window.
     row.switches_per_request = switches as f64 / (rps * options.duration.as_secs_f64()).max(1.0);
     row.set_fresh(&fresh);
+    let answered = rps * options.duration.as_secs_f64();
     if open < level {
         row.status = "stopped".into();
         row.note = format!("only {open} of {level} connections got an answer");
+    } else if errors as f64 > answered / 100.0 {
+        // All connected, but more than 1 request in 100 failed or waited past loadgen's
+        // 30 s timeout: this many clients are more than it can serve.
+        row.status = "stopped".into();
+        row.note = format!(
+            "{errors} requests failed or waited over 30 s, against {answered:.0} answered"
+        );
     }
     Ok(row)
 }
