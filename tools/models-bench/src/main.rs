@@ -475,9 +475,8 @@ fn measure(options: &Options, target: &Target, level: usize) -> Result<Row, Stri
         // All connected, but more than 1 request in 100 failed or waited past loadgen's
         // 30 s timeout: this many clients are more than it can serve.
         row.status = "stopped".into();
-        row.note = format!(
-            "{errors} requests failed or waited over 30 s, against {answered:.0} answered"
-        );
+        row.note =
+            format!("{errors} requests failed or waited over 30 s, against {answered:.0} answered");
     }
     Ok(row)
 }
