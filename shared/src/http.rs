@@ -142,7 +142,9 @@ pub fn hello(worker: u32) -> Response {
 }
 // ANCHOR_END: hello
 
-/// This process's id, asked of the kernel once rather than once per request.
+/// This process's id, asked of the kernel once rather than once per request. (A child
+/// made by a bare `fork()` would inherit the cached value; chapter 0's process model, the
+/// one place that forks without exec, never asks in the parent.)
 fn pid() -> u32 {
     static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *PID.get_or_init(std::process::id)

@@ -8,6 +8,11 @@
 //! ```text
 //! cargo run --release -p loadgen -- http://127.0.0.1:8000 -n 2000 -c 8
 //! ```
+//!
+//! With `--duration SECS` it runs for a time instead of a count (the prologue's
+//! `bench/models.sh` uses it): it first opens every connection and waits for each one's
+//! first answer, prints a `measuring` line, and only then counts, for SECS seconds, with
+//! all the connections open.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,7 +20,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +36,28 @@ struct Options {
     clients: usize,
     keep_alive: bool,
     timeout: Duration,
+    /// `--duration`: count for this long, once every client has had a first answer.
+    duration: Option<Duration>,
+    /// `--hold`: wait for a line on stdin before counting, and keep the connections open
+    /// after the report until stdin closes.
+    hold: bool,
+}
+
+/// Where a `--duration` run is: warming up (connecting), measuring, or over.
+#[derive(Default)]
+struct Window {
+    /// Clients that have had their first answer.
+    warm: AtomicUsize,
+    measuring: AtomicBool,
+    over: AtomicBool,
+}
+
+impl Window {
+    /// Whether an answer arriving now counts: always without `--duration`.
+    fn counts(&self, options: &Options) -> bool {
+        options.duration.is_none()
+            || (self.measuring.load(Ordering::Relaxed) && !self.over.load(Ordering::Relaxed))
+    }
 }
 
 /// What one client thread saw.
@@ -40,13 +67,22 @@ struct Tally {
     by_worker: BTreeMap<(String, String), usize>,
     errors: BTreeMap<String, usize>,
     latencies: Vec<Duration>,
+    /// With `--hold`: the connections still open when the time was up.
+    held: Vec<Socket>,
 }
 
-const USAGE: &str = "Usage: loadgen URL [-n REQUESTS] [-c CLIENTS] [-k] [--timeout SECS]
+const USAGE: &str =
+    "Usage: loadgen URL [-n REQUESTS] [-c CLIENTS] [-k] [--timeout SECS] [--duration SECS [--hold]]
 
 Sends REQUESTS (default 1000) GET requests to URL, CLIENTS at a time (default 8), each on a
 new connection, or with -k on one kept-alive connection per client. Prints the rate, the
-errors, and how many requests each worker answered.";
+errors, and how many requests each worker answered.
+
+With --duration SECS, -n is ignored: every client connects and gets a first answer (each
+within --timeout), a line 'measuring: N of CLIENTS clients answered' is printed, and the
+requests answered in the next SECS seconds are counted. With --hold, the counting starts only
+when a line arrives on standard input, and the connections stay open after the report, idle,
+until standard input closes: time to look at the server, before and after.";
 
 fn main() -> ExitCode {
     let options = match parse(std::env::args().skip(1).collect()) {
@@ -58,17 +94,23 @@ fn main() -> ExitCode {
     };
     let next = Arc::new(AtomicUsize::new(0));
     let options = Arc::new(options);
-    let started = Instant::now();
+    let window = Arc::new(Window::default());
+    let mut started = Instant::now();
     // One thread per CPU, each running an event loop over its share of the connections.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = options.clients.min(cpus);
     let threads: Vec<_> = (0..threads)
         .map(|t| {
-            let (next, options) = (next.clone(), options.clone());
+            let (next, options, window) = (next.clone(), options.clone(), window.clone());
             let share = options.clients / threads + usize::from(t < options.clients % threads);
-            std::thread::spawn(move || client(&options, &next, share))
+            std::thread::spawn(move || client(&options, &next, &window, share))
         })
         .collect();
+    let mut elapsed = None;
+    if let Some(duration) = options.duration {
+        started = measure(&options, &window, duration);
+        elapsed = Some(duration);
+    }
     let mut total = Tally::default();
     for thread in threads {
         let tally = thread.join().unwrap_or_default();
@@ -79,8 +121,17 @@ fn main() -> ExitCode {
             *total.errors.entry(error).or_default() += n;
         }
         total.latencies.extend(tally.latencies);
+        total.held.extend(tally.held);
     }
-    report(&options, &total, started.elapsed());
+    report(
+        &options,
+        &total,
+        elapsed.unwrap_or_else(|| started.elapsed()),
+    );
+    if options.hold {
+        // Idle, every connection open, until whoever started us closes our stdin.
+        let _ = io::copy(&mut io::stdin(), &mut io::sink());
+    }
     match total.by_worker.is_empty() {
         true => ExitCode::FAILURE,
         false => ExitCode::SUCCESS,
@@ -90,6 +141,8 @@ fn main() -> ExitCode {
 fn parse(words: Vec<String>) -> Result<Options, String> {
     let mut url = None;
     let (mut requests, mut clients, mut keep_alive, mut timeout) = (1000, 8, false, 5.0);
+    let mut duration = None;
+    let mut hold = false;
     let mut rest = words.into_iter();
     while let Some(word) = rest.next() {
         let mut value = |name: &str| rest.next().ok_or(format!("{name} needs a value"));
@@ -102,7 +155,19 @@ fn parse(words: Vec<String>) -> Result<Options, String> {
                     .parse()
                     .map_err(|_| "--timeout takes seconds")?
             }
+            "--duration" => {
+                let secs: f64 = value("--duration")?
+                    .parse()
+                    .map_err(|_| "--duration takes seconds")?;
+                duration = Some(
+                    Duration::try_from_secs_f64(secs)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .ok_or("--duration must be above 0")?,
+                );
+            }
             "-k" => keep_alive = true,
+            "--hold" => hold = true,
             _ if url.is_none() && !word.starts_with('-') => url = Some(word),
             _ => return Err(format!("unknown argument '{word}'")),
         }
@@ -123,6 +188,12 @@ fn parse(words: Vec<String>) -> Result<Options, String> {
     if clients == 0 || requests == 0 {
         return Err("-n and -c must be at least 1".into());
     }
+    if duration.is_some() {
+        // The clock, not a count, ends the run.
+        requests = usize::MAX;
+    } else if hold {
+        return Err("--hold goes with --duration".into());
+    }
     Ok(Options {
         addr,
         host: host.to_string(),
@@ -131,7 +202,46 @@ fn parse(words: Vec<String>) -> Result<Options, String> {
         clients,
         keep_alive,
         timeout: Duration::from_secs_f64(timeout),
+        duration,
+        hold,
     })
+}
+
+/// A `--duration` run, seen from the main thread: waits until every client has had a first
+/// answer (or for one `--timeout` more once none has arrived for that long), says so on
+/// stdout, counts for `duration`, and returns when the counting began.
+fn measure(options: &Options, window: &Window, duration: Duration) -> Instant {
+    let mut last = (window.warm.load(Ordering::Relaxed), Instant::now());
+    loop {
+        let warm = window.warm.load(Ordering::Relaxed);
+        if warm != last.0 {
+            last = (warm, Instant::now());
+        }
+        if warm >= options.clients || last.1.elapsed() > options.timeout {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let warm = window.warm.load(Ordering::Relaxed).min(options.clients);
+    let line = format!(
+        "measuring: {warm} of {} clients answered; counting for {:.1} s\n",
+        options.clients,
+        duration.as_secs_f64()
+    );
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.flush();
+    drop(out);
+    if options.hold {
+        // Every client is connected and idle: whoever started us may look at the server
+        // now, and says when to start with a line on our stdin.
+        let _ = io::stdin().read_line(&mut String::new());
+    }
+    let started = Instant::now();
+    window.measuring.store(true, Ordering::Relaxed);
+    std::thread::sleep(duration);
+    window.over.store(true, Ordering::Relaxed);
+    started
 }
 
 /// One connection slot of a client thread, and where it is in its request.
@@ -144,12 +254,14 @@ struct Slot {
     /// When this request started, and when it gives up.
     started: Instant,
     deadline: Instant,
+    /// Whether this client has had an answer yet (for `--duration`'s warm-up).
+    answered: bool,
 }
 
 /// One client thread: keeps `connections` requests in flight on one epoll, taking request
 /// numbers from `next` until all are taken. An event loop rather than a thread per
 /// connection, so the load client spends its CPU on requests, not on switching threads.
-fn client(options: &Options, next: &AtomicUsize, connections: usize) -> Tally {
+fn client(options: &Options, next: &AtomicUsize, window: &Window, connections: usize) -> Tally {
     let mut tally = Tally::default();
     let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
         Ok(epoll) => epoll,
@@ -171,11 +283,28 @@ fn client(options: &Options, next: &AtomicUsize, connections: usize) -> Tally {
     .into_bytes();
     let mut slots: Vec<Option<Slot>> = (0..connections).map(|_| None).collect();
     for (i, slot) in slots.iter_mut().enumerate() {
-        *slot = begin(options, next, &epoll, i, None, &mut tally);
+        *slot = begin(options, next, window, &epoll, i, None, &mut tally);
     }
+    // Kept up to date rather than counted, and deadlines checked a few times a second
+    // rather than after every event: with thousands of clients, scanning them all on
+    // every wake-up would cost more than the requests.
+    let mut live = slots.iter().filter(|s| s.is_some()).count();
+    let mut next_scan = Instant::now();
+    // --duration: clients that have had their first answer wait here, connection open,
+    // until every other client has had one too. Otherwise the first clients' load would
+    // starve the server's accepting of the last ones, and the warm-up would never end.
+    let mut parked: Vec<usize> = Vec::new();
     let mut events = vec![EpollEvent::empty(); connections.max(1)];
-    while slots.iter().any(Option::is_some) {
-        let ready = match epoll.wait(&mut events, EpollTimeout::from(100u16)) {
+    while live > 0 {
+        if !parked.is_empty() && window.measuring.load(Ordering::Relaxed) {
+            for i in parked.drain(..) {
+                let reuse = slots[i].take().filter(|_| options.keep_alive);
+                slots[i] = begin(options, next, window, &epoll, i, reuse, &mut tally);
+                live -= usize::from(slots[i].is_none());
+            }
+        }
+        let wait = if parked.is_empty() { 100u16 } else { 5 };
+        let ready = match epoll.wait(&mut events, EpollTimeout::from(wait)) {
             Ok(n) => n,
             Err(Errno::EINTR) => 0,
             Err(e) => {
@@ -191,24 +320,59 @@ fn client(options: &Options, next: &AtomicUsize, connections: usize) -> Tally {
             match step(slot, &request, &epoll, i) {
                 Ok(None) => {}
                 Ok(Some(body)) => {
-                    tally.latencies.push(slot.started.elapsed());
-                    *tally.by_worker.entry(who(&body)).or_default() += 1;
+                    if !std::mem::replace(&mut slot.answered, true) {
+                        window.warm.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if window.counts(options) {
+                        tally.latencies.push(slot.started.elapsed());
+                        *tally.by_worker.entry(who(&body)).or_default() += 1;
+                    }
+                    if options.duration.is_some() && !window.measuring.load(Ordering::Relaxed) {
+                        // No deadline while it waits for the others.
+                        slot.deadline = Instant::now() + Duration::from_secs(86_400);
+                        parked.push(i);
+                        continue;
+                    }
                     let reuse = slots[i].take().filter(|_| options.keep_alive);
-                    slots[i] = begin(options, next, &epoll, i, reuse, &mut tally);
+                    if window.over.load(Ordering::Relaxed) {
+                        // Time is up: keep this connection for --hold, or close it.
+                        tally
+                            .held
+                            .extend(reuse.filter(|_| options.hold).map(|slot| slot.stream));
+                    } else {
+                        slots[i] = begin(options, next, window, &epoll, i, reuse, &mut tally);
+                    }
                 }
                 Err(e) => {
-                    *tally.errors.entry(e.to_string()).or_default() += 1;
-                    slots[i] = begin(options, next, &epoll, i, None, &mut tally);
+                    if window.counts(options) {
+                        *tally.errors.entry(e.to_string()).or_default() += 1;
+                    }
+                    slots[i] = begin(options, next, window, &epoll, i, None, &mut tally);
                 }
             }
+            live -= usize::from(slots[i].is_none());
         }
         // Requests past their deadline count as errors and make room for the next.
         let now = Instant::now();
+        if now < next_scan && !window.over.load(Ordering::Relaxed) {
+            continue;
+        }
+        next_scan = now + Duration::from_millis(20);
         for (i, slot) in slots.iter_mut().enumerate() {
-            if slot.as_ref().is_some_and(|slot| slot.deadline <= now) {
-                *tally.errors.entry("timed out".into()).or_default() += 1;
-                *slot = begin(options, next, &epoll, i, None, &mut tally);
+            let expired = slot.as_ref().is_some_and(|slot| slot.deadline <= now);
+            // Once a --duration run is over, close every client, answered or not.
+            let ended = slot.is_some() && window.over.load(Ordering::Relaxed);
+            if expired && !ended {
+                if window.counts(options) {
+                    *tally.errors.entry("timed out".into()).or_default() += 1;
+                }
+                *slot = begin(options, next, window, &epoll, i, None, &mut tally);
+            } else if ended {
+                if let Some(slot) = slot.take().filter(|_| options.hold) {
+                    tally.held.push(slot.stream);
+                }
             }
+            live -= usize::from((expired || ended) && slot.is_none());
         }
     }
     tally
@@ -219,6 +383,7 @@ fn client(options: &Options, next: &AtomicUsize, connections: usize) -> Tally {
 fn begin(
     options: &Options,
     next: &AtomicUsize,
+    window: &Window,
     epoll: &Epoll,
     i: usize,
     reuse: Option<Slot>,
@@ -226,10 +391,14 @@ fn begin(
 ) -> Option<Slot> {
     let mut reuse = reuse;
     loop {
+        if window.over.load(Ordering::Relaxed) {
+            return None;
+        }
         if next.fetch_add(1, Ordering::Relaxed) >= options.requests {
             return None;
         }
         let now = Instant::now();
+        let answered = reuse.as_ref().is_some_and(|slot| slot.answered);
         if let Some(mut slot) = reuse.take() {
             slot.unsent = usize::MAX;
             slot.buf.clear();
@@ -253,9 +422,18 @@ fn begin(
                     buf: Vec::with_capacity(256),
                     started: now,
                     deadline: now + options.timeout,
+                    answered,
                 });
             }
-            Err(e) => *tally.errors.entry(e.to_string()).or_default() += 1,
+            Err(e) => {
+                if window.counts(options) {
+                    *tally.errors.entry(e.to_string()).or_default() += 1;
+                }
+                // In a --duration run no count ends these retries: do not spin on them.
+                if options.duration.is_some() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
         }
     }
 }
@@ -358,11 +536,22 @@ fn report(options: &Options, total: &Tally, elapsed: Duration) {
         true => "one kept-alive connection per client",
         false => "a new connection per request",
     };
-    let _ = writeln!(
-        out,
-        "{} requests to http://{}{} from {} clients, {mode}",
-        options.requests, options.addr, options.path, options.clients
-    );
+    match options.duration {
+        Some(duration) => writeln!(
+            out,
+            "{:.1} s of requests to http://{}{} from {} clients, {mode}",
+            duration.as_secs_f64(),
+            options.addr,
+            options.path,
+            options.clients
+        ),
+        None => writeln!(
+            out,
+            "{} requests to http://{}{} from {} clients, {mode}",
+            options.requests, options.addr, options.path, options.clients
+        ),
+    }
+    .unwrap_or_default();
     let mut latencies = total.latencies.clone();
     latencies.sort();
     let at = |q: f64| {
