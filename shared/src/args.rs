@@ -142,7 +142,7 @@ impl Cli {
     }
 
     /// Parses `words`; `Ok(None)` means `--help` was asked for.
-    pub fn parse_from(&self, words: &[String]) -> Result<Option<Args>, String> {
+    fn parse_from(&self, words: &[String]) -> Result<Option<Args>, String> {
         let mut args = Args {
             host: IpAddr::from([127, 0, 0, 1]),
             port: self.default_port,

@@ -23,7 +23,7 @@ macro_rules! log {
 }
 
 /// Who is speaking: `master`, or `worker 3` in a worker started by [`crate::spawn`].
-pub fn role() -> String {
+fn role() -> String {
     match crate::spawn::worker_id() {
         Some(id) => format!("worker {id}"),
         None => "master".to_string(),

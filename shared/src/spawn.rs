@@ -55,7 +55,7 @@ pub fn master_or_worker(
 
 /// This process's worker id, or `None` in the master.
 // ANCHOR: worker_id
-pub fn worker_id() -> Option<u32> {
+pub(crate) fn worker_id() -> Option<u32> {
     role().ok().flatten()
 }
 // ANCHOR_END: worker_id
@@ -64,7 +64,7 @@ pub fn worker_id() -> Option<u32> {
 /// worker `id`, and an error that names the variable when it is set to anything but a
 /// worker id (a learner who sets it by hand must not silently get a master).
 // ANCHOR: role
-pub fn role() -> Result<Option<u32>, String> {
+fn role() -> Result<Option<u32>, String> {
     static ROLE: OnceLock<Result<Option<u32>, String>> = OnceLock::new();
     ROLE.get_or_init(|| {
         let Some(value) = std::env::var_os(WORKER_ID_VAR) else {
