@@ -19,6 +19,7 @@
 //! | [`pid_alive`], [`parent_pid`], [`fd_count`], [`wait_until`] | look at processes |
 //! | [`Chapter::start_command`], [`on_path`] | start a program that is not a chapter (the book's Node.js programs) |
 //! | [`listening_inodes`], [`socket_inodes`] | which sockets listen on an address, and which a process holds |
+//! | [`accept_queue`] | how many connections wait in a listening socket's accept queue |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -1022,6 +1023,27 @@ pub fn tcp_connections_of(pid: u32) -> usize {
         }
     }
     count
+}
+
+/// How many connections wait in the accept queue of the listening socket with inode
+/// `inode`, or `None` if no such socket listens. For a listening socket the kernel prints
+/// its accept queue's length in the `rx_queue` half of the `tx_queue:rx_queue` column of
+/// `/proc/net/tcp{,6}`: connections whose handshake is done and that nobody has accepted.
+pub fn accept_queue(inode: u64) -> Option<u64> {
+    const LISTEN: &str = "0A";
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            if columns.len() > 9 && columns[3] == LISTEN && columns[9].parse() == Ok(inode) {
+                let (_, rx) = columns[4].split_once(':')?;
+                return u64::from_str_radix(rx, 16).ok();
+            }
+        }
+    }
+    None
 }
 
 /// The inodes of the sockets listening on `addr`.
