@@ -6,7 +6,7 @@
 //! place of any that dies (`shared::supervisor`); the new worker opens a socket of its own
 //! and joins the group.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::error::Error;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -50,8 +50,10 @@ fn master(args: &Args) -> Outcome {
         let id = cluster.fork_with_env(&env)?;
         supervisor.started(slot, id, Instant::now());
     }
-    let mut listening = 0;
-    // When each empty slot lost its worker: how long until a new socket serves there.
+    // Who has a socket open, whether the ready line is out, and when each empty slot lost
+    // its worker (to say how long the slot went without a socket).
+    let mut listening = BTreeSet::new();
+    let mut ready = false;
     let mut lost_at: HashMap<usize, Instant> = HashMap::new();
     loop {
         let wait = supervisor
@@ -65,18 +67,21 @@ fn master(args: &Args) -> Outcome {
             }
             match event {
                 Event::Message { id, message } if message.text == "listening" => {
-                    listening += 1;
+                    listening.insert(id);
                     let slot = supervisor.slot_of(id).unwrap_or(0);
-                    match lost_at.remove(&slot) {
-                        Some(since) => log!(
+                    if let Some(since) = lost_at.remove(&slot) {
+                        log!(
                             "worker {id} listens in slot {slot}, {} ms after its last worker died",
                             since.elapsed().as_millis()
-                        ),
-                        None if listening == args.workers => log!(
-                            "listening on http://{addr} ({listening} workers, a socket each; \
-                             the master holds none)"
-                        ),
-                        None => {}
+                        );
+                    }
+                    if !ready && listening.len() == args.workers {
+                        ready = true;
+                        log!(
+                            "listening on http://{addr} ({} workers, a socket each; the \
+                             master holds none)",
+                            args.workers
+                        );
                     }
                 }
                 Event::Message { id, message } => {
@@ -84,7 +89,9 @@ fn master(args: &Args) -> Outcome {
                 }
                 Event::BadMessage { id, error } => log!("worker {id}: {error}"),
                 Event::Exit { id, .. } => {
-                    // Its socket closed with it: whatever waited in its queue was reset.
+                    // Its socket closed with it. What waited in its queue was reset (or,
+                    // with net.ipv4.tcp_migrate_req=1, moved to another worker's socket).
+                    listening.remove(&id);
                     match supervisor.exited(id, Instant::now()) {
                         Verdict::Restart { slot, after } => {
                             lost_at.entry(slot).or_insert_with(Instant::now);
