@@ -147,12 +147,14 @@ impl AsFd for Reservation {
 pub fn reserve(host: IpAddr, port: u16) -> Result<Reservation, ListenError> {
     let addr = SocketAddr::new(host, port);
     let open = || -> io::Result<Reservation> {
+        // ANCHOR: solution_ch10_reserve
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_port(true)?;
         socket.bind(&addr.into())?;
         // No listen(): no queue, no connections. socket2 makes the fd close-on-exec, so
         // the workers do not inherit it.
         Ok(Reservation { socket })
+        // ANCHOR_END: solution_ch10_reserve
     };
     open().map_err(|error| ListenError { addr, error })
 }
