@@ -16,7 +16,8 @@
 //! | [`http_get`], [`write_request`], [`read_response`] | a minimal HTTP/1.1 client |
 //! | [`parse_hello`] | which worker (pid, id) wrote a response body |
 //! | [`recv_timeout`] | read one IPC message, with a timeout |
-//! | [`pid_alive`], [`parent_pid`], [`fd_count`], [`wait_until`] | look at processes |
+//! | [`pid_alive`], [`parent_pid`], [`fd_count`], [`stopped`], [`wait_until`] | look at processes |
+//! | [`gets_from_threads`] | many clients at once, each request on a new connection |
 //! | [`Chapter::start_command`], [`on_path`] | start a program that is not a chapter (the book's Node.js programs) |
 //! | [`listening_inodes`], [`socket_inodes`] | which sockets listen on an address, and which a process holds |
 //! | [`accept_queue`] | how many connections wait in a listening socket's accept queue |
@@ -757,6 +758,38 @@ pub fn get(addr: SocketAddr) -> HttpResponse {
     }
 }
 
+/// `threads` clients at once, each sending `each` requests one after another, every one
+/// on a new connection; checks that each answer came from one of the `forked` workers
+/// (see [`answered_by`]) and returns who answered each: `(PID, ID)`, in no set order.
+#[track_caller]
+pub fn gets_from_threads(
+    addr: SocketAddr,
+    threads: usize,
+    each: usize,
+    forked: &[(u32, u32)],
+) -> Vec<(u32, u32)> {
+    std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (0..each)
+                        .map(|i| {
+                            let response = http_get(addr).unwrap_or_else(|e| {
+                                panic!("client {t}, request {i} was not answered: {e}")
+                            });
+                            answered_by(&response, forked)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().expect("a client thread panicked"))
+            .collect()
+    })
+}
+
 /// The body every chapter worker answers with.
 pub fn hello_body(pid: u32, id: u32) -> String {
     format!("Hello world by {pid} (worker {id})\n")
@@ -870,6 +903,11 @@ pub fn pid_alive(pid: u32) -> bool {
 /// The parent pid of process `pid`, as `ps -o ppid` shows it.
 pub fn parent_pid(pid: u32) -> Option<u32> {
     stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// Is process `pid` stopped, by SIGSTOP say (state `T` in `/proc/PID/stat`)?
+pub fn stopped(pid: u32) -> bool {
+    stat_fields(pid).is_some_and(|fields| fields.first().map(String::as_str) == Some("T"))
 }
 
 /// How many fds process `pid` has open (entries in `/proc/<pid>/fd`).

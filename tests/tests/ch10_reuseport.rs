@@ -42,14 +42,6 @@ fn own_listener(pid: u32, addr: SocketAddr) -> u64 {
     }
 }
 
-/// Is process `pid` stopped (state `T` in `/proc/PID/stat`)?
-fn stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| Some(stat.rsplit_once(')')?.1.split_whitespace().next()? == "T"))
-        .unwrap_or(false)
-}
-
 /// The `(id, pid)` of worker `id`'s replacement: the master logs `worker NEW listens in
 /// slot S, ...` once the new worker's socket is open, and forked it just before.
 #[track_caller]
@@ -103,30 +95,10 @@ fn every_worker_serves_under_load() {
     const THREADS: usize = 8;
     const EACH: usize = 30;
     let (_master, addr, forked) = start(3);
-    let forked = &forked;
-    let served: BTreeMap<u32, usize> = std::thread::scope(|scope| {
-        let clients: Vec<_> = (0..THREADS)
-            .map(|t| {
-                scope.spawn(move || {
-                    (0..EACH)
-                        .map(|i| {
-                            let response = http_get(addr).unwrap_or_else(|e| {
-                                panic!("client {t}, request {i} was not answered: {e}")
-                            });
-                            answered_by(&response, forked).1
-                        })
-                        .collect::<Vec<u32>>()
-                })
-            })
-            .collect();
-        let mut served = BTreeMap::new();
-        for client in clients {
-            for id in client.join().expect("a client thread panicked") {
-                *served.entry(id).or_default() += 1;
-            }
-        }
-        served
-    });
+    let mut served: BTreeMap<u32, usize> = BTreeMap::new();
+    for (_, id) in gets_from_threads(addr, THREADS, EACH, &forked) {
+        *served.entry(id).or_default() += 1;
+    }
     // The hash picks a socket at random for each connection: with 240 connections over
     // 3 sockets, a worker left out would happen about once in 10^42 runs.
     let ids: BTreeSet<u32> = forked.iter().map(|(id, _)| *id).collect();
@@ -151,6 +123,7 @@ type Seen = Result<u32, String>;
 fn a_workers_exit_loses_only_the_connections_queued_on_its_socket() {
     const MIN_QUEUED: u64 = 3;
     const MAX_CLIENTS: usize = 300;
+    const BATCH: usize = 12;
     let (master, addr, forked) = start(3);
     let (_, victim) = forked[1];
     let socket = own_listener(victim, addr);
@@ -161,24 +134,28 @@ fn a_workers_exit_loses_only_the_connections_queued_on_its_socket() {
     );
 
     // Connections with a request sent, until a few wait on the stopped worker's socket.
+    // The queue is read between batches: /proc/net/tcp is slow to read on a machine with
+    // many sockets.
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let mut readers = Vec::new();
     let queued = || accept_queue(socket).unwrap_or(0);
-    while queued() < MIN_QUEUED && readers.len() < MAX_CLIENTS {
-        let mut stream: TcpStream = connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(TIMEOUT))
-            .expect("a longer read timeout");
-        write_request(&mut stream, "/", false).expect("send a request");
-        let seen = Arc::clone(&seen);
-        readers.push(std::thread::spawn(move || {
-            let outcome = match read_response(&mut stream) {
-                Ok(r) => parse_hello(&r.body).map(|(pid, _)| pid).ok_or(r.body),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => Err(format!("no answer: {e}")),
-                Err(e) => Err(e.to_string()),
-            };
-            seen.lock().expect("seen").push(outcome);
-        }));
+    while readers.len() < MAX_CLIENTS && (readers.is_empty() || queued() < MIN_QUEUED) {
+        for _ in 0..BATCH {
+            let mut stream: TcpStream = connect(addr).expect("connect");
+            stream
+                .set_read_timeout(Some(TIMEOUT))
+                .expect("a longer read timeout");
+            write_request(&mut stream, "/", false).expect("send a request");
+            let seen = Arc::clone(&seen);
+            readers.push(std::thread::spawn(move || {
+                let outcome = match read_response(&mut stream) {
+                    Ok(r) => parse_hello(&r.body).map(|(pid, _)| pid).ok_or(r.body),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => Err(format!("no answer: {e}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                seen.lock().expect("seen").push(outcome);
+            }));
+        }
     }
     let clients = readers.len();
     let waiting = queued();
