@@ -276,8 +276,17 @@ fn parent_of(pid: u32) -> Option<u32> {
 mod tests {
     use super::*;
 
+    /// `stop` also kills every child of this process it finds orphaned, as it must when
+    /// the tool stops a command; the tests that start children take turns.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn turn() -> std::sync::MutexGuard<'static, ()> {
+        ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     #[test]
     fn finds_and_stops_a_whole_tree() {
+        let _turn = turn();
         // A shell that starts a grandchild in a process group of its own, as the test
         // harness starts a chapter binary, then waits.
         let mut child = Command::new("sh")
@@ -318,6 +327,7 @@ mod tests {
 
     #[test]
     fn collects_output_and_exit_status() {
+        let _turn = turn();
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let out = cargo(root, &["--version".to_string()], None, false).unwrap();
         assert!(out.success());

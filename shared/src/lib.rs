@@ -9,7 +9,7 @@
 //! | [`cluster`] | the master's loop: fork, events, shutdown; sending an fd to a worker | 1, 2, 5, 6 |
 //! | [`http`] | the `Hello world by <pid>` responder | 1 |
 //! | [`server`] | the worker's single-threaded event loop; adopting a socket or a connection; draining | 1, 2, 5, 6, 7 |
-//! | [`net`] | binding a port, EADDRINUSE, `SO_REUSEADDR` and `SO_REUSEPORT` | 1, 3 |
+//! | [`net`] | binding a port, EADDRINUSE, `SO_REUSEADDR` and `SO_REUSEPORT`; reserving a port | 1, 3, 10 |
 //! | [`channel`] | the IPC channel, messages and fds | 2, 5 |
 //! | [`round_robin`] | the master accepts, the workers take turns (Node's `RoundRobinHandle`) | 6 |
 //! | [`supervisor`] | restart a dead worker, with backoff; give up on a crash loop | 7 |

@@ -16,10 +16,12 @@
 //! | [`http_get`], [`write_request`], [`read_response`] | a minimal HTTP/1.1 client |
 //! | [`parse_hello`] | which worker (pid, id) wrote a response body |
 //! | [`recv_timeout`] | read one IPC message, with a timeout |
-//! | [`pid_alive`], [`parent_pid`], [`fd_count`], [`wait_until`] | look at processes |
-//! | [`Chapter::start_command`], [`on_path`] | start a program that is not a chapter (the book's Node.js programs) |
+//! | [`pid_alive`], [`parent_pid`], [`fd_count`], [`stopped`], [`wait_until`] | look at processes |
+//! | [`gets_from_threads`] | many clients at once, each request on a new connection |
+//! | [`Chapter::from_command`], [`on_path`] | start a program that is not a chapter (the book's Node.js programs) |
 //! | [`listening_inodes`], [`socket_inodes`] | which sockets listen on an address, and which a process holds |
 //! | [`tcp_sockets`] | the kernel's TCP table, as `ss -tan` shows it |
+//! | [`accept_queue`] | how many connections wait in a listening socket's accept queue |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -757,6 +759,38 @@ pub fn get(addr: SocketAddr) -> HttpResponse {
     }
 }
 
+/// `threads` clients at once, each sending `each` requests one after another, every one
+/// on a new connection; checks that each answer came from one of the `forked` workers
+/// (see [`answered_by`]) and returns who answered each: `(PID, ID)`, in no set order.
+#[track_caller]
+pub fn gets_from_threads(
+    addr: SocketAddr,
+    threads: usize,
+    each: usize,
+    forked: &[(u32, u32)],
+) -> Vec<(u32, u32)> {
+    std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (0..each)
+                        .map(|i| {
+                            let response = http_get(addr).unwrap_or_else(|e| {
+                                panic!("client {t}, request {i} was not answered: {e}")
+                            });
+                            answered_by(&response, forked)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().expect("a client thread panicked"))
+            .collect()
+    })
+}
+
 /// The body every chapter worker answers with.
 pub fn hello_body(pid: u32, id: u32) -> String {
     format!("Hello world by {pid} (worker {id})\n")
@@ -870,6 +904,11 @@ pub fn pid_alive(pid: u32) -> bool {
 /// The parent pid of process `pid`, as `ps -o ppid` shows it.
 pub fn parent_pid(pid: u32) -> Option<u32> {
     stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// Is process `pid` stopped, by SIGSTOP say (state `T` in `/proc/PID/stat`)?
+pub fn stopped(pid: u32) -> bool {
+    stat_fields(pid).is_some_and(|fields| fields.first().map(String::as_str) == Some("T"))
 }
 
 /// How many fds process `pid` has open (entries in `/proc/<pid>/fd`).
@@ -996,6 +1035,9 @@ pub struct TcpSocket {
     pub state: TcpState,
     /// 0 for a socket no process holds any more (TIME_WAIT, for one).
     pub inode: u64,
+    /// For a listening socket, the connections waiting in its accept queue; for a
+    /// connection, the bytes received and not read yet.
+    pub rx_queue: u64,
 }
 
 /// Every TCP socket on the machine (in this network namespace), as `ss -tan` lists them.
@@ -1018,6 +1060,7 @@ pub fn tcp_sockets() -> Vec<TcpSocket> {
                         _ => TcpState::Other,
                     },
                     inode: columns.get(9)?.parse().ok()?,
+                    rx_queue: u64::from_str_radix(columns.get(4)?.split_once(':')?.1, 16).ok()?,
                 })
             })();
             sockets.extend(parsed);
@@ -1042,6 +1085,17 @@ pub fn tcp_connections_of(pid: u32) -> usize {
         .iter()
         .filter(|s| s.state != TcpState::Listen && mine.contains(&s.inode))
         .count()
+}
+
+/// How many connections wait in the accept queue of the listening socket with inode
+/// `inode`, or `None` if no such socket listens. For a listening socket the kernel prints
+/// its accept queue's length in the `rx_queue` half of the `tx_queue:rx_queue` column of
+/// `/proc/net/tcp{,6}`: connections whose handshake is done and that nobody has accepted.
+pub fn accept_queue(inode: u64) -> Option<u64> {
+    tcp_sockets()
+        .iter()
+        .find(|s| s.state == TcpState::Listen && s.inode == inode)
+        .map(|s| s.rx_queue)
 }
 
 /// The inodes of the sockets listening on `addr`.

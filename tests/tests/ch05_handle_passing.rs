@@ -50,29 +50,8 @@ fn every_request_is_answered() {
     const THREADS: usize = 4;
     const EACH: usize = 50;
     let (_master, addr, forked) = start(2);
-    let forked = &forked;
-    let answered: Vec<Vec<u32>> = std::thread::scope(|scope| {
-        let clients: Vec<_> = (0..THREADS)
-            .map(|t| {
-                scope.spawn(move || {
-                    (0..EACH)
-                        .map(|i| {
-                            let response = http_get(addr).unwrap_or_else(|e| {
-                                panic!("client {t}, request {i} was not answered: {e}")
-                            });
-                            answered_by(&response, forked).0
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        clients
-            .into_iter()
-            .map(|c| c.join().expect("a client thread panicked"))
-            .collect()
-    });
-    let total: usize = answered.iter().map(Vec::len).sum();
-    assert_eq!(total, THREADS * EACH);
+    let answered = gets_from_threads(addr, THREADS, EACH, &forked);
+    assert_eq!(answered.len(), THREADS * EACH);
 }
 
 #[test]

@@ -82,14 +82,6 @@ fn workers_hold_no_listening_socket() {
     }
 }
 
-/// Is process `pid` stopped (state `T` in `/proc/PID/stat`)?
-fn stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| Some(stat.rsplit_once(')')?.1.split_whitespace().next()? == "T"))
-        .unwrap_or(false)
-}
-
 /// What the load thread saw for each request: the pid that answered, or the error.
 type Seen = Result<u32, String>;
 

@@ -41,6 +41,7 @@ fn refused(package: &str, args: &[&str], expected: &str) {
 fn too_many_workers_are_refused_with_the_limit() {
     refused("ch01-random-port-fork", &["--workers", "100000"], "at most");
     refused("ch06-round-robin", &["--workers", "5000"], "at most");
+    refused("ch10-reuseport", &["--workers", "129"], "at most");
     let (_, help, _) = run_to_end("ch01-random-port-fork", &["--help"]);
     assert!(help.contains("at most"), "--help states the limit:\n{help}");
 }

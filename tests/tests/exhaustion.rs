@@ -240,6 +240,13 @@ fn ch05_workers_out_of_fds_wait_instead_of_spinning() {
     workers_wait_out_emfile("ch05-handle-passing", 2, Chapter::wait_master_ready);
 }
 
+/// With a socket per worker, what the kernel hashes to a worker that is out of fds waits
+/// in that worker's own queue until it has fds again: no other worker can take it.
+#[test]
+fn ch10_workers_out_of_fds_wait_instead_of_spinning() {
+    workers_wait_out_emfile("ch10-reuseport", 2, Chapter::wait_master_ready);
+}
+
 /// Chapter 4's master out of fds: it stops accepting without spinning, says so once,
 /// and accepts again once pairs close. A client it cannot pair for want of an fd hears
 /// "too many connections" rather than nothing.

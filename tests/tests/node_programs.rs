@@ -239,3 +239,61 @@ fn cluster_every_worker_listens_on_each_port_it_asks_for() {
         assert_eq!(ids, BTreeSet::from([1, 2]), "both workers serve {addr}");
     }
 }
+
+/// The version of `node` on `PATH`, `(major, minor)`.
+fn node_version() -> Option<(u32, u32)> {
+    let output = Command::new(on_path("node")?)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8(output.stdout).ok()?;
+    let mut parts = text.trim().trim_start_matches('v').split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Chapter 10: `listen({ exclusive: true, reusePort: true })` in every cluster worker. From
+/// Node 22.12 and 23.1 on, every worker listens on a socket of its own and the master holds
+/// none; before, the option is ignored, one worker binds and the others die of
+/// EADDRINUSE, which the program reports with the version.
+#[test]
+fn ch10_every_worker_listens_itself_where_node_has_reuse_port() {
+    let Some(master) = start("ch10-reuseport.js", &[]) else {
+        return;
+    };
+    let Some((major, minor)) = node_version() else {
+        panic!("node is on PATH but `node --version` says nothing readable");
+    };
+    let reuse_port = major > 23 || (major == 23 && minor >= 1) || (major == 22 && minor >= 12);
+    if reuse_port {
+        let addr = master.wait_master_ready();
+        let sockets = listening_inodes(addr);
+        assert_eq!(
+            sockets.len(),
+            2,
+            "a socket per worker on {addr}: {sockets:?}"
+        );
+        assert!(
+            socket_inodes(master.pid()).is_disjoint(&sockets.iter().copied().collect()),
+            "the master holds none of them"
+        );
+        let ids: BTreeSet<u32> = (0..30).map(|_| hello_from_child(addr, &master).1).collect();
+        assert_eq!(ids, BTreeSet::from([1, 2]), "both workers serve: {ids:?}");
+    } else {
+        let winner = master.wait_ready(1)[0];
+        let refused = master.wait_for("EADDRINUSE", TIMEOUT);
+        assert!(
+            refused.contains("reusePort needs 22.12 or 23.1"),
+            "the loser says why: {refused}"
+        );
+        master.wait_for("exited (1)", TIMEOUT);
+        assert_eq!(
+            listening_inodes(winner.addr).len(),
+            1,
+            "one socket on the port"
+        );
+        assert_eq!(
+            hello_from_child(winner.addr, &master),
+            (winner.pid, winner.id)
+        );
+    }
+}
