@@ -61,8 +61,10 @@ fn assert_fds_return_to(master: &Chapter, expected: usize, what: &str) {
 fn every_worker_serves_through_the_proxy() {
     let (master, addr, forked) = start(3, &[]);
     let mut served: BTreeMap<u32, usize> = BTreeMap::new();
-    // New connections go to the workers in turn, so 9 of them reach all 3 workers.
-    for _ in 0..9 {
+    // New connections go to the workers in turn, so a few reach all 3 workers. A worker
+    // that does not complete the handshake within a second (on a machine loaded far past
+    // its CPUs) is skipped for that connection: 30 leave room for that.
+    for _ in 0..30 {
         let response = get(addr);
         let (pid, _) = answered_by(&response, &forked);
         assert_ne!(pid, master.pid(), "the master proxies; a worker answers");
