@@ -13,11 +13,15 @@
 //! | [`channel`] | the IPC channel, messages and fds | 2, 5 |
 //! | [`round_robin`] | the master accepts, the workers take turns (Node's `RoundRobinHandle`) | 6 |
 //! | [`supervisor`] | restart a dead worker, with backoff; give up on a crash loop | 7 |
+//! | [`graceful`] | a worker's graceful exit: tell the master, drain, exit | 7 |
+//! | [`keeper`] | the master that keeps its workers serving: restarts, leaving workers, a draining stop | 7 |
 
 pub mod args;
 pub mod channel;
 pub mod cluster;
+pub mod graceful;
 pub mod http;
+pub mod keeper;
 pub mod log;
 pub mod net;
 pub mod round_robin;
