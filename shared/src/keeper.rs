@@ -210,7 +210,9 @@ impl Keeper {
                 .flatten()
                 .chain(kills)
                 .min();
-            let wait = wake.map_or(Duration::from_secs(3600), |at| at - now);
+            let wait = wake.map_or(Duration::from_secs(3600), |at| {
+                at.saturating_duration_since(now)
+            });
             if let Some(event) = self.cluster.next_event_timeout(wait) {
                 return Some(event);
             }
@@ -313,36 +315,51 @@ impl Keeper {
 
     /// Worker `id` said it is leaving (it panicked, or outgrew `--max-rss`): no more
     /// connections for it, a replacement at once, SIGKILL if it is not gone by
-    /// `--kill-timeout`.
+    /// `--kill-timeout`. One that leaves within `--min-uptime` of its start is treated
+    /// as a crash at start instead: replaced after its exit, with the backoff. Otherwise
+    /// a handler that panics on every request would fork a worker per request.
     // ANCHOR: leave
     pub fn leave(&mut self, id: u32, why: &str) {
         if self.stopping || self.leaving.contains_key(&id) {
             return;
         }
         self.handles.retire(id);
-        let kill_at = Some(Instant::now() + self.kill_timeout);
-        let (why, planned) = (why.to_string(), true);
+        let min_uptime = self.books.policy().min_uptime;
+        let up = self.books.uptime(id, Instant::now());
+        let young = up.is_some_and(|up| up < min_uptime);
         let pid = self.cluster.worker(id).map_or(0, |w| w.pid);
         log!(
             "worker {id} (pid {pid}) is leaving ({why}): it gets no more connections, and \
              SIGKILL in {} if it has not finished",
             Seconds(self.kill_timeout)
         );
-        self.leaving.insert(
-            id,
-            Leaving {
-                why,
-                kill_at,
-                planned,
-            },
-        );
-        if let Some(slot) = self.books.leaving(id) {
+        self.on_its_way_out(id, why, !young);
+        if young {
+            log!(
+                "worker {id} leaves within --min-uptime {} of its start: its exit counts as a \
+                 crash, and its slot waits for it",
+                Seconds(min_uptime)
+            );
+        } else if let Some(slot) = self.books.leaving(id) {
             if let Some(new) = self.refill(slot) {
                 log!("worker {new} takes worker {id}'s place now, without waiting for its exit");
             }
         }
     }
     // ANCHOR_END: leave
+
+    /// Notes that worker `id` is on its way out, and when it gets SIGKILL if it is still
+    /// there.
+    fn on_its_way_out(&mut self, id: u32, why: &str, planned: bool) {
+        let kill_at = Some(Instant::now() + self.kill_timeout);
+        let why = why.to_string();
+        let leaving = Leaving {
+            why,
+            kill_at,
+            planned,
+        };
+        self.leaving.insert(id, leaving);
+    }
 
     /// Forks the worker that will take worker `id`'s slot, while `id` still serves: its
     /// exit becomes a planned one. `Ok(None)` if `id` holds no slot (already replaced).
@@ -375,8 +392,6 @@ impl Keeper {
             return;
         }
         self.handles.retire(id);
-        let kill_at = Some(Instant::now() + self.kill_timeout);
-        let (why, planned) = (why.to_string(), false);
         if let Some(worker) = self.cluster.worker(id) {
             log!(
                 "worker {id} (pid {}) is {why}: SIGTERM now, SIGKILL in {} if it is still there",
@@ -385,14 +400,7 @@ impl Keeper {
             );
             let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGTERM);
         }
-        self.leaving.insert(
-            id,
-            Leaving {
-                why,
-                kill_at,
-                planned,
-            },
-        );
+        self.on_its_way_out(id, why, false);
     }
 
     /// The workers that serve, or are starting to: alive and not on their way out.

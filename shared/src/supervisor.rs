@@ -152,6 +152,13 @@ impl Supervisor {
             .map(|i| i + 1)
     }
 
+    /// How long worker `id` has held its slot, if it holds one.
+    pub fn uptime(&self, id: u32, now: Instant) -> Option<Duration> {
+        let slot = self.slot_of(id)?;
+        let (_, since) = self.slots[slot - 1].worker?;
+        Some(now.saturating_duration_since(since))
+    }
+
     /// The worker holding `slot`, if any.
     pub fn worker_in(&self, slot: usize) -> Option<u32> {
         self.slots[slot - 1].worker.map(|(id, _)| id)

@@ -116,7 +116,7 @@ fn a_worker_killed_under_load_is_named_by_its_signal_and_replaced_at_once() {
 
 #[test]
 fn a_crash_fails_its_own_request_only_and_the_replacement_serves_before_the_old_worker_exits() {
-    let (master, addr, forked) = start(2, &["--idle-timeout", "60"]);
+    let (master, addr, forked) = start(2, &["--idle-timeout", "60", "--min-uptime", "0.1"]);
     let (mut held, (id, pid)) = busy_worker(addr, &forked);
     let load = SteadyLoad::start(addr);
     load.wait_for_more(20);
@@ -219,9 +219,51 @@ fn when_every_slot_is_given_up_the_master_exits() {
     master.wait_for("every slot has been given up", TIMEOUT);
 }
 
+/// A worker that leaves within --min-uptime of its start is not replaced at once: if
+/// every request panics, replacing each leaving worker at once would fork a worker per
+/// request. Its exit counts as a crash, with the backoff and the give-up.
+#[test]
+fn a_worker_that_leaves_young_is_throttled_like_a_crash() {
+    let args = [
+        "--port",
+        "0",
+        "--workers",
+        "1",
+        "--min-uptime",
+        "30",
+        "--max-restarts",
+        "2",
+        "--restart-delay",
+        "0.01",
+    ];
+    let mut master = Chapter::start(CH07, &args);
+    let addr = master.wait_master_ready();
+    // Every worker gets a /crash as soon as it serves.
+    let deadline = Instant::now() + TIMEOUT;
+    while pid_alive(master.pid()) && Instant::now() < deadline {
+        let _ = get_path(addr, "/crash");
+    }
+    let status = master.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(1), "{}", describe(status));
+    let lines = master.wait_output_closed(TIMEOUT);
+    let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        count("leaves within --min-uptime 30 s of its start"),
+        3,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        count("takes worker"),
+        0,
+        "no leaving worker is replaced at once"
+    );
+    assert_eq!(restart_delays(&lines, 1), [0, 10], "{lines:#?}");
+    assert_eq!(count("slot 1 is given up"), 1, "{lines:#?}");
+}
+
 #[test]
 fn a_worker_over_max_rss_leaves_and_is_replaced() {
-    let (master, addr, forked) = start(2, &["--max-rss", "64"]);
+    let (master, addr, forked) = start(2, &["--max-rss", "64", "--min-uptime", "0.1"]);
     let response = get_path(addr, "/leak?mb=100").expect("GET /leak?mb=100");
     assert_eq!(response.status, 200, "{response:?}");
     let (id, pid) = *forked
@@ -270,7 +312,15 @@ fn exit_without_a_word_is_a_crash_and_the_slot_restarts_at_once() {
 
 #[test]
 fn a_leaving_worker_that_does_not_finish_in_time_is_killed() {
-    let (master, addr, forked) = start(2, &["--kill-timeout", "0.5", "--idle-timeout", "60"]);
+    let args = [
+        "--kill-timeout",
+        "0.5",
+        "--idle-timeout",
+        "60",
+        "--min-uptime",
+        "0.1",
+    ];
+    let (master, addr, forked) = start(2, &args);
     let (mut held, (id, pid)) = busy_worker(addr, &forked);
     crash(addr, pid);
     master.wait_for(&format!("worker {id} (pid {pid}) is leaving"), TIMEOUT);
@@ -311,11 +361,12 @@ fn sigterm_with_twenty_requests_in_flight_answers_them_all_then_everything_exits
             stream
         })
         .collect();
-    // Every one has reached a worker, which holds its first half.
+    // Every one has reached a worker, which holds its first half. (A worker's sockets are
+    // its IPC channel and its connections.)
     let mut held = 0;
     assert!(
         wait_until(TIMEOUT, || {
-            held = pids.iter().map(|pid| tcp_connections_of(*pid)).sum();
+            held = pids.iter().map(|pid| socket_inodes(*pid).len() - 1).sum();
             held == 20
         }),
         "the workers should hold the 20 connections, not {held}"
