@@ -495,16 +495,20 @@ impl Keeper {
     pub fn stop(&mut self) -> ExitCode {
         self.stopping = true;
         let deadline = Instant::now() + self.kill_timeout;
+        let workers = match self.cluster.len() {
+            1 => "1 worker finishes".to_string(),
+            n => format!("{n} workers finish"),
+        };
         log!(
-            "stopping: no new connections; {} workers finish what they hold, for at most {} \
+            "stopping: no new connections; {workers} what they hold, for at most {} \
              (--kill-timeout)",
-            self.cluster.len(),
             Seconds(self.kill_timeout)
         );
         self.handles.stop_listening(&self.cluster);
         // What the master accepted goes to a worker before anyone drains: a `newconn` the
-        // worker reads before its `drain` is served, one it would read after is not.
-        while self.handles.holding() > 0 && !self.cluster.is_empty() {
+        // worker reads before its `drain` is served, one it would read after is not. (A
+        // connection already sent is in the worker's channel, ahead of the `drain`.)
+        while self.handles.waiting() > 0 && !self.cluster.is_empty() {
             self.handles.distribute(&self.cluster);
             let left = deadline.saturating_duration_since(Instant::now());
             match self.cluster.next_event_timeout(left) {
@@ -534,11 +538,10 @@ impl Keeper {
                 None => {}
             }
         }
-        if self.handles.holding() > 0 {
-            log!(
-                "{} accepted connections found no worker",
-                self.handles.holding()
-            );
+        match self.handles.holding() {
+            0 => {}
+            1 => log!("1 accepted connection found no worker"),
+            n => log!("{n} accepted connections found no worker"),
         }
         log!("all workers stopped");
         ExitCode::SUCCESS

@@ -306,10 +306,15 @@ impl RoundRobin {
         self.members.contains(&id)
     }
 
-    /// Whether the master still holds connections of this handle: accepted and waiting
+    /// How many connections of this handle the master still holds: accepted and waiting
     /// for a worker, or sent and not yet acknowledged.
     pub fn holding(&self) -> usize {
         self.waiting.len() + self.sent.len()
+    }
+
+    /// How many accepted connections wait for a free worker (not sent to any yet).
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
     }
 
     /// Stops listening (chapter 7's stop): takes every connection already in the kernel's
@@ -461,6 +466,11 @@ impl Handles {
     /// How many connections the master still holds for its workers, on every handle.
     pub fn holding(&self) -> usize {
         self.handles.iter().map(RoundRobin::holding).sum()
+    }
+
+    /// How many accepted connections wait for a free worker, on every handle.
+    pub fn waiting(&self) -> usize {
+        self.handles.iter().map(RoundRobin::waiting).sum()
     }
 
     /// Stops listening on every handle: see [`RoundRobin::stop_listening`].

@@ -156,3 +156,45 @@ fn a_pong_from_a_thread_of_its_own_hides_a_hung_loop() {
     assert_eq!(master.count("is a zombie"), 0, "{:#?}", master.lines());
     assert!(pid_alive(pid), "the hung worker is left alone");
 }
+
+/// Ctrl-C with one worker stuck (and a connection it was handed and never took): the
+/// healthy worker drains and exits at once; the stuck one is killed at --kill-timeout.
+#[test]
+fn stopping_with_a_hung_worker_drains_the_others_and_kills_it_at_the_timeout() {
+    // Heartbeats an hour apart: the master will not find the zombie by itself.
+    let args = ["--heartbeat-ms", "3600000", "--kill-timeout", "2"];
+    let (mut master, addr, forked) = Chapter::start_cluster(CH08, 2, &args);
+    let (_hung, (id, pid)) = send_stuck(&master, addr, "/hang", "/hang: spinning", &forked);
+    let (healthy_id, healthy) = *forked.iter().find(|(i, _)| *i != id).expect("two workers");
+    // Requests until one is handed to the stuck worker, which never takes it: the
+    // master holds it for that worker, and its client waits.
+    let mut lost = Vec::new();
+    while lost.is_empty() {
+        let mut stream = connect(addr).expect("connect");
+        write_request(&mut stream, "/", false).expect("send a request");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("a short read timeout");
+        match read_response(&mut stream) {
+            Ok(response) => assert_eq!(answered_by(&response, &forked), (healthy, healthy_id)),
+            Err(_) => lost.push(stream),
+        }
+    }
+    master.signal(nix::sys::signal::Signal::SIGINT);
+    master.wait_for(
+        &format!("worker {healthy_id} (pid {healthy}) exited with code 0"),
+        TIMEOUT,
+    );
+    master.wait_for(
+        &format!("worker {id} (pid {pid}) is still there after --kill-timeout 2 s: SIGKILL"),
+        TIMEOUT,
+    );
+    let status = master.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{}", describe(status));
+    let lines = master.wait_output_closed(TIMEOUT);
+    let killed = format!("worker {healthy_id} (pid {healthy}) is still there");
+    assert!(
+        !lines.iter().any(|l| l.contains(&killed)),
+        "the healthy worker drained by itself: {lines:#?}"
+    );
+}
