@@ -261,20 +261,7 @@ impl Keeper {
         match event {
             Event::Shutdown => return Some(self.stop()),
             Event::Ready(token) => self.handles.accept(token, &self.cluster),
-            Event::Message { id, message } => {
-                match self
-                    .handles
-                    .on_message(&mut self.cluster, id, &message.text)
-                {
-                    Heard::Joined { .. } => self.joined(id),
-                    Heard::Other => match message.text.split_once(' ') {
-                        Some(("leaving", why)) => self.leave(id, why),
-                        _ if message.text == "online" => log!("worker {id} online"),
-                        _ => log!("unexpected message from worker {id}: {}", message.text),
-                    },
-                    Heard::Handled | Heard::Refused { .. } => {}
-                }
-            }
+            Event::Message { id, message } => self.message(id, &message.text),
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
             Event::Exit { id, .. } => return self.exited(id),
             Event::Signal(_) => {}
@@ -283,6 +270,20 @@ impl Keeper {
         None
     }
     // ANCHOR_END: handle
+
+    /// A message from worker `id`: the round-robin's, or one of the keeper's own.
+    // ANCHOR: message
+    fn message(&mut self, id: u32, text: &str) {
+        let heard = self.handles.on_message(&mut self.cluster, id, text);
+        match (heard, text.split_once(' ')) {
+            (Heard::Joined { .. }, _) => self.joined(id),
+            (Heard::Other, Some(("leaving", why))) => self.leave(id, why),
+            (Heard::Other, _) if text == "online" => log!("worker {id} online"),
+            (Heard::Other, _) => log!("unexpected message from worker {id}: {text}"),
+            (Heard::Handled | Heard::Refused { .. }, _) => {}
+        }
+    }
+    // ANCHOR_END: message
 
     /// Worker `id` now serves every address it asked for.
     fn joined(&mut self, id: u32) {
@@ -387,6 +388,7 @@ impl Keeper {
     /// SIGTERM now, SIGKILL after `--kill-timeout`. Its exit counts as a crash, so its
     /// slot is restarted by the usual rules, backoff included. `why` completes "worker N
     /// is ...": `a zombie: ...`.
+    // ANCHOR: terminate
     pub fn terminate(&mut self, id: u32, why: &str) {
         if self.stopping || self.leaving.contains_key(&id) {
             return;
@@ -402,6 +404,7 @@ impl Keeper {
         }
         self.on_its_way_out(id, why, false);
     }
+    // ANCHOR_END: terminate
 
     /// The workers that serve, or are starting to: alive and not on their way out.
     pub fn active(&self) -> Vec<u32> {
@@ -425,17 +428,13 @@ impl Keeper {
         let verdict = self.books.exited(id, Instant::now());
         match (self.leaving.remove(&id), slot) {
             // It said it was leaving, or was told to: Node's `exitedAfterDisconnect`.
-            (
-                Some(Leaving {
-                    why, planned: true, ..
-                }),
-                _,
-            ) => {
-                log!("worker {id}'s exit was planned ({why}): its slot has a new worker")
-            }
+            (Some(gone), _) if gone.planned => log!(
+                "worker {id}'s exit was planned ({}): its slot has a new worker",
+                gone.why
+            ),
             // The master stopped it (chapter 8): a crash, with its reason.
-            (Some(Leaving { why, .. }), Some(slot)) => {
-                self.report(slot, verdict, &format!("worker {id} ({why})"))
+            (Some(gone), Some(slot)) => {
+                self.report(slot, verdict, &format!("worker {id} ({})", gone.why))
             }
             (None, Some(slot)) => self.report(slot, verdict, &format!("worker {id}")),
             (_, None) => log!("worker {id}'s exit was planned: it had been replaced"),

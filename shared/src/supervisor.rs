@@ -226,15 +226,7 @@ impl Supervisor {
         }
         let after = s.delay;
         s.restart_at = Some(now + after);
-        // ANCHOR: solution_ch07_backoff
-        // The first restart is immediate; if that worker dies too, the next waits
-        // restart_delay, and every one after that waits longer, up to the cap.
-        s.delay = match s.delay.is_zero() {
-            true => policy.restart_delay,
-            false => s.delay.mul_f64(policy.growth),
-        }
-        .min(policy.max_delay);
-        // ANCHOR_END: solution_ch07_backoff
+        s.delay = next_delay(after, &policy);
         Verdict::Restart {
             slot,
             after,
@@ -266,6 +258,21 @@ impl Supervisor {
         self.slots.iter().filter(|s| !s.given_up).count()
     }
 }
+
+/// The wait before a slot's next restart, when this one waited `delay`.
+// ANCHOR: next_delay
+fn next_delay(delay: Duration, policy: &Policy) -> Duration {
+    // ANCHOR: solution_ch07_backoff
+    // The first restart is immediate; if that worker dies too, the next waits
+    // restart_delay, and every one after that waits longer, up to the cap.
+    match delay.is_zero() {
+        true => policy.restart_delay,
+        false => delay.mul_f64(policy.growth),
+    }
+    .min(policy.max_delay)
+    // ANCHOR_END: solution_ch07_backoff
+}
+// ANCHOR_END: next_delay
 
 #[cfg(test)]
 mod tests {

@@ -57,6 +57,11 @@ fn a_hung_worker_is_killed_within_about_three_beats_and_replaced_while_the_other
         &format!("worker {id} (pid {pid}) was killed by SIGTERM"),
         TIMEOUT,
     );
+    assert_eq!(
+        master.count(&format!("worker {id} missed a heartbeat (3 of")),
+        0,
+        "the third missed ping makes a zombie; there is no fourth chance"
+    );
     // Three beats without an answer, one more to notice, the grace before SIGKILL, and
     // room for a busy machine.
     let bound = Duration::from_millis(4 * BEAT_MS) + kill_timeout + Duration::from_secs(3);

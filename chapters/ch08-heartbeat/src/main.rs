@@ -115,19 +115,12 @@ impl Heartbeat {
         self.unanswered.retain(|id, _| judged.contains(id));
         for id in judged {
             let missed = self.unanswered.entry(id).or_insert(0);
-            // ANCHOR: solution_ch08_missed
-            // Still unanswered after a whole interval: that ping was missed.
-            if *missed >= MISSED {
+            if zombie(id, missed) {
                 let why = format!("a zombie: its last {MISSED} pings went unanswered");
                 keeper.terminate(id, &why);
                 self.unanswered.remove(&id);
                 continue;
             }
-            if *missed > 0 {
-                log!("worker {id} missed a heartbeat ({missed} of {MISSED} in a row)");
-            }
-            *missed += 1;
-            // ANCHOR_END: solution_ch08_missed
             keeper.send(id, &format!("ping {}", self.seq));
         }
     }
@@ -144,6 +137,24 @@ impl Heartbeat {
     }
     // ANCHOR_END: pong
 }
+
+/// Judges worker `id` at a beat, `missed` being the pings it has left unanswered since its
+/// last pong: true if it is a zombie. If not, counts the ping this beat will send it.
+// ANCHOR: zombie
+fn zombie(id: u32, missed: &mut u32) -> bool {
+    // ANCHOR: solution_ch08_missed
+    // Still unanswered after a whole interval: that ping was missed.
+    if *missed >= MISSED {
+        return true;
+    }
+    if *missed > 0 {
+        log!("worker {id} missed a heartbeat ({missed} of {MISSED} in a row)");
+    }
+    *missed += 1;
+    false
+    // ANCHOR_END: solution_ch08_missed
+}
+// ANCHOR_END: zombie
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Outcome {
