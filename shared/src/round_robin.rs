@@ -338,6 +338,8 @@ impl RoundRobin {
 #[derive(Default)]
 pub struct Handles {
     handles: Vec<RoundRobin>,
+    /// Chapter 6's `--weights`, given to every handle made.
+    weights: HashMap<u32, u32>,
 }
 
 /// What the master learned from a worker's message, if it was about the handles.
@@ -357,6 +359,12 @@ impl Handles {
     /// No handle yet: the first `queryServer` for an address makes one.
     pub fn new() -> Handles {
         Handles::default()
+    }
+
+    /// Weighted round-robin on every handle: see [`RoundRobin::with_weights`].
+    pub fn with_weights(mut self, weights: HashMap<u32, u32>) -> Handles {
+        self.weights = weights;
+        self
     }
 
     /// Takes a worker's message if it is one of the round-robin table's.
@@ -397,7 +405,7 @@ impl Handles {
             None => match RoundRobin::bind(key, cluster, self.handles.len() as u64) {
                 Ok(handle) => {
                     log!("worker {id} asked for {key}: bound it, round-robin");
-                    self.handles.push(handle);
+                    self.handles.push(handle.with_weights(self.weights.clone()));
                     self.handles.len() - 1
                 }
                 Err(e) => {
