@@ -479,6 +479,73 @@ pub const EXERCISES: &[Exercise] = &[
             black_box("ch10_reuseport", &[]),
         ],
     },
+    Exercise {
+        name: "ch07-backoff",
+        chapter: "ch07-auto-restart",
+        file: "shared/src/supervisor.rs",
+        function: "next_delay",
+        anchor: "solution_ch07_backoff",
+        about: "the wait before a slot's next restart: at once, then restart_delay, then half again each time, up to a cap",
+        todo: "return the wait of the slot's next restart, given that this one waits delay",
+        hints: &[
+            "delay is what the restart being scheduled now waits; return what the next one \
+             will wait. A slot's first restart is immediate (its delay is zero); if that \
+             worker dies too, the next waits policy.restart_delay; every one after that \
+             waits policy.growth times longer, and never more than policy.max_delay.",
+            "Two cases: delay is zero (only the immediate first restart has happened), or it \
+             is not. Multiplying zero by 1.5 gives zero forever: the first case needs \
+             policy.restart_delay itself.",
+            "match delay.is_zero() { true => policy.restart_delay, false => \
+             delay.mul_f64(policy.growth) }.min(policy.max_delay)",
+        ],
+        tests: &[
+            shared_unit(&["supervisor::"]),
+            black_box(
+                "ch07_auto_restart",
+                &["a_slot_that_crashes_at_start_backs_off_then_is_given_up_while_the_other_serves"],
+            ),
+        ],
+    },
+    Exercise {
+        name: "ch07-leave",
+        chapter: "ch07-auto-restart",
+        file: "shared/src/graceful.rs",
+        function: "leave",
+        anchor: "solution_ch07_leave",
+        about: "a worker that must go (a panic, too much memory) tells its master first, then finishes what it holds",
+        todo: "tell the master why this worker is leaving, then drain",
+        hints: &[
+            "Two things, in an order that matters: the master must stop handing this worker \
+             connections and start its replacement, and the worker must stop taking new \
+             connections but finish the ones it holds. Until the master hears, it still \
+             counts the worker as free.",
+            "The master expects the message `leaving WHY`; Server::drain does the rest and \
+             makes run() return once the last connection is done.",
+            "server.send(&format!(\"leaving {why}\")); then server.drain();",
+        ],
+        tests: &[black_box("ch07_auto_restart", &[])],
+    },
+    Exercise {
+        name: "ch08-missed",
+        chapter: "ch08-heartbeat",
+        file: "chapters/ch08-heartbeat/src/main.rs",
+        function: "zombie",
+        anchor: "solution_ch08_missed",
+        about: "the missed-beat counter: a worker that leaves 3 pings in a row unanswered is a zombie",
+        todo: "say whether worker id is a zombie; if not, count the ping about to be sent",
+        hints: &[
+            "missed counts the pings sent to this worker since its last pong; pong() sets it \
+             back to 0. At a beat, a count of 1 or more means the last ping went unanswered \
+             for a whole interval: a missed beat. Judge first, then count the ping this beat \
+             sends.",
+            "At MISSED (3) the worker is a zombie: return true, and beat() does the rest. \
+             Otherwise, if it missed any, log it (the tests read `worker N missed a \
+             heartbeat (K of 3 in a row)`), add the ping to the count, and return false.",
+            "if *missed >= MISSED { return true; } if *missed > 0 { log!(\"worker {id} \
+             missed a heartbeat ({missed} of {MISSED} in a row)\"); } *missed += 1; false",
+        ],
+        tests: &[black_box("ch08_heartbeat", &[])],
+    },
 ];
 
 /// The exercise called `name`.

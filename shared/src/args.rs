@@ -316,6 +316,33 @@ impl FromStr for Switch {
     }
 }
 
+/// A length of time given in seconds, `5` or `0.25`, as `--idle-timeout` takes it: for the
+/// options of chapters 7 and 8 (`--kill-timeout`, `--min-uptime`, ...). Not negative, and at
+/// most a day: a typo such as `--kill-timeout 5000000` is refused rather than obeyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub Duration);
+
+impl FromStr for Seconds {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Seconds, String> {
+        let secs: f64 = text
+            .parse()
+            .map_err(|_| "a number of seconds like 5 or 0.5".to_string())?;
+        match Duration::try_from_secs_f64(secs) {
+            Ok(d) if d <= Duration::from_secs(86_400) => Ok(Seconds(d)),
+            _ => Err("from 0 to 86400 seconds".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Seconds {
+    /// As a learner would type it: `5 s`, `0.25 s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} s", self.0.as_secs_f64())
+    }
+}
+
 fn parse<T: FromStr>(name: &str, value: &str, expected: &str) -> Result<T, String> {
     value
         .parse()
@@ -402,6 +429,18 @@ mod tests {
             .contains("only on or off"));
         let args = parse_words(&["--fast", "on"]).unwrap().unwrap();
         assert!(args.is_on("--fast"));
+    }
+
+    #[test]
+    fn seconds_are_checked() {
+        assert_eq!(
+            "0.25".parse::<Seconds>(),
+            Ok(Seconds(Duration::from_millis(250)))
+        );
+        assert_eq!(Seconds(Duration::from_millis(1500)).to_string(), "1.5 s");
+        for bad in ["-1", "soon", "NaN", "1e9"] {
+            assert!(bad.parse::<Seconds>().is_err(), "{bad} should be refused");
+        }
     }
 
     #[test]

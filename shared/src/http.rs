@@ -21,6 +21,25 @@ pub struct Request {
     pub keep_alive: bool,
 }
 
+impl Request {
+    /// The path without its query string: `/leak` for `/leak?mb=50`.
+    pub fn route(&self) -> &str {
+        self.path
+            .split_once('?')
+            .map_or(&self.path, |(route, _)| route)
+    }
+
+    /// The value of `name` in the query string: `Some("50")` for `mb` in `/leak?mb=50`.
+    /// (Not decoded: the chapters only pass numbers.)
+    pub fn query(&self, name: &str) -> Option<&str> {
+        let (_, query) = self.path.split_once('?')?;
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find_map(|(key, value)| (key == name).then_some(value))
+    }
+}
+
 /// What the bytes received so far amount to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
@@ -172,6 +191,21 @@ mod tests {
         assert_eq!(request.path, "/b");
         assert!(!request.keep_alive);
         assert_eq!(parse(b"GET / HTTP/1.1\r\nHo"), Parsed::Partial);
+    }
+
+    #[test]
+    fn route_and_query() {
+        let Parsed::Request { request, .. } = parse(b"GET /leak?mb=50&x=1 HTTP/1.1\r\n\r\n") else {
+            panic!("a request")
+        };
+        assert_eq!(request.route(), "/leak");
+        assert_eq!(request.query("mb"), Some("50"));
+        assert_eq!(request.query("x"), Some("1"));
+        assert_eq!(request.query("y"), None);
+        let Parsed::Request { request, .. } = parse(b"GET /crash HTTP/1.1\r\n\r\n") else {
+            panic!("a request")
+        };
+        assert_eq!((request.route(), request.query("mb")), ("/crash", None));
     }
 
     #[test]

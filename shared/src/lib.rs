@@ -11,13 +11,17 @@
 //! | [`server`] | the worker's single-threaded event loop; adopting a socket or a connection; draining | 1, 2, 5, 6, 7 |
 //! | [`net`] | binding a port, EADDRINUSE, `SO_REUSEADDR` and `SO_REUSEPORT`; reserving a port | 1, 3, 10 |
 //! | [`channel`] | the IPC channel, messages and fds | 2, 5 |
-//! | [`round_robin`] | the master accepts, the workers take turns (Node's `RoundRobinHandle`) | 6 |
+//! | [`round_robin`] | the master accepts, the workers take turns (Node's `RoundRobinHandle`); a leaving worker is retired | 6, 7 |
 //! | [`supervisor`] | restart a dead worker, with backoff; give up on a crash loop | 7 |
+//! | [`graceful`] | a worker's graceful exit: tell the master, drain, exit | 7 |
+//! | [`keeper`] | the master that keeps its workers serving: restarts, leaving workers, a draining stop | 7 |
 
 pub mod args;
 pub mod channel;
 pub mod cluster;
+pub mod graceful;
 pub mod http;
+pub mod keeper;
 pub mod log;
 pub mod net;
 pub mod round_robin;

@@ -3,7 +3,9 @@
 //! serves.
 //!
 //! Explained in chapter 6 (Node's default, "method 1"), and used by the masters of
-//! chapters 7 to 9, which keep serving this way while they restart and reload workers.
+//! chapters 7 to 9, which keep serving this way while they restart and reload workers:
+//! chapter 7 adds [`RoundRobin::retire`] (a worker on its way out gets no more
+//! connections, but what it was sent is still its own) and [`RoundRobin::stop_listening`].
 //!
 //! Node's master keeps one `RoundRobinHandle` per address its workers asked for
 //! (`lib/internal/cluster/round_robin_handle.js`); so do we, one [`RoundRobin`] per key.
@@ -17,12 +19,17 @@
 //! | `accepted KEY` | worker | taken: the master closes its copy, the worker is free again |
 //! | `rejected KEY` | worker | could not take it (out of fds): the master gives it to another |
 //! | `free` | worker | out of fds no longer: count on me again |
+//!
+//! [`Handles`] is the master's side of the table, all handles together; [`listen_via_master`]
+//! and [`from_master`] are the worker's.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 
+use crate::args::Args;
+use crate::channel::Message;
 use crate::cluster::Cluster;
 use crate::log;
 use crate::net::{self, ListenError};
@@ -34,7 +41,8 @@ pub struct RoundRobin {
     /// The address as the workers asked for it, and which of their `listen`s on it
     /// (`127.0.0.1:8000#0`): the handle's name in every message.
     key: String,
-    listener: TcpListener,
+    /// The listening socket; `None` once the master has stopped listening (chapter 7).
+    listener: Option<TcpListener>,
     /// The token the master's loop watches the listener with.
     token: u64,
     /// Every worker that asked for this address.
@@ -86,7 +94,7 @@ impl RoundRobin {
         }
         Ok(RoundRobin {
             key: key.to_string(),
-            listener,
+            listener: Some(listener),
             token,
             members: HashSet::new(),
             free: VecDeque::new(),
@@ -114,7 +122,10 @@ impl RoundRobin {
 
     /// The address the socket is bound to (the real port, when port 0 was asked for).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match &self.listener {
+            Some(listener) => listener.local_addr(),
+            None => Err(io::Error::other(format!("{} no longer listens", self.key))),
+        }
     }
 
     /// How many workers serve this handle.
@@ -140,8 +151,11 @@ impl RoundRobin {
     /// loop until a connection is handed off and our copy is closed.
     // ANCHOR: accept
     pub fn accept(&mut self, cluster: &Cluster) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
         loop {
-            match self.listener.accept() {
+            match listener.accept() {
                 Ok((conn, _peer)) => self.waiting.push_back(conn),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if std::mem::take(&mut self.out_of_fds) {
@@ -159,7 +173,7 @@ impl RoundRobin {
                             self.key
                         );
                     }
-                    if cluster.unwatch(self.listener.as_fd()).is_ok() {
+                    if cluster.unwatch(listener.as_fd()).is_ok() {
                         self.paused = true;
                     }
                     return;
@@ -208,8 +222,14 @@ impl RoundRobin {
             log!("worker {id} takes connections again");
         }
         // That freed one of our fds: if we were out of them, accept again.
-        if self.paused && cluster.watch(self.listener.as_fd(), self.token).is_ok() {
-            self.paused = false;
+        if let Some(listener) = self.listener.as_ref().filter(|_| self.paused) {
+            if cluster.watch(listener.as_fd(), self.token).is_ok() {
+                self.paused = false;
+            }
+        }
+        // A worker on its way out (chapter 7) took its last connection: it gets no more.
+        if !self.members.contains(&id) {
+            return;
         }
         // ANCHOR: solution_ch06_weights
         // A worker with turns left goes back to the front of the line; one whose turn is
@@ -233,6 +253,14 @@ impl RoundRobin {
     /// handing it the next connection at once would only bounce back, again and again.
     // ANCHOR: rejected
     pub fn rejected(&mut self, id: u32) {
+        // A worker on its way out (chapter 7) that could not take its last connection:
+        // the connection has waited long enough, it goes first to another.
+        if !self.members.contains(&id) {
+            if let Some(conn) = self.sent.remove(&id) {
+                self.waiting.push_front(conn);
+            }
+            return;
+        }
         if let Some(conn) = self.sent.remove(&id) {
             self.waiting.push_back(conn);
         }
@@ -248,7 +276,7 @@ impl RoundRobin {
 
     /// Worker `id`, which was full, has room again.
     pub fn free_again(&mut self, id: u32) {
-        if self.full.remove(&id) {
+        if self.full.remove(&id) && self.members.contains(&id) {
             self.free.push_back(id);
         }
     }
@@ -266,7 +294,244 @@ impl RoundRobin {
             self.waiting.push_front(conn);
         }
     }
+
+    /// Worker `id` is on its way out (chapter 7): it gets no more connections from now
+    /// on. Unlike [`RoundRobin::remove`], the connection it was sent and has not
+    /// acknowledged yet stays its own: the `newconn` is already in its channel, and a
+    /// draining worker still serves what reaches it. Its answer, or its exit, settles it.
+    // ANCHOR: retire
+    pub fn retire(&mut self, id: u32) {
+        self.members.remove(&id);
+        self.free.retain(|&free| free != id);
+        self.full.remove(&id);
+        self.short.remove(&id);
+    }
+    // ANCHOR_END: retire
+
+    /// Whether worker `id` serves this handle (asked for it, and is not on its way out).
+    pub fn serves(&self, id: u32) -> bool {
+        self.members.contains(&id)
+    }
+
+    /// How many connections of this handle the master still holds: accepted and waiting
+    /// for a worker, or sent and not yet acknowledged.
+    pub fn holding(&self) -> usize {
+        self.waiting.len() + self.sent.len()
+    }
+
+    /// How many accepted connections wait for a free worker (not sent to any yet).
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Stops listening (chapter 7's stop): takes every connection already in the kernel's
+    /// queue, for the workers to serve, then closes the socket, so that a new client is
+    /// refused at once instead of waiting for a master that is going away.
+    // ANCHOR: stop_listening
+    pub fn stop_listening(&mut self, cluster: &Cluster) {
+        self.accept(cluster);
+        if let Some(listener) = self.listener.take() {
+            // A listener off the loop (out of fds) is not watched; that error is fine.
+            let _ = cluster.unwatch(listener.as_fd());
+        }
+    }
+    // ANCHOR_END: stop_listening
 }
+
+/// Every round-robin handle of a master, one per address its workers asked for (Node's
+/// `handles` map in `lib/internal/cluster/primary.js`), and the workers' messages about
+/// them. The masters of chapters 7 to 9 keep one; a handle's place in the list is the
+/// token the master's loop watches its socket with.
+#[derive(Default)]
+pub struct Handles {
+    handles: Vec<RoundRobin>,
+    /// Chapter 6's `--weights`, given to every handle made.
+    weights: HashMap<u32, u32>,
+}
+
+/// What the master learned from a worker's message, if it was about the handles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// Not a round-robin message: the caller's to handle.
+    Other,
+    /// Handled (an acknowledgement, a rejection, `free`).
+    Handled,
+    /// The worker asked for `key` and now serves it, on `addr`.
+    Joined { key: String, addr: SocketAddr },
+    /// The worker asked for `key`, and it could not be bound: it was told why.
+    Refused { key: String },
+}
+
+impl Handles {
+    /// No handle yet: the first `queryServer` for an address makes one.
+    pub fn new() -> Handles {
+        Handles::default()
+    }
+
+    /// Weighted round-robin on every handle: see [`RoundRobin::with_weights`].
+    pub fn with_weights(mut self, weights: HashMap<u32, u32>) -> Handles {
+        self.weights = weights;
+        self
+    }
+
+    /// Takes a worker's message if it is one of the round-robin table's.
+    pub fn on_message(&mut self, cluster: &mut Cluster, id: u32, text: &str) -> Heard {
+        match text.split_once(' ') {
+            Some(("queryServer", key)) => self.query_server(cluster, id, key),
+            Some(("accepted", key)) => {
+                if let Some(handle) = self.find(key) {
+                    handle.accepted(id, cluster);
+                }
+                Heard::Handled
+            }
+            Some(("rejected", key)) => {
+                if let Some(handle) = self.find(key) {
+                    handle.rejected(id);
+                }
+                Heard::Handled
+            }
+            _ if text == "free" => {
+                self.handles.iter_mut().for_each(|h| h.free_again(id));
+                Heard::Handled
+            }
+            _ => Heard::Other,
+        }
+    }
+
+    fn find(&mut self, key: &str) -> Option<&mut RoundRobin> {
+        self.handles.iter_mut().find(|h| h.key() == key)
+    }
+
+    /// A worker asks the master to listen on `key` for it (Node's `queryServer`): find the
+    /// handle for that address, or bind it now, add the worker, and answer with the
+    /// address really bound. If binding fails, the worker hears why, as Node's does.
+    // ANCHOR: query_server
+    pub fn query_server(&mut self, cluster: &mut Cluster, id: u32, key: &str) -> Heard {
+        let index = match self.handles.iter().position(|h| h.key() == key) {
+            Some(index) => index,
+            None => match RoundRobin::bind(key, cluster, self.handles.len() as u64) {
+                Ok(handle) => {
+                    log!("worker {id} asked for {key}: bound it, round-robin");
+                    self.handles.push(handle.with_weights(self.weights.clone()));
+                    self.handles.len() - 1
+                }
+                Err(e) => {
+                    log!("worker {id} asked for {key}: {e}");
+                    let _ = cluster.send(id, &format!("error {key} {}", e.node_message()));
+                    return Heard::Refused { key: key.into() };
+                }
+            },
+        };
+        let handle = &mut self.handles[index];
+        let Ok(addr) = handle.local_addr() else {
+            return Heard::Refused { key: key.into() };
+        };
+        handle.add(id);
+        let _ = cluster.send(id, &format!("listening {key} {addr}"));
+        Heard::Joined {
+            key: key.into(),
+            addr,
+        }
+    }
+    // ANCHOR_END: query_server
+
+    /// The listening socket watched with `token` is readable.
+    pub fn accept(&mut self, token: u64, cluster: &Cluster) {
+        if let Some(handle) = self.handles.get_mut(token as usize) {
+            handle.accept(cluster);
+        }
+    }
+
+    /// Hands waiting connections to free workers, on every handle.
+    pub fn distribute(&mut self, cluster: &Cluster) {
+        self.handles.iter_mut().for_each(|h| h.distribute(cluster));
+    }
+
+    /// Worker `id` exited: see [`RoundRobin::remove`].
+    pub fn remove(&mut self, id: u32) {
+        self.handles.iter_mut().for_each(|h| h.remove(id));
+    }
+
+    /// Worker `id` is leaving: see [`RoundRobin::retire`].
+    pub fn retire(&mut self, id: u32) {
+        self.handles.iter_mut().for_each(|h| h.retire(id));
+    }
+
+    /// How many handles worker `id` serves.
+    pub fn served_by(&self, id: u32) -> usize {
+        self.handles.iter().filter(|h| h.serves(id)).count()
+    }
+
+    /// How many workers serve `key`'s handle.
+    pub fn workers_on(&self, key: &str) -> usize {
+        self.handles
+            .iter()
+            .find(|h| h.key() == key)
+            .map_or(0, RoundRobin::len)
+    }
+
+    /// Every handle's address, as `(key, address)`.
+    pub fn addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.handles
+            .iter()
+            .filter_map(|h| Some((h.key().to_string(), h.local_addr().ok()?)))
+            .collect()
+    }
+
+    /// How many connections the master still holds for its workers, on every handle.
+    pub fn holding(&self) -> usize {
+        self.handles.iter().map(RoundRobin::holding).sum()
+    }
+
+    /// How many accepted connections wait for a free worker, on every handle.
+    pub fn waiting(&self) -> usize {
+        self.handles.iter().map(RoundRobin::waiting).sum()
+    }
+
+    /// Stops listening on every handle: see [`RoundRobin::stop_listening`].
+    pub fn stop_listening(&mut self, cluster: &Cluster) {
+        self.handles
+            .iter_mut()
+            .for_each(|h| h.stop_listening(cluster));
+    }
+}
+
+/// In a worker: `server.listen(port)` for each port of `--port`, as a round-robin worker
+/// does it: ask the master, bind nothing. Each request names the address and which listen
+/// on it this is, as Node's key does.
+// ANCHOR: listen_via_master
+pub fn listen_via_master(server: &Server, args: &Args) {
+    for (i, port) in args.ports().iter().enumerate() {
+        let addr = SocketAddr::new(args.host, *port);
+        let index = args.ports()[..i].iter().filter(|p| *p == port).count();
+        server.send(&format!("queryServer {addr}#{index}"));
+    }
+}
+// ANCHOR_END: listen_via_master
+
+/// In a worker: the master's side of the table above: `newconn`, `listening`, `error`.
+/// Returns any other message, for the chapter to handle.
+// ANCHOR: from_master
+pub fn from_master(server: &mut Server, message: Message) -> Option<Message> {
+    match message.text.split_once(' ') {
+        Some(("newconn", key)) => take_connection(server, key, message.fd),
+        Some(("listening", rest)) => {
+            let (key, addr) = rest.split_once(' ').unwrap_or((rest, rest));
+            log!("listening on http://{addr} (asked the master for {key}; it accepts for us)");
+        }
+        Some(("error", rest)) => {
+            // Node's worker gets the master's error as its own, named after the call
+            // that failed there (`bind`), and unhandled: the worker dies of it.
+            let (key, why) = rest.split_once(' ').unwrap_or(("", rest));
+            let why = why.strip_prefix("listen ").unwrap_or(why);
+            log!("Error: bind {why} (the master's bind, for {key})");
+            std::process::exit(1);
+        }
+        _ => return Some(message),
+    }
+    None
+}
+// ANCHOR_END: from_master
 
 /// In a worker: takes the connection that came with `newconn KEY`, and acknowledges it
 /// before serving it, as Node's worker does, so the master puts us back in line before

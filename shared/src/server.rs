@@ -312,10 +312,11 @@ impl Server {
         for token in idle {
             self.close(token);
         }
-        log!(
-            "draining: no new connections; finishing {} open ones",
-            self.connections()
-        );
+        let open = match self.connections() {
+            1 => "1 open connection".to_string(),
+            n => format!("{n} open connections"),
+        };
+        log!("draining: no new connections; finishing {open}");
         self.stop_if_drained();
     }
     // ANCHOR_END: drain

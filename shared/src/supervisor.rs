@@ -1,5 +1,5 @@
 //! Keeping N workers alive: a worker that dies is replaced, after a delay that grows
-//! while its replacements keep dying young, and a place that crash-loops is given up on.
+//! while its replacements keep dying, and a place that crash-loops is given up on.
 //!
 //! Explained in chapter 7, and used by chapters 8 and 9, whose masters replace hung and
 //! reloaded workers through it.
@@ -11,11 +11,15 @@
 //!
 //! | [`Policy`] | PM2 | meaning |
 //! |---|---|---|
-//! | `restart_delay` | `restart_delay`, `exp_backoff_restart_delay` | the first wait before a restart |
+//! | `restart_delay` | `exp_backoff_restart_delay` | the wait before the second restart in a row |
 //! | `growth`, `max_delay` | the ×1.5 of `exp_backoff_restart_delay`, its 15 s cap | how the wait grows |
-//! | `stable_after` | 30 s | up this long, and the wait starts over |
+//! | `stable_after` | 30 s (`EXP_BACKOFF_RESET_TIMER`) | up this long, and the wait starts over |
 //! | `min_uptime` | `min_uptime` | dying sooner is a crash at start |
 //! | `max_restarts` | `max_restarts` | more such crashes in a row, and the slot is given up |
+//!
+//! One difference from PM2: the first restart is immediate. A worker that served for a
+//! while and died once is replaced at once, as Node's `cluster.on('exit', () =>
+//! cluster.fork())` does; only when its replacements keep dying does the wait grow.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -23,9 +27,9 @@ use std::time::{Duration, Instant};
 /// How the supervisor restarts workers.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
-    /// The wait before the first restart of a slot.
+    /// The wait before the second restart of a slot in a row (the first is immediate).
     pub restart_delay: Duration,
-    /// Each restart of a slot whose worker did not last waits this many times longer...
+    /// Each restart after that waits this many times longer...
     pub growth: f64,
     /// ...up to this.
     pub max_delay: Duration,
@@ -53,8 +57,15 @@ impl Default for Policy {
 /// What to do about a worker that exited.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    /// Start a new worker in `slot` once `after` has passed ([`Supervisor::due`] says when).
-    Restart { slot: usize, after: Duration },
+    /// Start a new worker in `slot` once `after` has passed ([`Supervisor::due`] says
+    /// when). The worker was up for `up`; `crashes` counts the deaths at start in a row,
+    /// this one included (0 if it lived past `min_uptime`).
+    Restart {
+        slot: usize,
+        after: Duration,
+        up: Duration,
+        crashes: u32,
+    },
     /// Slot `slot` crashed at start more than `max_restarts` times in a row: leave it
     /// empty.
     GiveUp { slot: usize, crashes: u32 },
@@ -94,7 +105,7 @@ impl Supervisor {
         let slots = (0..n)
             .map(|_| Slot {
                 worker: None,
-                delay: policy.restart_delay,
+                delay: Duration::ZERO,
                 crashes: 0,
                 restart_at: None,
                 given_up: false,
@@ -106,6 +117,11 @@ impl Supervisor {
             slots,
             leaving: HashSet::new(),
         }
+    }
+
+    /// The policy the books follow.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// The slot numbers, 1 to n.
@@ -123,12 +139,24 @@ impl Supervisor {
         s.starts
     }
 
+    /// How many workers `slot` has started so far; the next one's start is this plus 1.
+    pub fn starts(&self, slot: usize) -> u32 {
+        self.slots[slot - 1].starts
+    }
+
     /// The slot worker `id` holds, if it holds one.
     pub fn slot_of(&self, id: u32) -> Option<usize> {
         self.slots
             .iter()
             .position(|s| s.worker.is_some_and(|(w, _)| w == id))
             .map(|i| i + 1)
+    }
+
+    /// How long worker `id` has held its slot, if it holds one.
+    pub fn uptime(&self, id: u32, now: Instant) -> Option<Duration> {
+        let slot = self.slot_of(id)?;
+        let (_, since) = self.slots[slot - 1].worker?;
+        Some(now.saturating_duration_since(since))
     }
 
     /// The worker holding `slot`, if any.
@@ -160,14 +188,30 @@ impl Supervisor {
         let Some(slot) = self.slot_of(id) else {
             return Verdict::Planned;
         };
-        let policy = self.policy;
         let s = &mut self.slots[slot - 1];
         let up = s.worker.map_or(Duration::ZERO, |(_, since)| now - since);
         s.worker = None;
+        self.died(slot, up, now)
+    }
+    // ANCHOR_END: exited
+
+    /// A worker for `slot` could not even be forked (out of processes, out of fds): that
+    /// counts as a death at start, with the same backoff.
+    pub fn start_failed(&mut self, slot: usize, now: Instant) -> Verdict {
+        self.slots[slot - 1].starts += 1;
+        self.died(slot, Duration::ZERO, now)
+    }
+
+    /// The books of a death after `up`: count it, and give up or schedule a restart.
+    // ANCHOR: died
+    fn died(&mut self, slot: usize, up: Duration, now: Instant) -> Verdict {
+        let policy = self.policy;
+        let s = &mut self.slots[slot - 1];
         // A worker that stayed up long enough earns its slot a fresh start.
         if up >= policy.stable_after {
-            s.delay = policy.restart_delay;
+            s.delay = Duration::ZERO;
         }
+        // Dying young is what a crash loop looks like; one long life breaks the row.
         if up < policy.min_uptime {
             s.crashes += 1;
         } else {
@@ -182,11 +226,15 @@ impl Supervisor {
         }
         let after = s.delay;
         s.restart_at = Some(now + after);
-        // The next death waits longer, up to the cap.
-        s.delay = s.delay.mul_f64(policy.growth).min(policy.max_delay);
-        Verdict::Restart { slot, after }
+        s.delay = next_delay(after, &policy);
+        Verdict::Restart {
+            slot,
+            after,
+            up,
+            crashes: s.crashes,
+        }
     }
-    // ANCHOR_END: exited
+    // ANCHOR_END: died
 
     /// The slots whose restart is due at `now`; each is then no longer due.
     pub fn due(&mut self, now: Instant) -> Vec<usize> {
@@ -211,6 +259,21 @@ impl Supervisor {
     }
 }
 
+/// The wait before a slot's next restart, when this one waited `delay`.
+// ANCHOR: next_delay
+fn next_delay(delay: Duration, policy: &Policy) -> Duration {
+    // ANCHOR: solution_ch07_backoff
+    // The first restart is immediate; if that worker dies too, the next waits
+    // restart_delay, and every one after that waits longer, up to the cap.
+    match delay.is_zero() {
+        true => policy.restart_delay,
+        false => delay.mul_f64(policy.growth),
+    }
+    .min(policy.max_delay)
+    // ANCHOR_END: solution_ch07_backoff
+}
+// ANCHOR_END: next_delay
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,31 +285,69 @@ mod tests {
             max_delay: Duration::from_millis(300),
             stable_after: Duration::from_secs(30),
             min_uptime: Duration::from_secs(1),
-            max_restarts: 3,
+            max_restarts: 5,
         }
     }
 
-    #[test]
-    fn delays_grow_to_the_cap_then_the_slot_is_given_up() {
-        let mut sup = Supervisor::new(2, quick());
+    /// The waits a slot's restarts get while every worker dies 10 ms after its start,
+    /// and how the row ends.
+    fn crash_loop(sup: &mut Supervisor) -> (Vec<u128>, Verdict) {
         let t = Instant::now();
         let mut id = 1;
         sup.started(1, id, t);
         let mut delays = Vec::new();
         loop {
             match sup.exited(id, t + Duration::from_millis(10)) {
-                Verdict::Restart { slot: 1, after } => delays.push(after.as_millis()),
-                Verdict::GiveUp { slot: 1, crashes } => {
-                    assert_eq!(crashes, 4);
-                    break;
+                Verdict::Restart {
+                    slot: 1, after, up, ..
+                } => {
+                    assert_eq!(up, Duration::from_millis(10));
+                    delays.push(after.as_millis());
                 }
-                other => panic!("{other:?}"),
+                other => return (delays, other),
             }
             id += 1;
             sup.started(1, id, t);
         }
-        assert_eq!(delays, [100, 150, 225]);
+    }
+
+    #[test]
+    fn delays_grow_to_the_cap_then_the_slot_is_given_up() {
+        let mut sup = Supervisor::new(2, quick());
+        let (delays, end) = crash_loop(&mut sup);
+        assert_eq!(delays, [0, 100, 150, 225, 300]);
+        assert_eq!(
+            end,
+            Verdict::GiveUp {
+                slot: 1,
+                crashes: 6
+            }
+        );
         assert_eq!(sup.in_service(), 1);
+    }
+
+    #[test]
+    fn the_first_restart_is_immediate_and_the_second_waits() {
+        let mut sup = Supervisor::new(1, quick());
+        let t = Instant::now();
+        sup.started(1, 1, t);
+        let first = sup.exited(1, t + Duration::from_secs(5));
+        assert_eq!(
+            first,
+            Verdict::Restart {
+                slot: 1,
+                after: Duration::ZERO,
+                up: Duration::from_secs(5),
+                crashes: 0
+            },
+            "a worker that served for a while is replaced at once"
+        );
+        assert_eq!(sup.due(t + Duration::from_secs(5)), vec![1]);
+        sup.started(1, 2, t + Duration::from_secs(5));
+        let Verdict::Restart { after, .. } = sup.exited(2, t + Duration::from_secs(6)) else {
+            panic!()
+        };
+        assert_eq!(after.as_millis(), 100, "its replacement died too: wait");
     }
 
     #[test]
@@ -256,15 +357,49 @@ mod tests {
         sup.started(1, 1, t);
         sup.exited(1, t + Duration::from_secs(2));
         sup.started(1, 2, t + Duration::from_secs(2));
-        let Verdict::Restart { after, .. } = sup.exited(2, t + Duration::from_secs(4)) else {
-            panic!()
-        };
-        assert_eq!(after.as_millis(), 150, "it grows while workers die young");
+        sup.exited(2, t + Duration::from_secs(4));
         sup.started(1, 3, t + Duration::from_secs(4));
-        let Verdict::Restart { after, .. } = sup.exited(3, t + Duration::from_secs(40)) else {
+        let Verdict::Restart { after, .. } = sup.exited(3, t + Duration::from_secs(6)) else {
             panic!()
         };
-        assert_eq!(after.as_millis(), 100, "30 s up: the wait starts over");
+        assert_eq!(after.as_millis(), 150, "it grows while workers die");
+        sup.started(1, 4, t + Duration::from_secs(6));
+        let Verdict::Restart { after, .. } = sup.exited(4, t + Duration::from_secs(40)) else {
+            panic!()
+        };
+        assert_eq!(after.as_millis(), 0, "30 s up: the wait starts over");
+    }
+
+    #[test]
+    fn a_long_life_breaks_the_row_of_crashes() {
+        let mut sup = Supervisor::new(1, quick());
+        let t = Instant::now();
+        let mut now = t;
+        for id in 1..=5 {
+            sup.started(1, id, now);
+            now += Duration::from_millis(10);
+            assert!(
+                matches!(sup.exited(id, now), Verdict::Restart { crashes, .. } if crashes == id)
+            );
+        }
+        // One worker that reaches min_uptime: the row is broken, and five more crashes
+        // are needed to give the slot up.
+        sup.started(1, 6, now);
+        now += Duration::from_secs(2);
+        assert!(matches!(
+            sup.exited(6, now),
+            Verdict::Restart { crashes: 0, .. }
+        ));
+        for id in 7..=11 {
+            sup.started(1, id, now);
+            now += Duration::from_millis(10);
+            assert!(matches!(sup.exited(id, now), Verdict::Restart { .. }));
+        }
+        sup.started(1, 12, now);
+        assert!(matches!(
+            sup.exited(12, now),
+            Verdict::GiveUp { crashes: 6, .. }
+        ));
     }
 
     #[test]
@@ -280,12 +415,25 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_fork_counts_as_a_crash_at_start() {
+        let mut sup = Supervisor::new(1, quick());
+        let t = Instant::now();
+        for _ in 0..5 {
+            assert!(matches!(sup.start_failed(1, t), Verdict::Restart { .. }));
+        }
+        assert!(matches!(sup.start_failed(1, t), Verdict::GiveUp { .. }));
+        assert_eq!(sup.starts(1), 6);
+    }
+
+    #[test]
     fn restarts_come_due_in_time() {
         let mut sup = Supervisor::new(2, quick());
         let t = Instant::now();
         sup.started(1, 1, t);
         sup.started(2, 2, t);
-        sup.exited(2, t + Duration::from_secs(5));
+        sup.exited(2, t + Duration::from_millis(10));
+        sup.started(2, 3, t + Duration::from_millis(10));
+        sup.exited(3, t + Duration::from_secs(5));
         assert_eq!(sup.next_due(), Some(t + Duration::from_millis(5100)));
         assert!(sup.due(t + Duration::from_secs(5)).is_empty());
         assert_eq!(sup.due(t + Duration::from_secs(6)), vec![2]);

@@ -22,6 +22,8 @@
 //! | [`listening_inodes`], [`socket_inodes`] | which sockets listen on an address, and which a process holds |
 //! | [`tcp_sockets`] | the kernel's TCP table, as `ss -tan` shows it |
 //! | [`accept_queue`] | how many connections wait in a listening socket's accept queue |
+//! | [`SteadyLoad`] | one request after another from a thread, recording who answered each |
+//! | [`defunct_children`], [`no_defunct_children`] | children exited but not reaped (`<defunct>` in `ps`) |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -31,7 +33,9 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -1148,6 +1152,133 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     children.sort_unstable();
     children.dedup();
     children
+}
+
+/// The children of `pid` that have exited and not been reaped yet: `<defunct>` in `ps`,
+/// state `Z` in `/proc/PID/stat`.
+pub fn defunct_children(pid: u32) -> Vec<u32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|child| {
+            stat_fields(*child).is_some_and(|f| f.first().map(String::as_str) == Some("Z"))
+        })
+        .collect()
+}
+
+/// Asserts that `master` leaves no child `<defunct>`. A child is a zombie for the instant
+/// between its exit and its parent's `waitpid`, so one seen now must be gone soon; one
+/// that is still there after a second was never reaped.
+#[track_caller]
+pub fn no_defunct_children(master: u32) {
+    let mut seen = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(1), || {
+            seen = defunct_children(master);
+            seen.is_empty()
+        }),
+        "the master (pid {master}) leaves children <defunct>, never reaped: {seen:?}"
+    );
+}
+
+/// What one request of a [`SteadyLoad`] got: the pid that answered, or what went wrong
+/// (a status other than 200 counts as wrong, with its body).
+pub type Reply = Result<u32, String>;
+
+/// A client that sends one request after another, each on a new connection, from a thread
+/// of its own, until it is stopped or dropped: the "steady load" under which workers are
+/// killed and replaced.
+pub struct SteadyLoad {
+    replies: Arc<Mutex<Vec<Reply>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SteadyLoad {
+    /// Starts asking `addr` for `/`.
+    pub fn start(addr: SocketAddr) -> SteadyLoad {
+        let replies: Arc<Mutex<Vec<Reply>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (replies, stop) = (Arc::clone(&replies), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let reply = match http_get(addr) {
+                        Ok(r) if r.status == 200 => {
+                            parse_hello(&r.body).map(|(pid, _)| pid).ok_or(r.body)
+                        }
+                        Ok(r) => Err(format!("status {}: {}", r.status, r.body)),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    lock(&replies).push(reply);
+                }
+            })
+        };
+        SteadyLoad {
+            replies,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many requests have been answered (or failed) so far.
+    pub fn count(&self) -> usize {
+        lock(&self.replies).len()
+    }
+
+    /// Every reply so far, in order.
+    pub fn replies(&self) -> Vec<Reply> {
+        lock(&self.replies).clone()
+    }
+
+    /// Waits until `n` more requests than now have been answered (or failed).
+    #[track_caller]
+    pub fn wait_for_more(&self, n: usize) {
+        let target = self.count() + n;
+        assert!(
+            wait_until(TIMEOUT, || self.count() >= target),
+            "the load should keep getting answers: {} of {target}; last: {:?}",
+            self.count(),
+            self.replies().last()
+        );
+    }
+
+    /// Waits until a reply comes from `pid`, and returns its index.
+    #[track_caller]
+    pub fn wait_for_pid(&self, pid: u32) -> usize {
+        let mut at = None;
+        let found = wait_until(TIMEOUT, || {
+            at = lock(&self.replies).iter().position(|r| *r == Ok(pid));
+            at.is_some()
+        });
+        match (found, at) {
+            (true, Some(at)) => at,
+            _ => panic!(
+                "no answer from pid {pid} in {} replies; the last: {:?}",
+                self.count(),
+                self.replies().last()
+            ),
+        }
+    }
+
+    /// Stops the client, and returns every reply.
+    pub fn stop(mut self) -> Vec<Reply> {
+        self.halt();
+        self.replies()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            // A request in flight ends within the client's 5 s timeouts.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for SteadyLoad {
+    fn drop(&mut self) {
+        self.halt();
+    }
 }
 
 /// Polls `condition` every few milliseconds until it holds (true) or `timeout` passes

@@ -80,6 +80,67 @@ fn chapter_options_are_checked_before_any_fork() {
     );
 }
 
+/// The supervision options of chapters 7 and 8, and chapter 8's heartbeat.
+#[test]
+fn keeping_options_are_checked_before_any_fork() {
+    let bad: [(&str, &[&str], &str); 8] = [
+        (
+            "ch07-auto-restart",
+            &["--kill-timeout", "0"],
+            "--kill-timeout must be above 0",
+        ),
+        (
+            "ch07-auto-restart",
+            &["--kill-timeout", "soon"],
+            "--kill-timeout expects SECS",
+        ),
+        (
+            "ch07-auto-restart",
+            &["--min-uptime", "-1"],
+            "--min-uptime expects SECS",
+        ),
+        (
+            "ch07-auto-restart",
+            &["--max-restarts", "5000"],
+            "--max-restarts takes at most",
+        ),
+        (
+            "ch07-auto-restart",
+            &["--max-rss", "lots"],
+            "--max-rss expects MB",
+        ),
+        (
+            "ch07-auto-restart",
+            &["--crash-at-start", "-2"],
+            "--crash-at-start expects K",
+        ),
+        (
+            "ch08-heartbeat",
+            &["--heartbeat-ms", "5"],
+            "--heartbeat-ms takes 10 to",
+        ),
+        (
+            "ch08-heartbeat",
+            &["--pong-from-thread", "yes"],
+            "--pong-from-thread",
+        ),
+    ];
+    for (package, args, expected) in bad {
+        let mut words = vec!["--port", "0"];
+        words.extend_from_slice(args);
+        refused(package, &words, expected);
+    }
+    let (_, help, _) = run_to_end("ch07-auto-restart", &["--help"]);
+    for option in [
+        "--kill-timeout",
+        "kill_timeout",
+        "--max-rss",
+        "max_memory_restart",
+    ] {
+        assert!(help.contains(option), "--help names {option}:\n{help}");
+    }
+}
+
 /// Chapter 3 hands one port to every worker on purpose: the hint must not tell someone
 /// who asked for `--port 0` to try `--port 0`.
 #[test]

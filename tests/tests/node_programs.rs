@@ -297,3 +297,82 @@ fn ch10_every_worker_listens_itself_where_node_has_reuse_port() {
         );
     }
 }
+
+/// Asks `addr` until a worker other than `old` answers, and returns it: `(pid, id)`.
+#[track_caller]
+fn answered_by_another(addr: SocketAddr, master: &Chapter, old: u32) -> (u32, u32) {
+    let mut answer = (old, 0);
+    assert!(
+        wait_until(TIMEOUT, || {
+            answer = hello_from_child(addr, master);
+            answer.0 != old
+        }),
+        "only pid {old} answers"
+    );
+    answer
+}
+
+#[test]
+fn ch07_a_killed_worker_is_restarted_and_a_throwing_one_leaves_gracefully() {
+    let Some(master) = start("ch07-restart.js", &[("MIN_UPTIME", "0")]) else {
+        return;
+    };
+    let addr = master.wait_master_ready();
+    let forked: Vec<(u32, u32)> = master
+        .wait_for_n("forked worker", 2, TIMEOUT)
+        .iter()
+        .filter_map(|l| parse_forked(l))
+        .collect();
+    let (id, pid) = forked[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .expect("kill -9 a worker");
+    master.wait_for(
+        &format!("worker {id} (pid {pid}) exited (SIGKILL)"),
+        TIMEOUT,
+    );
+    master.wait_for("slot 1: restart in 0 ms", TIMEOUT);
+    let (new_pid, new_id) = master
+        .wait_for_n("forked worker", 3, TIMEOUT)
+        .last()
+        .and_then(|l| parse_forked(l))
+        .map(|(id, pid)| (pid, id))
+        .expect("a third fork line");
+    assert!(
+        wait_until(TIMEOUT, || hello_from_child(addr, &master)
+            == (new_pid, new_id)),
+        "the replacement (pid {new_pid}) serves"
+    );
+
+    // A throw in a handler: a 500 for that request, and the worker leaves.
+    let mut stream = connect(addr).expect("connect");
+    write_request(&mut stream, "/crash", false).expect("send /crash");
+    let response = read_response(&mut stream).expect("/crash is answered");
+    assert_eq!(response.status, 500, "{response:?}");
+    master.wait_for("is leaving (its handler threw", TIMEOUT);
+    master.wait_for("exited (1), after disconnect", TIMEOUT);
+    master.wait_for_n("forked worker", 4, TIMEOUT);
+    answered_by_another(addr, &master, pid);
+}
+
+#[test]
+fn ch08_a_hung_worker_is_a_zombie_and_is_replaced() {
+    let env = [("HEARTBEAT_MS", "200"), ("KILL_TIMEOUT", "1000")];
+    let Some(master) = start("ch08-heartbeat.js", &env) else {
+        return;
+    };
+    let addr = master.wait_master_ready();
+    let mut stream = connect(addr).expect("connect");
+    write_request(&mut stream, "/hang", false).expect("send /hang");
+    let line = master.wait_for("/hang: spinning forever", TIMEOUT);
+    let (id, pid) = parse_speaker(&line).unwrap_or_else(|| panic!("who hangs? {line}"));
+    master.wait_for(&format!("worker {id} (pid {pid}) is a zombie"), TIMEOUT);
+    master.wait_for(
+        &format!("worker {id} (pid {pid}) exited (SIGTERM)"),
+        TIMEOUT,
+    );
+    master.wait_for_n("forked worker", 3, TIMEOUT);
+    answered_by_another(addr, &master, pid);
+}

@@ -9,10 +9,10 @@
 //! worker over IPC (`shared::round_robin`, Node's `RoundRobinHandle`).
 //!
 //! `--port 8000,8001` makes every worker ask for both ports: two handles, one set of
-//! workers.
+//! workers. The handles, and the worker's side of the conversation, are in
+//! `shared::round_robin`, where chapters 7 to 9 use them too.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::str::FromStr;
 
@@ -20,7 +20,7 @@ use shared::args::{Args, Cli};
 use shared::channel::Message;
 use shared::cluster::{self, Cluster, Event, Outcome};
 use shared::log;
-use shared::round_robin::{self, RoundRobin};
+use shared::round_robin::{self, Handles, Heard};
 use shared::server::Server;
 use shared::spawn;
 
@@ -63,7 +63,7 @@ fn master(args: &Args) -> Outcome {
     // One round-robin handle per address the workers ask for, made on the first request:
     // Node's `handles` in lib/internal/cluster/primary.js. A handle's place in this list
     // is the token the loop watches its socket with.
-    let mut handles: Vec<RoundRobin> = Vec::new();
+    let mut handles = Handles::new().with_weights(weights);
     loop {
         // One loop, like Node's master on libuv: the workers' channels, their exits,
         // Ctrl-C, and every listening socket wake the same `next_event`.
@@ -72,76 +72,26 @@ fn master(args: &Args) -> Outcome {
             return Ok(code);
         }
         match event {
-            Event::Ready(token) => handles[token as usize].accept(&cluster),
-            Event::Message { id, message } => match message.text.split_once(' ') {
-                Some(("queryServer", key)) => {
-                    query_server(&mut cluster, &mut handles, id, key, &weights, args.workers)
-                }
-                Some(("accepted", key)) => {
-                    if let Some(handle) = handles.iter_mut().find(|h| h.key() == key) {
-                        handle.accepted(id, &cluster);
+            Event::Ready(token) => handles.accept(token, &cluster),
+            // queryServer, accepted, rejected and free are the round-robin's messages.
+            Event::Message { id, message } => {
+                match handles.on_message(&mut cluster, id, &message.text) {
+                    Heard::Joined { key, addr } if handles.workers_on(&key) == args.workers => {
+                        let n = args.workers;
+                        log!("listening on http://{addr} (the master accepts, {n} workers serve)")
                     }
+                    Heard::Other if message.text == "online" => log!("worker {id} online"),
+                    Heard::Other => log!("unexpected message from worker {id}: {}", message.text),
+                    _ => {}
                 }
-                Some(("rejected", key)) => {
-                    if let Some(handle) = handles.iter_mut().find(|h| h.key() == key) {
-                        handle.rejected(id);
-                    }
-                }
-                _ => match message.text.as_str() {
-                    "online" => log!("worker {id} online"),
-                    // A worker that was out of fds has room again, for every handle.
-                    "free" => handles.iter_mut().for_each(|h| h.free_again(id)),
-                    text => log!("unexpected message from worker {id}: {text}"),
-                },
-            },
-            Event::Exit { id, .. } => handles.iter_mut().for_each(|h| h.remove(id)),
+            }
+            Event::Exit { id, .. } => handles.remove(id),
             _ => {}
         }
-        for handle in &mut handles {
-            handle.distribute(&cluster);
-        }
+        handles.distribute(&cluster);
     }
 }
 // ANCHOR_END: master
-
-/// A worker asks the master to listen on `key` for it (Node's `queryServer`): find the
-/// handle for that address, or bind it now, add the worker, and answer with the address
-/// really bound. If binding fails, the worker hears why, as Node's worker does.
-// ANCHOR: query_server
-fn query_server(
-    cluster: &mut Cluster,
-    handles: &mut Vec<RoundRobin>,
-    id: u32,
-    key: &str,
-    weights: &HashMap<u32, u32>,
-    workers: usize,
-) {
-    let index = match handles.iter().position(|h| h.key() == key) {
-        Some(index) => index,
-        None => match RoundRobin::bind(key, cluster, handles.len() as u64) {
-            Ok(handle) => {
-                log!("worker {id} asked for {key}: bound it, round-robin");
-                handles.push(handle.with_weights(weights.clone()));
-                handles.len() - 1
-            }
-            Err(e) => {
-                log!("worker {id} asked for {key}: {e}");
-                let _ = cluster.send(id, &format!("error {key} {}", e.node_message()));
-                return;
-            }
-        },
-    };
-    let handle = &mut handles[index];
-    handle.add(id);
-    let Ok(addr) = handle.local_addr() else {
-        return;
-    };
-    let _ = cluster.send(id, &format!("listening {key} {addr}"));
-    if handle.len() == workers {
-        log!("listening on http://{addr} (the master accepts, {workers} workers serve)");
-    }
-}
-// ANCHOR_END: query_server
 
 /// `--weights 2,1`: worker 1 weighs 2, worker 2 weighs 1 (the others 1).
 #[derive(Debug, Default, Clone)]
@@ -179,38 +129,19 @@ fn worker(id: u32, args: &Args) -> Outcome {
         .on_fds_freed(|server| server.send("free"));
     server.send("online");
     // `server.listen(port)` in a Node worker: ask the master, bind nothing ourselves.
-    // Each request names the address and which listen on it this is, as Node's key does.
-    for (i, port) in args.ports().iter().enumerate() {
-        let addr = SocketAddr::new(args.host, *port);
-        let index = args.ports()[..i].iter().filter(|p| *p == port).count();
-        server.send(&format!("queryServer {addr}#{index}"));
-    }
+    round_robin::listen_via_master(&server, args);
     server.run()?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn on_message(server: &mut Server, message: Message) {
-    match message.text.split_once(' ') {
-        Some(("newconn", key)) => round_robin::take_connection(server, key, message.fd),
-        Some(("listening", rest)) => {
-            let (key, addr) = rest.split_once(' ').unwrap_or((rest, rest));
-            log!("listening on http://{addr} (asked the master for {key}; it accepts for us)");
-        }
-        Some(("error", rest)) => {
-            // Node's worker gets the master's error as its own `listen` error, unhandled:
-            // the worker dies of it.
-            log!("Error: {rest}");
-            std::process::exit(1);
-        }
-        _ => log!(
-            "unexpected message '{}'{}",
-            message.text,
-            if message.fd.is_some() {
-                " with an fd (closed)"
-            } else {
-                ""
-            }
-        ),
+    // `newconn`, `listening` and `error` are the round-robin's messages.
+    if let Some(message) = round_robin::from_master(server, message) {
+        let fd = match message.fd {
+            Some(_) => " with an fd (closed)",
+            None => "",
+        };
+        log!("unexpected message '{}'{fd}", message.text);
     }
 }
 // ANCHOR_END: worker

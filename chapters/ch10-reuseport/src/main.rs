@@ -93,7 +93,7 @@ fn master(args: &Args) -> Outcome {
                     // with net.ipv4.tcp_migrate_req=1, moved to another worker's socket).
                     listening.remove(&id);
                     match supervisor.exited(id, Instant::now()) {
-                        Verdict::Restart { slot, after } => {
+                        Verdict::Restart { slot, after, .. } => {
                             lost_at.entry(slot).or_insert_with(Instant::now);
                             log!("slot {slot}: a new worker in {} ms", after.as_millis());
                         }

@@ -1,0 +1,141 @@
+//! Chapter 7: the master keeps its workers alive.
+//!
+//! Chapter 6's master hands every connection to the next free worker; this one also keeps
+//! the workers there. A worker that dies is replaced: at once the first time, then after
+//! a wait that grows while its replacements keep dying, and a slot that crash-loops is
+//! given up on while the others serve. A worker that panics tells the master first, so
+//! its replacement starts at once and it can finish what it holds before it exits; so
+//! does one that outgrows `--max-rss`. Ctrl-C drains every worker before the master exits.
+//!
+//! The master's side lives in `shared::keeper` and `shared::supervisor`, the worker's in
+//! `shared::graceful`: chapters 8 and 9 keep their workers the same way. What is left here
+//! is what a learner needs to see it happen: `/crash`, `/exit`, `/leak?mb=N`, and
+//! `--crash-at-start K`.
+
+use std::cell::RefCell;
+use std::process::ExitCode;
+
+use shared::args::{Args, Cli};
+use shared::cluster::{self, Outcome};
+use shared::graceful;
+use shared::http::{self, Request, Response};
+use shared::keeper::{self, Keeper};
+use shared::log;
+use shared::spawn;
+
+fn main() -> ExitCode {
+    let cli = Cli::new(
+        "ch07-auto-restart",
+        "Chapter 7: the master restarts workers that die, lets a failing worker leave \
+         gracefully, and drains every worker on Ctrl-C. Try /crash, /exit, /leak?mb=N.",
+    )
+    .many_ports()
+    .option::<u32>(
+        "--crash-at-start",
+        "K",
+        "the first K starts of slot 1 fail at once, to watch the backoff and the give-up",
+        "0",
+    );
+    let args = keeper::options(cli).parse();
+    // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
+    cluster::master_or_worker(&args, master, worker)
+}
+
+// ANCHOR: master
+fn master(args: &Args) -> Outcome {
+    let mut keeper = Keeper::start(args)?;
+    loop {
+        // Chapter 6's one loop. `next_event` also does what falls due while it waits: a
+        // restart whose wait is over, SIGKILL for a leaving worker that takes too long.
+        let Some(event) = keeper.next_event(None) else {
+            continue;
+        };
+        if let Some(code) = keeper.handle(event) {
+            return Ok(code);
+        }
+    }
+}
+// ANCHOR_END: master
+
+// ANCHOR: worker
+fn worker(id: u32, args: &Args) -> Outcome {
+    fail_at_start(args);
+    let channel = spawn::channel_from_env()?;
+    let handler = triggers(id, args.get("--max-rss"));
+    graceful::serve(id, args, channel, handler, |_, message| {
+        log!("unexpected message '{}'", message.text)
+    })
+}
+// ANCHOR_END: worker
+
+/// The ways to make a worker fail, for a learner to try with curl.
+// ANCHOR: triggers
+fn triggers(id: u32, max_rss: u64) -> impl FnMut(&Request) -> Response {
+    move |request| match request.route() {
+        // A bug in a handler. The server catches the panic, answers this request with a
+        // 500, and the worker leaves gracefully (`graceful::on_panic`).
+        "/crash" => panic!("/crash: a bug in a request handler"),
+        // Death without a word: the master learns of it from the exit alone, and whatever
+        // this worker was serving is lost with it.
+        "/exit" => {
+            log!("/exit: process::exit(1), without a word to the master");
+            std::process::exit(1)
+        }
+        // Memory that is never given back, for `--max-rss` to catch.
+        "/leak" => leak(request, id, max_rss),
+        _ => http::hello(id),
+    }
+}
+// ANCHOR_END: triggers
+
+/// The most one worker will leak, in MB: `/leak` shows a memory limit at work; it must
+/// not take the machine down when no limit is set.
+const MAX_LEAK_MB: usize = 1024;
+
+thread_local! {
+    /// What `/leak` has taken and will never give back.
+    static LEAKED: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `/leak?mb=N`: keeps N more MB for good, and says where the worker's memory stands.
+fn leak(request: &Request, id: u32, max_rss: u64) -> Response {
+    let refuse = |why: String| Response {
+        status: 400,
+        body: why + "\n",
+    };
+    let Some(mb) = request.query("mb").and_then(|n| n.parse::<usize>().ok()) else {
+        return refuse(format!("/leak?mb=N takes N from 1 to {MAX_LEAK_MB}"));
+    };
+    let total = LEAKED.with_borrow(|leaked| leaked.iter().map(Vec::len).sum::<usize>() >> 20);
+    if mb == 0 || total + mb > MAX_LEAK_MB {
+        return refuse(format!(
+            "/leak stops at {MAX_LEAK_MB} MB per worker; this one has leaked {total} MB"
+        ));
+    }
+    // A non-zero fill writes every page, so the memory is really resident; pages that
+    // were only allocated would not count in RSS until touched.
+    LEAKED.with_borrow_mut(|leaked| leaked.push(vec![1u8; mb << 20]));
+    let rss = graceful::rss_bytes().unwrap_or(0) >> 20;
+    let limit = match max_rss {
+        0 => "no --max-rss: nothing will stop this worker".to_string(),
+        max => format!("--max-rss {max}: the memory check runs every second"),
+    };
+    Response::ok(format!(
+        "worker {id} (pid {}) leaked {mb} MB, {} MB in all; RSS {rss} MB; {limit}\n",
+        std::process::id(),
+        total + mb
+    ))
+}
+
+/// `--crash-at-start K`: the first K workers of slot 1 die as they start, as a worker
+/// with a bad configuration would, so that the learner can watch the waits grow.
+// ANCHOR: fail_at_start
+fn fail_at_start(args: &Args) {
+    let k = args.get::<u32>("--crash-at-start");
+    let (slot, start) = keeper::place();
+    if slot == 1 && start <= k {
+        log!("start {start} of slot 1 fails on purpose (--crash-at-start {k})");
+        std::process::exit(1);
+    }
+}
+// ANCHOR_END: fail_at_start

@@ -1,0 +1,576 @@
+//! The master that keeps its workers serving: chapter 6's round-robin master, plus the
+//! restarts of [`crate::supervisor`], graceful exits and a draining stop.
+//!
+//! Explained in chapter 7; chapter 8 adds a heartbeat to it, and chapter 9's reload is
+//! made of its pieces ([`Keeper::replace`], [`Keeper::serving`], [`Keeper::drain`]).
+//!
+//! What it does with each event, in the order a reader meets them:
+//!
+//! - a worker that **exits unexpectedly** (a signal, a code, no word before) is a crash:
+//!   the books decide when its slot gets a new worker, or that the slot is given up;
+//! - a worker that says **`leaving WHY`** (it panicked, or outgrew `--max-rss`) is taken
+//!   out of the round-robin at once, its replacement is forked at once, and if it has not
+//!   exited `--kill-timeout` later it gets SIGKILL; its exit is planned, not a crash;
+//! - **Ctrl-C or SIGTERM** ([`Keeper::stop`]): stop listening, hand out what was
+//!   accepted, tell every worker to drain, SIGKILL what is left at `--kill-timeout`,
+//!   exit 0.
+//!
+//! A child is reaped the moment it exits (the cluster's `waitpid` thread), so none is
+//! ever left `<defunct>`; and a worker dies with its master, even one killed with
+//! SIGKILL (`PR_SET_PDEATHSIG`, chapter 1).
+
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::args::{Args, Cli, Seconds};
+use crate::cluster::{Cluster, Event};
+use crate::log;
+use crate::round_robin::{Handles, Heard};
+use crate::supervisor::{Policy, Supervisor, Verdict};
+
+/// The environment variable that tells a worker which slot it fills (1 to N).
+pub const SLOT_VAR: &str = "CLUSTER_SLOT";
+/// The environment variable that tells a worker which start of its slot it is (1, 2...).
+pub const START_VAR: &str = "CLUSTER_START";
+
+/// Adds the options of a master that keeps its workers, with PM2's names beside ours.
+pub fn options(cli: Cli) -> Cli {
+    cli.option::<Seconds>(
+        "--restart-delay",
+        "SECS",
+        "the wait before a slot's second restart in a row (the first is at once); \
+         then x1.5 each time, up to 15 s (PM2's exp_backoff_restart_delay)",
+        "0.1",
+    )
+    .option::<Seconds>(
+        "--min-uptime",
+        "SECS",
+        "a worker that dies sooner died at start (PM2's min_uptime)",
+        "1",
+    )
+    .option::<u32>(
+        "--max-restarts",
+        "N",
+        "a slot whose workers die at start more than N times in a row is given up \
+         (PM2's max_restarts)",
+        "10",
+    )
+    .option::<Seconds>(
+        "--kill-timeout",
+        "SECS",
+        "how long a leaving worker may take to finish before SIGKILL (PM2's kill_timeout)",
+        "5",
+    )
+    .option::<u64>(
+        "--max-rss",
+        "MB",
+        "a worker whose resident memory passes MB leaves and is replaced; 0 for no \
+         limit (PM2's max_memory_restart)",
+        "0",
+    )
+    .check(|args| {
+        if args.get::<Seconds>("--kill-timeout").0.is_zero() {
+            return Err(
+                "--kill-timeout must be above 0, or a leaving worker would be \
+                        killed before it could finish anything"
+                    .into(),
+            );
+        }
+        if args.get::<u32>("--max-restarts") > 1000 {
+            return Err("--max-restarts takes at most 1000".into());
+        }
+        if args.get::<u64>("--max-rss") > 1 << 20 {
+            return Err("--max-rss takes at most 1048576 MB (1 TB)".into());
+        }
+        Ok(())
+    })
+}
+
+/// The restart policy of [`options`].
+pub fn policy(args: &Args) -> Policy {
+    Policy {
+        restart_delay: args.get::<Seconds>("--restart-delay").0,
+        min_uptime: args.get::<Seconds>("--min-uptime").0,
+        max_restarts: args.get("--max-restarts"),
+        ..Policy::default()
+    }
+}
+
+/// In a worker: the slot it fills and which start of that slot it is, from the
+/// environment its keeper gave it; `(0, 0)` if it was started otherwise.
+pub fn place() -> (usize, u32) {
+    let read = |name| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    (
+        read(SLOT_VAR).unwrap_or(0),
+        read(START_VAR).unwrap_or(0) as u32,
+    )
+}
+
+/// A worker on its way out.
+struct Leaving {
+    /// Why, for its exit line.
+    why: String,
+    /// When it gets SIGKILL if it is still there; `None` once it has had it.
+    kill_at: Option<Instant>,
+    /// Whether its exit is planned (it said so, or was told to) or counts as a crash (the
+    /// master had to stop it: chapter 8's zombie).
+    planned: bool,
+}
+
+/// The master of chapters 7 to 9.
+pub struct Keeper {
+    cluster: Cluster,
+    books: Supervisor,
+    handles: Handles,
+    /// How many handles each worker asks for (one per `--port`).
+    ports: usize,
+    workers: usize,
+    kill_timeout: Duration,
+    leaving: BTreeMap<u32, Leaving>,
+    /// The workers of the first round that neither serve nor died yet: the ready line
+    /// waits for them.
+    starting: HashSet<u32>,
+    ready: bool,
+    stopping: bool,
+}
+
+impl Keeper {
+    /// Forks one worker per slot and returns the master, which serves once they ask it to
+    /// listen.
+    pub fn start(args: &Args) -> io::Result<Keeper> {
+        let policy = policy(args);
+        let mut keeper = Keeper {
+            cluster: Cluster::new()?,
+            books: Supervisor::new(args.workers, policy),
+            handles: Handles::new(),
+            ports: args.ports().len(),
+            workers: args.workers,
+            kill_timeout: args.get::<Seconds>("--kill-timeout").0,
+            leaving: BTreeMap::new(),
+            starting: HashSet::new(),
+            ready: false,
+            stopping: false,
+        };
+        for slot in keeper.books.slots() {
+            let id = keeper.fork_into(slot)?;
+            keeper.starting.insert(id);
+        }
+        Ok(keeper)
+    }
+
+    /// The cluster, for what a chapter adds (a signal to catch, a message to send).
+    pub fn cluster(&mut self) -> &mut Cluster {
+        &mut self.cluster
+    }
+
+    /// Starts a worker in `slot`, telling it which slot and which start it is.
+    fn fork_into(&mut self, slot: usize) -> io::Result<u32> {
+        let start = self.books.starts(slot) + 1;
+        let env = [(SLOT_VAR, slot.to_string()), (START_VAR, start.to_string())];
+        let id = self.cluster.fork_with_env(&env)?;
+        self.books.started(slot, id, Instant::now());
+        Ok(id)
+    }
+
+    /// Like `fork_into` for a slot the master is keeping alive: a fork that fails counts
+    /// as a death at start, and is retried by the same rules.
+    fn refill(&mut self, slot: usize) -> Option<u32> {
+        match self.fork_into(slot) {
+            Ok(id) => Some(id),
+            // Ctrl-C came first: the stop that follows needs no new worker.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+            Err(e) => {
+                log!("slot {slot}: could not start a worker: {e}");
+                let verdict = self.books.start_failed(slot, Instant::now());
+                self.report(slot, verdict, "a worker that could not be forked");
+                None
+            }
+        }
+    }
+
+    /// Waits for the next event, doing what falls due meanwhile: restarts whose wait is
+    /// over, SIGKILL for leaving workers past `--kill-timeout`. Returns `None` once
+    /// `until` has passed (a chapter's own timer, chapter 8's heartbeat).
+    // ANCHOR: next_event
+    pub fn next_event(&mut self, until: Option<Instant>) -> Option<Event> {
+        loop {
+            self.run_due();
+            let now = Instant::now();
+            if until.is_some_and(|until| until <= now) {
+                return None;
+            }
+            let kills = self.leaving.values().filter_map(|l| l.kill_at);
+            let wake = [until, self.books.next_due()]
+                .into_iter()
+                .flatten()
+                .chain(kills)
+                .min();
+            let wait = wake.map_or(Duration::from_secs(3600), |at| {
+                at.saturating_duration_since(now)
+            });
+            if let Some(event) = self.cluster.next_event_timeout(wait) {
+                return Some(event);
+            }
+        }
+    }
+    // ANCHOR_END: next_event
+
+    /// Restarts whose wait is over, and leaving workers whose time is up.
+    fn run_due(&mut self) {
+        let now = Instant::now();
+        for slot in self.books.due(now) {
+            log!("slot {slot}: starting a new worker");
+            self.refill(slot);
+        }
+        let late: Vec<u32> = self
+            .leaving
+            .iter()
+            .filter(|(_, l)| l.kill_at.is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(leaving) = self.leaving.get_mut(&id) {
+                leaving.kill_at = None;
+            }
+            self.kill(id);
+        }
+    }
+
+    /// SIGKILL for worker `id`, which had `--kill-timeout` to go by itself.
+    fn kill(&self, id: u32) {
+        if let Some(worker) = self.cluster.worker(id) {
+            log!(
+                "worker {id} (pid {}) is still there after --kill-timeout {}: SIGKILL",
+                worker.pid,
+                Seconds(self.kill_timeout)
+            );
+            let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
+        }
+    }
+
+    /// Does what this master does with `event`. Returns the exit code once the master is
+    /// done: after Ctrl-C or SIGTERM ([`Keeper::stop`]), or when every slot has been given
+    /// up.
+    // ANCHOR: handle
+    pub fn handle(&mut self, event: Event) -> Option<ExitCode> {
+        match event {
+            Event::Shutdown => return Some(self.stop()),
+            Event::Ready(token) => self.handles.accept(token, &self.cluster),
+            Event::Message { id, message } => self.message(id, &message.text),
+            Event::BadMessage { id, error } => log!("worker {id}: {error}"),
+            Event::Exit { id, .. } => return self.exited(id),
+            Event::Signal(_) => {}
+        }
+        self.handles.distribute(&self.cluster);
+        None
+    }
+    // ANCHOR_END: handle
+
+    /// A message from worker `id`: the round-robin's, or one of the keeper's own.
+    // ANCHOR: message
+    fn message(&mut self, id: u32, text: &str) {
+        let heard = self.handles.on_message(&mut self.cluster, id, text);
+        match (heard, text.split_once(' ')) {
+            (Heard::Joined { .. }, _) => self.joined(id),
+            (Heard::Other, Some(("leaving", why))) => self.leave(id, why),
+            (Heard::Other, _) if text == "online" => log!("worker {id} online"),
+            (Heard::Other, _) => log!("unexpected message from worker {id}: {text}"),
+            (Heard::Handled | Heard::Refused { .. }, _) => {}
+        }
+    }
+    // ANCHOR_END: message
+
+    /// Worker `id` now serves every address it asked for.
+    fn joined(&mut self, id: u32) {
+        if self.handles.served_by(id) < self.ports {
+            return;
+        }
+        self.starting.remove(&id);
+        self.ready_line();
+    }
+
+    /// The ready line, once: when every worker of the first round serves or has died (a
+    /// slot that crashes at start does not hold the others back), and one serves.
+    fn ready_line(&mut self) {
+        if self.ready || !self.starting.is_empty() {
+            return;
+        }
+        for (key, addr) in self.handles.addrs() {
+            let n = self.handles.workers_on(&key);
+            self.ready |= n > 0;
+            match n == self.workers {
+                true => log!("listening on http://{addr} (the master accepts, {n} workers serve)"),
+                false => log!(
+                    "listening on http://{addr} (the master accepts, {n} of {} workers serve \
+                     so far)",
+                    self.workers
+                ),
+            }
+        }
+    }
+
+    /// Worker `id` said it is leaving (it panicked, or outgrew `--max-rss`): no more
+    /// connections for it, a replacement at once, SIGKILL if it is not gone by
+    /// `--kill-timeout`. One that leaves within `--min-uptime` of its start is treated
+    /// as a crash at start instead: replaced after its exit, with the backoff. Otherwise
+    /// a handler that panics on every request would fork a worker per request.
+    // ANCHOR: leave
+    pub fn leave(&mut self, id: u32, why: &str) {
+        if self.stopping || self.leaving.contains_key(&id) {
+            return;
+        }
+        self.handles.retire(id);
+        let min_uptime = self.books.policy().min_uptime;
+        let up = self.books.uptime(id, Instant::now());
+        let young = up.is_some_and(|up| up < min_uptime);
+        let pid = self.cluster.worker(id).map_or(0, |w| w.pid);
+        log!(
+            "worker {id} (pid {pid}) is leaving ({why}): it gets no more connections, and \
+             SIGKILL in {} if it has not finished",
+            Seconds(self.kill_timeout)
+        );
+        self.on_its_way_out(id, why, !young);
+        if young {
+            log!(
+                "worker {id} leaves within --min-uptime {} of its start: its exit counts as a \
+                 crash, and its slot waits for it",
+                Seconds(min_uptime)
+            );
+        } else if let Some(slot) = self.books.leaving(id) {
+            if let Some(new) = self.refill(slot) {
+                log!("worker {new} takes worker {id}'s place now, without waiting for its exit");
+            }
+        }
+    }
+    // ANCHOR_END: leave
+
+    /// Notes that worker `id` is on its way out, and when it gets SIGKILL if it is still
+    /// there.
+    fn on_its_way_out(&mut self, id: u32, why: &str, planned: bool) {
+        let kill_at = Some(Instant::now() + self.kill_timeout);
+        let why = why.to_string();
+        let leaving = Leaving {
+            why,
+            kill_at,
+            planned,
+        };
+        self.leaving.insert(id, leaving);
+    }
+
+    /// Forks the worker that will take worker `id`'s slot, while `id` still serves: its
+    /// exit becomes a planned one. `Ok(None)` if `id` holds no slot (already replaced).
+    pub fn replace(&mut self, id: u32) -> io::Result<Option<u32>> {
+        match self.books.leaving(id) {
+            Some(slot) => self.fork_into(slot).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether worker `id` serves every address its workers listen on: it has joined the
+    /// round-robin, and is not on its way out.
+    pub fn serving(&self, id: u32) -> bool {
+        self.handles.served_by(id) == self.ports
+    }
+
+    /// Tells worker `id` to leave (chapter 9's reload): the same graceful exit, ordered by
+    /// the master.
+    pub fn drain(&mut self, id: u32, why: &str) {
+        self.leave(id, why);
+        let _ = self.cluster.send(id, "drain");
+    }
+
+    /// Stops a worker that cannot be asked (chapter 8's zombie): out of the round-robin,
+    /// SIGTERM now, SIGKILL after `--kill-timeout`. Its exit counts as a crash, so its
+    /// slot is restarted by the usual rules, backoff included. `why` completes "worker N
+    /// is ...": `a zombie: ...`.
+    // ANCHOR: terminate
+    pub fn terminate(&mut self, id: u32, why: &str) {
+        if self.stopping || self.leaving.contains_key(&id) {
+            return;
+        }
+        self.handles.retire(id);
+        if let Some(worker) = self.cluster.worker(id) {
+            log!(
+                "worker {id} (pid {}) is {why}: SIGTERM now, SIGKILL in {} if it is still there",
+                worker.pid,
+                Seconds(self.kill_timeout)
+            );
+            let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGTERM);
+        }
+        self.on_its_way_out(id, why, false);
+    }
+    // ANCHOR_END: terminate
+
+    /// The workers that serve, or are starting to: alive and not on their way out.
+    pub fn active(&self) -> Vec<u32> {
+        let mut ids = self.cluster.ids();
+        ids.retain(|id| !self.leaving.contains_key(id));
+        ids
+    }
+
+    /// Sends a message to worker `id`; errors mean it is gone, and its exit will come.
+    pub fn send(&self, id: u32, text: &str) {
+        let _ = self.cluster.send(id, text);
+    }
+
+    /// Worker `id` is gone (the cluster has logged how): settle its connections and its
+    /// slot.
+    // ANCHOR: exited
+    fn exited(&mut self, id: u32) -> Option<ExitCode> {
+        self.handles.remove(id);
+        self.starting.remove(&id);
+        let slot = self.books.slot_of(id);
+        let verdict = self.books.exited(id, Instant::now());
+        match (self.leaving.remove(&id), slot) {
+            // It said it was leaving, or was told to: Node's `exitedAfterDisconnect`.
+            (Some(gone), _) if gone.planned => log!(
+                "worker {id}'s exit was planned ({}): its slot has a new worker",
+                gone.why
+            ),
+            // The master stopped it (chapter 8): a crash, with its reason.
+            (Some(gone), Some(slot)) => {
+                self.report(slot, verdict, &format!("worker {id} ({})", gone.why))
+            }
+            (None, Some(slot)) => self.report(slot, verdict, &format!("worker {id}")),
+            (_, None) => log!("worker {id}'s exit was planned: it had been replaced"),
+        }
+        self.ready_line();
+        match self.books.in_service() {
+            0 => {
+                log!("every slot has been given up: nothing is left to serve; the master exits");
+                Some(ExitCode::FAILURE)
+            }
+            _ => None,
+        }
+    }
+    // ANCHOR_END: exited
+
+    /// Logs what the books decided for `slot`, whose worker `who` died (or never started).
+    fn report(&mut self, slot: usize, verdict: Verdict, who: &str) {
+        let policy = *self.books.policy();
+        match verdict {
+            Verdict::Restart {
+                after, up, crashes, ..
+            } => {
+                let row = match crashes {
+                    0 => String::new(),
+                    1 => format!(
+                        "; it died within --min-uptime {}",
+                        Seconds(policy.min_uptime)
+                    ),
+                    n => format!(
+                        "; {n} deaths in a row within --min-uptime {}",
+                        Seconds(policy.min_uptime)
+                    ),
+                };
+                log!(
+                    "slot {slot}: {who} was up {}{row}; restart in {} ms",
+                    short(up),
+                    after.as_millis()
+                );
+            }
+            Verdict::GiveUp { crashes, .. } => log!(
+                "slot {slot} is given up: its workers died within --min-uptime {} of starting \
+                 {crashes} times in a row, more than --max-restarts {}; {} of {} slots still \
+                 serve",
+                Seconds(policy.min_uptime),
+                policy.max_restarts,
+                self.books.in_service(),
+                self.workers
+            ),
+            Verdict::Planned => {}
+        }
+    }
+
+    /// Ctrl-C or SIGTERM: stop without dropping a request. Stop listening (the connections
+    /// already accepted are kept), hand every one of them to a worker, then tell every
+    /// worker to drain; whoever is still there at `--kill-timeout` gets SIGKILL. Exits 0.
+    // ANCHOR: stop
+    pub fn stop(&mut self) -> ExitCode {
+        self.stopping = true;
+        let deadline = Instant::now() + self.kill_timeout;
+        let workers = match self.cluster.len() {
+            1 => "1 worker finishes".to_string(),
+            n => format!("{n} workers finish"),
+        };
+        log!(
+            "stopping: no new connections; {workers} what they hold, for at most {} \
+             (--kill-timeout)",
+            Seconds(self.kill_timeout)
+        );
+        self.handles.stop_listening(&self.cluster);
+        // What the master accepted goes to a worker before anyone drains: a `newconn` the
+        // worker reads before its `drain` is served, one it would read after is not. (A
+        // connection already sent is in the worker's channel, ahead of the `drain`.)
+        while self.handles.waiting() > 0 && !self.cluster.is_empty() {
+            self.handles.distribute(&self.cluster);
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.cluster.next_event_timeout(left) {
+                Some(event) => self.while_stopping(event),
+                None => break,
+            }
+        }
+        for id in self.cluster.ids() {
+            self.handles.retire(id);
+            let _ = self.cluster.send(id, "drain");
+        }
+        let mut killed = false;
+        while !self.cluster.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = if killed { Duration::from_secs(1) } else { left };
+            match self.cluster.next_event_timeout(wait) {
+                Some(Event::Shutdown) if !killed => {
+                    log!("Ctrl-C again: no more waiting");
+                    self.kill_all();
+                    killed = true;
+                }
+                Some(event) => self.while_stopping(event),
+                None if !killed => {
+                    self.kill_all();
+                    killed = true;
+                }
+                None => {}
+            }
+        }
+        match self.handles.holding() {
+            0 => {}
+            1 => log!("1 accepted connection found no worker"),
+            n => log!("{n} accepted connections found no worker"),
+        }
+        log!("all workers stopped");
+        ExitCode::SUCCESS
+    }
+    // ANCHOR_END: stop
+
+    /// While stopping, only the round-robin's books still matter: the acknowledgements (so
+    /// that the master closes its copies) and the exits (already logged by the cluster).
+    fn while_stopping(&mut self, event: Event) {
+        match event {
+            Event::Message { id, message } => {
+                self.handles
+                    .on_message(&mut self.cluster, id, &message.text);
+            }
+            Event::Exit { id, .. } => self.handles.remove(id),
+            _ => {}
+        }
+    }
+
+    fn kill_all(&self) {
+        for id in self.cluster.ids() {
+            self.kill(id);
+        }
+    }
+}
+
+/// A duration as the log shows it: `12 ms`, `3.4 s`.
+fn short(d: Duration) -> String {
+    match d < Duration::from_secs(1) {
+        true => format!("{} ms", d.as_millis()),
+        false => format!("{:.1} s", d.as_secs_f64()),
+    }
+}

@@ -1,0 +1,415 @@
+//! Chapter 7: the master replaces workers that die, lets a failing worker leave
+//! gracefully, gives up on a slot that crash-loops, and drains every worker on SIGTERM.
+//! After each scenario, no child of the master is left `<defunct>`.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use chapter_tests::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const CH07: &str = "ch07-auto-restart";
+
+/// A request's head without its last empty line: the worker has it, and owes an answer
+/// once the rest comes.
+const HALF_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n";
+
+#[track_caller]
+fn start(workers: usize, extra: &[&str]) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
+    Chapter::start_cluster(CH07, workers, extra)
+}
+
+/// One request for `path` on a new connection: the response, or the error.
+fn get_path(addr: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
+    let mut stream = connect(addr)?;
+    write_request(&mut stream, path, false)?;
+    read_response(&mut stream)
+}
+
+/// A kept-alive connection served by worker pid `pid`: connections go to the workers in
+/// turn, so a few tries find one.
+#[track_caller]
+fn connection_to(addr: SocketAddr, pid: u32) -> TcpStream {
+    for _ in 0..20 {
+        let mut stream = connect(addr).expect("connect");
+        write_request(&mut stream, "/", true).expect("send a request");
+        let response = read_response(&mut stream).expect("an answer");
+        if parse_hello(&response.body).map(|(p, _)| p) == Some(pid) {
+            return stream;
+        }
+    }
+    panic!("20 connections and none went to pid {pid}");
+}
+
+/// A worker with a request half sent on a kept-alive connection: it owes that client an
+/// answer, so it cannot finish leaving before the rest of the request comes. Returns the
+/// connection and the worker's `(id, pid)`.
+#[track_caller]
+fn busy_worker(addr: SocketAddr, forked: &[(u32, u32)]) -> (TcpStream, (u32, u32)) {
+    let mut held = connect(addr).expect("connect");
+    held.set_read_timeout(Some(TIMEOUT)).expect("read timeout");
+    write_request(&mut held, "/", true).expect("send a request");
+    let (pid, id) = answered_by(&read_response(&mut held).expect("an answer"), forked);
+    held.write_all(HALF_REQUEST).expect("send half a request");
+    (held, (id, pid))
+}
+
+/// `/crash` to worker pid `pid`, which must answer it with a 500.
+#[track_caller]
+fn crash(addr: SocketAddr, pid: u32) {
+    let mut crasher = connection_to(addr, pid);
+    write_request(&mut crasher, "/crash", true).expect("send /crash");
+    let response = read_response(&mut crasher).expect("the crashing request is answered");
+    assert_eq!(response.status, 500, "{response:?}");
+    assert_eq!(response.header("Connection"), Some("close"));
+}
+
+/// The `restart in N ms` of every restart decision the master logged for `slot`.
+fn restart_delays(lines: &[String], slot: usize) -> Vec<u64> {
+    let prefix = format!("slot {slot}: ");
+    lines
+        .iter()
+        .filter_map(|l| {
+            l.split_once(&prefix)?
+                .1
+                .split_once("restart in ")?
+                .1
+                .split_once(" ms")
+        })
+        .filter_map(|(ms, _)| ms.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_worker_killed_under_load_is_named_by_its_signal_and_replaced_at_once() {
+    let (master, addr, forked) = start(2, &[]);
+    let load = SteadyLoad::start(addr);
+    load.wait_for_more(20);
+    let (id, pid) = forked[0];
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9 the worker");
+    master.wait_for(
+        &format!("worker {id} (pid {pid}) was killed by SIGKILL"),
+        TIMEOUT,
+    );
+    // It served for a while: no crash loop, so no wait.
+    master.wait_for_line("the restart decision", TIMEOUT, |l| {
+        l.contains(&format!("slot 1: worker {id} was up")) && l.ends_with("restart in 0 ms")
+    });
+    let (new_id, new_pid) = master.wait_forked(3)[2];
+    let first = load.wait_for_pid(new_pid);
+    load.wait_for_more(20);
+    let replies = load.stop();
+    let failed: Vec<&String> = replies.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.len() <= 1,
+        "at most the request the killed worker held may fail: {failed:?}"
+    );
+    assert!(
+        replies[first..].iter().all(|r| r.is_ok()),
+        "once worker {new_id} serves, every request succeeds: {:?}",
+        &replies[first..]
+    );
+    no_defunct_children(master.pid());
+}
+
+#[test]
+fn a_crash_fails_its_own_request_only_and_the_replacement_serves_before_the_old_worker_exits() {
+    let (master, addr, forked) = start(2, &["--idle-timeout", "60", "--min-uptime", "0.1"]);
+    let (mut held, (id, pid)) = busy_worker(addr, &forked);
+    let load = SteadyLoad::start(addr);
+    load.wait_for_more(20);
+    crash(addr, pid);
+    master.wait_for(
+        &format!("worker {id} (pid {pid}) is leaving (its handler panicked)"),
+        TIMEOUT,
+    );
+    // The replacement is started at once, not when the old worker is gone.
+    let (new_id, new_pid) = master.wait_forked(3)[2];
+    master.wait_for(
+        &format!("worker {new_id} takes worker {id}'s place now"),
+        TIMEOUT,
+    );
+    load.wait_for_pid(new_pid);
+    assert!(
+        pid_alive(pid),
+        "worker {id} (pid {pid}) owes the held client an answer: it must still be there \
+         while its replacement already serves"
+    );
+    // The rest of the held request: the leaving worker answers it, and says it closes.
+    held.write_all(b"\r\n").expect("finish the held request");
+    let response = read_response(&mut held).expect("the held request is answered");
+    assert_eq!(answered_by(&response, &forked), (pid, id));
+    assert_eq!(response.header("Connection"), Some("close"), "{response:?}");
+    master.wait_for(
+        &format!("worker {id} (pid {pid}) exited with code 1"),
+        TIMEOUT,
+    );
+    master.wait_for(&format!("worker {id}'s exit was planned"), TIMEOUT);
+    load.wait_for_more(20);
+    let replies = load.stop();
+    let failed: Vec<&String> = replies.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "only /crash itself may fail: {failed:?}");
+    assert_eq!(
+        master.count("forked worker"),
+        3,
+        "one replacement, no restart on top"
+    );
+    no_defunct_children(master.pid());
+}
+
+#[test]
+fn a_slot_that_crashes_at_start_backs_off_then_is_given_up_while_the_other_serves() {
+    let args = [
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--crash-at-start",
+        "100",
+        "--max-restarts",
+        "4",
+        "--restart-delay",
+        "0.05",
+    ];
+    let master = Chapter::start(CH07, &args);
+    // The ready line does not wait for a slot that dies as it starts.
+    let addr = master.wait_master_ready();
+    let load = SteadyLoad::start(addr);
+    master.wait_for("slot 1 is given up", TIMEOUT);
+    load.wait_for_more(20);
+    let replies = load.stop();
+    let lines = master.lines();
+    // Immediate, then --restart-delay, then 1.5 times longer each time.
+    assert_eq!(restart_delays(&lines, 1), [0, 50, 75, 112], "{lines:#?}");
+    assert_eq!(master.count("of slot 1 fails on purpose"), 5, "{lines:#?}");
+    assert_eq!(
+        master.count("forked worker"),
+        6,
+        "5 starts of slot 1, 1 of slot 2"
+    );
+    // Slot 2's worker served every request, before, during and after.
+    let slot2 = parse_forked(&master.wait_for_n("forked worker", 2, TIMEOUT)[1])
+        .expect("slot 2's fork line");
+    for reply in &replies {
+        assert_eq!(*reply, Ok(slot2.1), "every request goes to slot 2's worker");
+    }
+    assert!(pid_alive(master.pid()), "the master keeps serving");
+    no_defunct_children(master.pid());
+}
+
+#[test]
+fn when_every_slot_is_given_up_the_master_exits() {
+    let args = [
+        "--port",
+        "0",
+        "--workers",
+        "1",
+        "--crash-at-start",
+        "100",
+        "--max-restarts",
+        "2",
+        "--restart-delay",
+        "0.01",
+    ];
+    let mut master = Chapter::start(CH07, &args);
+    let status = master.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(1), "{}", describe(status));
+    master.wait_for("every slot has been given up", TIMEOUT);
+}
+
+/// A worker that leaves within --min-uptime of its start is not replaced at once: if
+/// every request panics, replacing each leaving worker at once would fork a worker per
+/// request. Its exit counts as a crash, with the backoff and the give-up.
+#[test]
+fn a_worker_that_leaves_young_is_throttled_like_a_crash() {
+    let args = [
+        "--port",
+        "0",
+        "--workers",
+        "1",
+        "--min-uptime",
+        "30",
+        "--max-restarts",
+        "2",
+        "--restart-delay",
+        "0.01",
+    ];
+    let mut master = Chapter::start(CH07, &args);
+    let addr = master.wait_master_ready();
+    // Every worker gets a /crash as soon as it serves.
+    let deadline = Instant::now() + TIMEOUT;
+    while pid_alive(master.pid()) && Instant::now() < deadline {
+        let _ = get_path(addr, "/crash");
+    }
+    let status = master.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(1), "{}", describe(status));
+    let lines = master.wait_output_closed(TIMEOUT);
+    let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        count("leaves within --min-uptime 30 s of its start"),
+        3,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        count("takes worker"),
+        0,
+        "no leaving worker is replaced at once"
+    );
+    assert_eq!(restart_delays(&lines, 1), [0, 10], "{lines:#?}");
+    assert_eq!(count("slot 1 is given up"), 1, "{lines:#?}");
+}
+
+#[test]
+fn a_worker_over_max_rss_leaves_and_is_replaced() {
+    let (master, addr, forked) = start(2, &["--max-rss", "64", "--min-uptime", "0.1"]);
+    let response = get_path(addr, "/leak?mb=100").expect("GET /leak?mb=100");
+    assert_eq!(response.status, 200, "{response:?}");
+    let (id, pid) = *forked
+        .iter()
+        .find(|(id, pid)| {
+            response
+                .body
+                .starts_with(&format!("worker {id} (pid {pid}) leaked"))
+        })
+        .unwrap_or_else(|| panic!("which worker leaked? {}", response.body));
+    master.wait_for(
+        &format!("worker {id} (pid {pid}) is leaving (RSS "),
+        TIMEOUT,
+    );
+    let (_, new_pid) = master.wait_forked(3)[2];
+    master.wait_for(&format!("worker {id}'s exit was planned"), TIMEOUT);
+    assert!(
+        wait_until(TIMEOUT, || get(addr).body.contains(&new_pid.to_string())),
+        "the replacement (pid {new_pid}) should serve"
+    );
+    assert!(!pid_alive(pid), "the leaking worker is gone");
+    no_defunct_children(master.pid());
+}
+
+#[test]
+fn exit_without_a_word_is_a_crash_and_the_slot_restarts_at_once() {
+    let (master, addr, forked) = start(2, &[]);
+    let lost = get_path(addr, "/exit");
+    assert!(lost.is_err(), "/exit answers nothing: {lost:?}");
+    let line = master.wait_for("exited with code 1", TIMEOUT);
+    let (id, pid) = *forked
+        .iter()
+        .find(|(id, pid)| line.contains(&format!("worker {id} (pid {pid})")))
+        .unwrap_or_else(|| panic!("not one of {forked:?}: {line}"));
+    master.wait_for_line("the restart decision", TIMEOUT, |l| {
+        l.contains(&format!("worker {id} was up")) && l.ends_with("restart in 0 ms")
+    });
+    let (_, new_pid) = master.wait_forked(3)[2];
+    assert!(
+        wait_until(TIMEOUT, || get(addr).body.contains(&new_pid.to_string())),
+        "the replacement (pid {new_pid}) should serve"
+    );
+    assert!(!pid_alive(pid));
+    no_defunct_children(master.pid());
+}
+
+#[test]
+fn a_leaving_worker_that_does_not_finish_in_time_is_killed() {
+    let args = [
+        "--kill-timeout",
+        "0.5",
+        "--idle-timeout",
+        "60",
+        "--min-uptime",
+        "0.1",
+    ];
+    let (master, addr, forked) = start(2, &args);
+    let (mut held, (id, pid)) = busy_worker(addr, &forked);
+    crash(addr, pid);
+    master.wait_for(&format!("worker {id} (pid {pid}) is leaving"), TIMEOUT);
+    master.wait_for(
+        &format!("worker {id} (pid {pid}) is still there after --kill-timeout 0.5 s: SIGKILL"),
+        TIMEOUT,
+    );
+    master.wait_for(
+        &format!("worker {id} (pid {pid}) was killed by SIGKILL"),
+        TIMEOUT,
+    );
+    master.wait_for(&format!("worker {id}'s exit was planned"), TIMEOUT);
+    assert!(
+        wait_closed(&mut held).is_ok(),
+        "the held client's connection closes with its worker"
+    );
+    assert_eq!(
+        master.count("forked worker"),
+        3,
+        "one replacement, no restart on top"
+    );
+    no_defunct_children(master.pid());
+}
+
+#[test]
+fn sigterm_with_twenty_requests_in_flight_answers_them_all_then_everything_exits() {
+    let kill_timeout = Duration::from_secs(10);
+    let args = ["--kill-timeout", "10", "--idle-timeout", "60"];
+    let (mut master, addr, forked) = start(2, &args);
+    let pids: Vec<u32> = forked.iter().map(|(_, pid)| *pid).collect();
+    let mut clients: Vec<TcpStream> = (0..20)
+        .map(|i| {
+            let mut stream = connect(addr).unwrap_or_else(|e| panic!("client {i}: {e}"));
+            stream
+                .set_read_timeout(Some(TIMEOUT))
+                .expect("read timeout");
+            stream.write_all(HALF_REQUEST).expect("send half a request");
+            stream
+        })
+        .collect();
+    // Every one has reached a worker, which holds its first half. (A worker's sockets are
+    // its IPC channel and its connections.)
+    let mut held = 0;
+    assert!(
+        wait_until(TIMEOUT, || {
+            held = pids.iter().map(|pid| socket_inodes(*pid).len() - 1).sum();
+            held == 20
+        }),
+        "the workers should hold the 20 connections, not {held}"
+    );
+    let stopped_at = Instant::now();
+    master.signal(Signal::SIGTERM);
+    // Every worker drains: it takes no new connection, and finishes what it holds.
+    master.wait_for_n("draining: no new connections; finishing", 2, TIMEOUT);
+    assert!(
+        connect(addr).is_err(),
+        "a stopping master no longer listens: a new client is refused at once"
+    );
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.write_all(b"\r\n").expect("finish the request");
+        let response = read_response(client).unwrap_or_else(|e| panic!("client {i}: {e}"));
+        answered_by(&response, &forked);
+        assert_eq!(response.header("Connection"), Some("close"), "{response:?}");
+    }
+    let status = master.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{}", describe(status));
+    assert!(
+        stopped_at.elapsed() < kill_timeout,
+        "every worker left by itself once its clients had their answers, before the \
+         --kill-timeout: {:#?}",
+        master.lines()
+    );
+    let lines = master.wait_output_closed(TIMEOUT);
+    assert!(lines.iter().any(|l| l.contains("all workers stopped")));
+    assert!(!lines.iter().any(|l| l.contains("SIGKILL")), "{lines:#?}");
+    for pid in pids {
+        assert!(!pid_alive(pid), "worker pid {pid} is gone");
+    }
+}
+
+#[test]
+fn a_master_killed_with_sigkill_leaves_no_worker_behind() {
+    let (master, addr, forked) = start(2, &[]);
+    get(addr);
+    master.signal(Signal::SIGKILL);
+    for (id, pid) in forked {
+        assert!(
+            wait_until(TIMEOUT, || !pid_alive(pid)),
+            "worker {id} (pid {pid}) outlived its master"
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! Chapter 8: the master pings every worker; a worker whose loop is stuck misses the
+//! pings, is killed as a zombie and replaced, while the others serve. A worker that is
+//! only slow is left alone; and a pong sent from a thread of its own hides the hang.
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use chapter_tests::*;
+
+const CH08: &str = "ch08-heartbeat";
+
+/// The heartbeat the tests use: short, so that three missed beats pass quickly.
+const BEAT_MS: u64 = 200;
+
+#[track_caller]
+fn start(workers: usize, extra: &[&str]) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
+    let beat = BEAT_MS.to_string();
+    let mut args = vec!["--heartbeat-ms", beat.as_str()];
+    args.extend_from_slice(extra);
+    Chapter::start_cluster(CH08, workers, &args)
+}
+
+/// Sends a request for `path` that will not be answered soon, and returns its connection
+/// and the worker that took it, from that worker's own log line (`marker` in it).
+#[track_caller]
+fn send_stuck(
+    master: &Chapter,
+    addr: SocketAddr,
+    path: &str,
+    marker: &str,
+    forked: &[(u32, u32)],
+) -> (TcpStream, (u32, u32)) {
+    let mut stream = connect(addr).expect("connect");
+    write_request(&mut stream, path, false).expect("send the request");
+    let line = master.wait_for(marker, TIMEOUT);
+    let (id, pid) = parse_speaker(&line).unwrap_or_else(|| panic!("who said {line}?"));
+    assert!(forked.contains(&(id, pid)), "{line}");
+    (stream, (id, pid))
+}
+
+#[test]
+fn a_hung_worker_is_killed_within_about_three_beats_and_replaced_while_the_other_serves() {
+    let kill_timeout = Duration::from_secs(1);
+    let (master, addr, forked) = start(2, &["--kill-timeout", "1"]);
+    let (_hung, (id, pid)) = send_stuck(&master, addr, "/hang", "/hang: spinning", &forked);
+    let hung_at = Instant::now();
+    let load = SteadyLoad::start(addr);
+    master.wait_for(
+        &format!("worker {id} missed a heartbeat (2 of 3 in a row)"),
+        TIMEOUT,
+    );
+    master.wait_for(
+        &format!("worker {id} (pid {pid}) is a zombie: its last 3 pings went unanswered"),
+        TIMEOUT,
+    );
+    master.wait_for(
+        &format!("worker {id} (pid {pid}) was killed by SIGTERM"),
+        TIMEOUT,
+    );
+    assert_eq!(
+        master.count(&format!("worker {id} missed a heartbeat (3 of")),
+        0,
+        "the third missed ping makes a zombie; there is no fourth chance"
+    );
+    // Three beats without an answer, one more to notice, the grace before SIGKILL, and
+    // room for a busy machine.
+    let bound = Duration::from_millis(4 * BEAT_MS) + kill_timeout + Duration::from_secs(3);
+    assert!(
+        hung_at.elapsed() < bound,
+        "the zombie should be gone within about 3 beats plus the grace, not {:?}",
+        hung_at.elapsed()
+    );
+    let (_, new_pid) = master.wait_forked(3)[2];
+    load.wait_for_pid(new_pid);
+    load.wait_for_more(20);
+    let replies = load.stop();
+    let failed: Vec<&String> = replies.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "the other worker answers throughout, and a connection handed to the hung worker \
+         goes to another when it dies: {failed:?}"
+    );
+    let (other_id, _) = *forked.iter().find(|(i, _)| *i != id).expect("two workers");
+    assert_eq!(
+        master.count(&format!("worker {other_id} missed")),
+        0,
+        "a healthy worker answers every ping: {:#?}",
+        master.lines()
+    );
+    assert!(!pid_alive(pid));
+    no_defunct_children(master.pid());
+}
+
+#[test]
+fn a_worker_slow_for_less_than_two_beats_is_not_killed() {
+    let (master, addr, forked) = start(2, &[]);
+    let path = format!("/sleep?ms={}", BEAT_MS * 3 / 2);
+    let body = get_path(addr, &path, &forked);
+    let (id, pid) = *forked
+        .iter()
+        .find(|(id, pid)| body.starts_with(&format!("worker {id} (pid {pid}) slept")))
+        .unwrap_or_else(|| panic!("who slept? {body}"));
+    // Nothing announces a kill that does not come: watch five more beats. The slow worker
+    // may have missed one beat (it depends on where the beats fell); it answers again
+    // once its loop runs, and three misses in a row never come.
+    let window = Duration::from_millis(5 * BEAT_MS);
+    let killed = wait_until(window, || master.count("is a zombie") > 0);
+    assert!(!killed, "slow is not dead: {:#?}", master.lines());
+    assert_eq!(
+        master.count(&format!("worker {id} missed a heartbeat (2 of")),
+        0
+    );
+    assert!(pid_alive(pid), "worker {id} (pid {pid}) lives on");
+    assert_eq!(master.count("forked worker"), 2, "no worker was replaced");
+    // And it still serves.
+    assert!(
+        wait_until(TIMEOUT, || get(addr).body == hello_body(pid, id)),
+        "worker {id} serves again"
+    );
+}
+
+/// One request for `path`, answered by one of `forked`: its body.
+#[track_caller]
+fn get_path(addr: SocketAddr, path: &str, forked: &[(u32, u32)]) -> String {
+    let mut stream = connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    write_request(&mut stream, path, false).expect("send the request");
+    let response = read_response(&mut stream).expect("an answer");
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(
+        forked.iter().any(
+            |(id, pid)| response.body.contains(&format!("worker {id} (pid {pid})"))
+                || response.body == hello_body(*pid, *id)
+        ),
+        "{response:?}"
+    );
+    response.body
+}
+
+#[test]
+fn a_pong_from_a_thread_of_its_own_hides_a_hung_loop() {
+    let (master, addr, forked) = start(2, &["--pong-from-thread", "on"]);
+    let (_hung, (id, pid)) = send_stuck(&master, addr, "/hang", "/hang: spinning", &forked);
+    // Wait until it has spun for five beats' worth of CPU time, so at least five beats
+    // have passed: the worker is stuck, and the master, hearing its thread, suspects
+    // nothing.
+    let spun = Duration::from_millis(5 * BEAT_MS);
+    let before = cpu_time(pid);
+    assert!(
+        wait_until(TIMEOUT, || cpu_time(pid).saturating_sub(before) >= spun),
+        "worker {id} (pid {pid}) should spin"
+    );
+    assert_eq!(
+        master.count(&format!("worker {id} missed")),
+        0,
+        "the thread answers every ping: {:#?}",
+        master.lines()
+    );
+    assert_eq!(master.count("is a zombie"), 0, "{:#?}", master.lines());
+    assert!(pid_alive(pid), "the hung worker is left alone");
+}
+
+/// Ctrl-C with one worker stuck (and a connection it was handed and never took): the
+/// healthy worker drains and exits at once; the stuck one is killed at --kill-timeout.
+#[test]
+fn stopping_with_a_hung_worker_drains_the_others_and_kills_it_at_the_timeout() {
+    // Heartbeats an hour apart: the master will not find the zombie by itself.
+    let args = ["--heartbeat-ms", "3600000", "--kill-timeout", "2"];
+    let (mut master, addr, forked) = Chapter::start_cluster(CH08, 2, &args);
+    let (_hung, (id, pid)) = send_stuck(&master, addr, "/hang", "/hang: spinning", &forked);
+    let (healthy_id, healthy) = *forked.iter().find(|(i, _)| *i != id).expect("two workers");
+    // Requests until one is handed to the stuck worker, which never takes it: the
+    // master holds it for that worker, and its client waits.
+    let mut lost = Vec::new();
+    while lost.is_empty() {
+        let mut stream = connect(addr).expect("connect");
+        write_request(&mut stream, "/", false).expect("send a request");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("a short read timeout");
+        match read_response(&mut stream) {
+            Ok(response) => assert_eq!(answered_by(&response, &forked), (healthy, healthy_id)),
+            Err(_) => lost.push(stream),
+        }
+    }
+    master.signal(nix::sys::signal::Signal::SIGINT);
+    master.wait_for(
+        &format!("worker {healthy_id} (pid {healthy}) exited with code 0"),
+        TIMEOUT,
+    );
+    master.wait_for(
+        &format!("worker {id} (pid {pid}) is still there after --kill-timeout 2 s: SIGKILL"),
+        TIMEOUT,
+    );
+    let status = master.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{}", describe(status));
+    let lines = master.wait_output_closed(TIMEOUT);
+    let killed = format!("worker {healthy_id} (pid {healthy}) is still there");
+    assert!(
+        !lines.iter().any(|l| l.contains(&killed)),
+        "the healthy worker drained by itself: {lines:#?}"
+    );
+}
