@@ -286,8 +286,11 @@ fn ch04_the_proxy_out_of_fds_pauses_instead_of_spinning() {
             ),
         }
     }
-    master.wait_for("accepting again", TIMEOUT);
+    // A new client is served; the accept that finds the queue empty after it ends the
+    // shortage. (Without a new client, a listener re-armed on an empty queue has nothing
+    // to say, and the shortage would end silently.)
     answered_by(&get(addr), &forked);
+    master.wait_for("accepting again", TIMEOUT);
 }
 
 // ---------------------------------------------------------------------------------------
