@@ -631,6 +631,57 @@ fn two_sigusr2_in_a_row_make_two_reloads_one_after_the_other() {
     );
 }
 
+/// Workers killed in the middle of a reload: the one whose replacement is starting leaves
+/// its slot to that replacement, nothing is restarted, and the turn goes on; one whose
+/// turn has not come is restarted like any crash (from the new build), and its turn is
+/// skipped.
+#[test]
+fn workers_killed_during_a_reload_are_replaced_once() {
+    let install = Install::new("killed");
+    let real = install.copy_as("real");
+    let (master, addr, old) = install.start(3, &[]);
+    let load = SteadyLoad::start(addr);
+    load.wait_for_more(20);
+    install.break_with(&format!("sleep 0.3; exec '{}' \"$@\"", real.display()));
+    master.signal(Signal::SIGUSR2);
+    let (first, _) = master.wait_forked(4)[3];
+    let [(id1, pid1), _, (id3, pid3)] = old[..] else {
+        panic!("three workers: {old:?}")
+    };
+    for pid in [pid1, pid3] {
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9");
+    }
+    master.wait_for(
+        &format!("slot 1: worker {id1} died while worker {first} was starting in its place"),
+        TIMEOUT,
+    );
+    master.wait_for(
+        &format!("worker {id3} is gone already: its turn is skipped"),
+        TIMEOUT,
+    );
+    master.wait_for("reload done: 2 workers replaced", TIMEOUT);
+    wait_drained(&master, &old[1..2]);
+    load.wait_for_more(20);
+    let replies = load.stop();
+    assert!(
+        failures(&replies).len() <= 2,
+        "at most what the two killed workers held may fail: {:?}",
+        failures(&replies)
+    );
+    // Slot 1 had no restart of its own: worker `first` took it. Slot 3 was restarted, and
+    // worker 2 replaced in its turn: 3 forks after the first round's.
+    let forked = master.wait_forked(6);
+    assert_eq!(master.count("forked worker"), 6, "{:#?}", master.lines());
+    let now: BTreeSet<u32> = children_of(master.pid()).into_iter().collect();
+    assert_eq!(
+        now,
+        pids(&forked[3..]),
+        "every worker was started during the reload"
+    );
+    each_answers(addr, &forked[3..]);
+    no_defunct_children(master.pid());
+}
+
 #[test]
 fn sigterm_during_a_reload_stops_every_worker() {
     let install = Install::new("sigterm");
