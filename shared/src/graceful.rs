@@ -100,16 +100,19 @@ pub fn from_master(server: &mut Server, message: Message) -> Option<Message> {
         },
         _ => return Some(message),
     };
-    log!("the master says drain: finishing what this worker holds, then exiting");
     match linger.is_zero() {
-        true => server.drain(),
+        true => {
+            log!("the master says drain: finishing what this worker holds, then exiting");
+            server.drain();
+        }
         false => {
             log!(
-                "a new worker serves in this one's place: an idle connection may still send \
-                 one request within {} ms",
+                "the master says drain: a new worker serves in this one's place; finishing \
+                 what this worker holds (an idle connection gets {} ms for one more request), \
+                 then exiting",
                 linger.as_millis()
             );
-            server.drain_lingering(linger)
+            server.drain_lingering(linger);
         }
     }
     None

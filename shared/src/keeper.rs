@@ -413,9 +413,11 @@ impl Keeper {
 
     /// Whether worker `id` serves every address its workers listen on: it has joined the
     /// round-robin, and is not on its way out.
+    // ANCHOR: serving
     pub fn serving(&self, id: u32) -> bool {
         self.handles.served_by(id) == self.ports
     }
+    // ANCHOR_END: serving
 
     /// Tells worker `id` to leave (chapter 9's reload): chapter 7's graceful exit, ordered by
     /// the master. The worker forked by [`Keeper::replace`] to replace it takes its slot now;

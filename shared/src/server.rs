@@ -307,20 +307,16 @@ impl Server {
                 None => {}
             }
         }
-        // An idle connection is closed now; after `drain_lingering`, once the linger is
-        // over (`close_stalled_connections`).
-        let lingering = match self.linger_until {
-            Some(_) => " (the idle ones linger for a last request)",
-            None => {
-                self.close_idle();
-                ""
-            }
-        };
+        // An idle kept-alive connection is closed now; after `drain_lingering` (chapter 9),
+        // only once the linger is over.
+        if self.linger_until.is_none() {
+            self.close_idle();
+        }
         let open = match self.connections() {
             1 => "1 open connection".to_string(),
             n => format!("{n} open connections"),
         };
-        log!("draining: no new connections; finishing {open}{lingering}");
+        log!("draining: no new connections; finishing {open}");
         self.stop_if_drained();
     }
     // ANCHOR_END: drain
