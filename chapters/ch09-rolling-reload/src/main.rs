@@ -82,15 +82,12 @@ fn master(args: &Args) -> Outcome {
         match event {
             Event::Signal(Signal::SIGUSR2) => reload.requested(&mut keeper),
             event => {
-                let exit = match &event {
-                    Event::Exit { id, status, .. } => Some((*id, *status)),
-                    _ => None,
-                };
+                // The new worker of a turn may be the one that exited.
+                if let Event::Exit { id, status, .. } = &event {
+                    reload.exited(&mut keeper, *id, *status);
+                }
                 if let Some(code) = keeper.handle(event) {
                     return Ok(code);
-                }
-                if let Some((id, status)) = exit {
-                    reload.exited(&mut keeper, id, status);
                 }
             }
         }
