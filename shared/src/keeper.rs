@@ -162,9 +162,21 @@ impl Keeper {
     /// Forks one worker per slot and returns the master, which serves once they ask it to
     /// listen.
     pub fn start(args: &Args) -> io::Result<Keeper> {
+        Keeper::start_catching(args, &[])
+    }
+
+    /// [`Keeper::start`], with `signals` turned into events ([`Cluster::on_signal`]) before
+    /// the first worker is forked (chapter 9's SIGUSR2): one that comes while the workers
+    /// start is an event like any other, not the end of the master (SIGUSR2's default
+    /// action is to terminate).
+    pub fn start_catching(args: &Args, signals: &[Signal]) -> io::Result<Keeper> {
         let policy = policy(args);
+        let mut cluster = Cluster::new()?;
+        for signal in signals {
+            cluster.on_signal(*signal)?;
+        }
         let mut keeper = Keeper {
-            cluster: Cluster::new()?,
+            cluster,
             books: Supervisor::new(args.workers, policy),
             handles: Handles::new(),
             ports: args.ports().len(),
@@ -181,11 +193,6 @@ impl Keeper {
             keeper.starting.insert(id);
         }
         Ok(keeper)
-    }
-
-    /// The cluster, for what a chapter adds (a signal to catch, a message to send).
-    pub fn cluster(&mut self) -> &mut Cluster {
-        &mut self.cluster
     }
 
     /// Starts a worker in `slot`, telling it which slot and which start it is.

@@ -69,9 +69,8 @@ fn main() -> ExitCode {
 
 // ANCHOR: master
 fn master(args: &Args) -> Outcome {
-    let mut keeper = Keeper::start(args)?;
     // SIGUSR2 becomes one more event of the loop, like a message or an exit.
-    keeper.cluster().on_signal(Signal::SIGUSR2)?;
+    let mut keeper = Keeper::start_catching(args, &[Signal::SIGUSR2])?;
     let mut reload = Reload::new(args.get::<Seconds>("--listen-timeout").0);
     loop {
         // Chapter 7's loop, with one more thing to wake up for: a new worker's deadline.
