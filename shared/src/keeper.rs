@@ -319,6 +319,13 @@ impl Keeper {
 
     /// Worker `id` now serves every address it asked for.
     fn joined(&mut self, id: u32) {
+        // One already on its way out gets no connection (chapter 9's new worker that joins
+        // just after its deadline), as Node's master ignores a disconnecting worker's
+        // queryServer.
+        if self.leaving.contains_key(&id) {
+            self.handles.retire(id);
+            return;
+        }
         if self.handles.served_by(id) < self.ports {
             return;
         }
