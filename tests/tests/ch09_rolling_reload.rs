@@ -208,11 +208,12 @@ impl Install {
         inode(&self.path)
     }
 
-    /// A second copy of the real binary, at `name`, for a script to run.
-    fn copy_as(&self, name: &str) -> PathBuf {
-        let path = self.dir.join(name);
-        std::fs::copy(binary(CH09), &path).expect("copy the binary");
-        path
+    /// Puts a build that takes 0.3 s to start at the path: a script that waits, then runs
+    /// a copy of the real binary. A reload of it is still under way when a test acts.
+    fn slow_build(&self) -> u64 {
+        let real = self.dir.join("real");
+        std::fs::copy(binary(CH09), &real).expect("copy the binary");
+        self.break_with(&format!("sleep 0.3; exec '{}' \"$@\"", real.display()))
     }
 
     /// Starts the installed program as in [`Chapter::start_cluster`].
@@ -592,11 +593,10 @@ fn a_broken_build_stops_the_reload_and_a_fixed_one_goes_through() {
 #[test]
 fn two_sigusr2_in_a_row_make_two_reloads_one_after_the_other() {
     let install = Install::new("twice");
-    let real = install.copy_as("real");
     let (master, addr, first) = install.start(2, &[]);
     let load = SteadyLoad::start(addr);
     load.wait_for_more(20);
-    install.break_with(&format!("sleep 0.3; exec '{}' \"$@\"", real.display()));
+    install.slow_build();
     master.signal(Signal::SIGUSR2);
     master.wait_for("SIGUSR2: replacing 2 workers", TIMEOUT);
     master.signal(Signal::SIGUSR2);
@@ -638,11 +638,10 @@ fn two_sigusr2_in_a_row_make_two_reloads_one_after_the_other() {
 #[test]
 fn workers_killed_during_a_reload_are_replaced_once() {
     let install = Install::new("killed");
-    let real = install.copy_as("real");
     let (master, addr, old) = install.start(3, &[]);
     let load = SteadyLoad::start(addr);
     load.wait_for_more(20);
-    install.break_with(&format!("sleep 0.3; exec '{}' \"$@\"", real.display()));
+    install.slow_build();
     master.signal(Signal::SIGUSR2);
     let (first, _) = master.wait_forked(4)[3];
     let [(id1, pid1), _, (id3, pid3)] = old[..] else {
@@ -685,9 +684,8 @@ fn workers_killed_during_a_reload_are_replaced_once() {
 #[test]
 fn sigterm_during_a_reload_stops_every_worker() {
     let install = Install::new("sigterm");
-    let real = install.copy_as("real");
     let (mut master, _, _) = install.start(2, &[]);
-    install.break_with(&format!("sleep 0.3; exec '{}' \"$@\"", real.display()));
+    install.slow_build();
     master.signal(Signal::SIGUSR2);
     master.wait_forked(3);
     master.signal(Signal::SIGTERM);
