@@ -26,6 +26,9 @@ cargo build --release -q -p ch07-auto-restart
 export ROUNDS DURATION CONNECTIONS
 exec python3 - <<'PY'
 import os, re, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+sys.dont_write_bytecode = True  # nothing written into bench/
+sys.path.insert(0, "bench")
+from wrk import failed_and_total
 
 ROUNDS, DURATION, CONNECTIONS = (int(os.environ[k]) for k in ("ROUNDS", "DURATION", "CONNECTIONS"))
 HAVE_NODE = subprocess.run(["sh", "-c", "command -v node"], capture_output=True).returncode == 0
@@ -130,10 +133,7 @@ def failed_during_crash(name):
         out, _ = wrk.communicate()
     finally:
         t.stop()
-    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    non2xx = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    return errors + non2xx, total
+    return failed_and_total(out)
 
 targets = ["ch07"] + (["node"] if HAVE_NODE else [])
 print(f"{os.cpu_count()} CPUs, 2 workers; {ROUNDS} starts per target, each worker killed once per start")

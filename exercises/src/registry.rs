@@ -546,6 +546,37 @@ pub const EXERCISES: &[Exercise] = &[
         ],
         tests: &[black_box("ch08_heartbeat", &[])],
     },
+    Exercise {
+        name: "ch09-step",
+        chapter: "ch09-rolling-reload",
+        file: "chapters/ch09-rolling-reload/src/main.rs",
+        function: "Reload::step",
+        anchor: "solution_ch09_step",
+        about: "the rolling reload's turn: the new worker serves, then the old one drains, then the next turn",
+        todo: "move the reload on: drain the old worker once its replacement serves, then start the next turn, or end the reload",
+        hints: &[
+            "step runs after every event of the master's loop. A turn is self.turn: the \
+             old worker, and the new one forked to replace it. Until the new one serves, \
+             nothing may happen to the old one: return, and the next event calls step \
+             again. Once it serves, the old one drains, and the next old worker's turn \
+             begins at once. When none is left, the reload is done.",
+            "keeper.serving(new) says whether the new worker serves (it has joined every \
+             round-robin handle: alive is not enough). keeper.drain(old, why) gives the new \
+             one the old one's slot and tells the old one to drain. keeper.replace(old) \
+             forks the next replacement: Ok(Some(new)) starts a turn, with a deadline \
+             listen_timeout from now; Ok(None) means that old worker is gone already, so \
+             skip it; Err means no worker can be forked, so stop. Loop while \
+             self.running: self.end and self.stop end the reload.",
+            "while self.running { if let Some(turn) = &self.turn { if \
+             !keeper.serving(turn.new) { return; } keeper.drain(turn.old, why); \
+             self.replaced += 1; self.turn = None; } let Some(old) = \
+             self.todo.pop_front() else { return self.end(keeper, done) }; match \
+             keeper.replace(old) { Ok(Some(new)) => self.turn = Some(Turn { old, new, \
+             deadline }), Ok(None) => log!(skipped), Err(e) => return self.stop(keeper, \
+             why) } }",
+        ],
+        tests: &[black_box("ch09_rolling_reload", &[])],
+    },
 ];
 
 /// The exercise called `name`.

@@ -2,7 +2,7 @@
 //! and stop them all on Ctrl-C or SIGTERM.
 //!
 //! Explained in chapter 1 (fork, exit, shutdown) and chapter 2 (messages); chapter 6 adds
-//! a socket of its own to the same loop.
+//! a socket of its own to the same loop, and chapter 9 a signal ([`Cluster::on_signal`]).
 //!
 //! Node's master is an event emitter: `cluster.on('message')`, `cluster.on('exit')`, all
 //! driven by one libuv loop. Ours is one loop too: [`Cluster::next_event`] waits in epoll
@@ -326,6 +326,7 @@ impl Cluster {
 
     /// Also turns `signal` into [`Event::Signal`] (chapter 9 reloads on SIGUSR2). The
     /// handler only writes the signal's number to a pipe the loop watches.
+    // ANCHOR: on_signal
     pub fn on_signal(&mut self, signal: Signal) -> io::Result<()> {
         if self.signals.is_none() {
             let (read, write) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
@@ -346,6 +347,7 @@ impl Cluster {
         unsafe { sigaction(signal, &action) }?;
         Ok(())
     }
+    // ANCHOR_END: on_signal
 
     fn read_signals(&self, into: &mut Vec<Event>) {
         let Some(pipe) = &self.signals else { return };
@@ -477,6 +479,7 @@ fn drain(pipe: &OwnedFd) {
 /// Where the signal handler of [`Cluster::on_signal`] writes: the pipe's write end.
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 
+// ANCHOR: note_signal
 extern "C" fn note_signal(signal: libc::c_int) {
     let fd: RawFd = SIGNAL_PIPE.load(Ordering::SeqCst);
     if fd < 0 {
@@ -491,6 +494,7 @@ extern "C" fn note_signal(signal: libc::c_int) {
         *libc::__errno_location() = errno;
     }
 }
+// ANCHOR_END: note_signal
 
 /// Waits for process `pid` to end and says how it ended.
 fn reap(pid: u32) -> Exited {

@@ -14,7 +14,9 @@
 //! - [`on_panic`] calls it from the server's crash hook, our `uncaughtException`;
 //! - [`memory_limit`] checks the worker's resident memory every second (`--max-rss`);
 //! - [`from_master`] obeys the master's `drain`, the same exit ordered from outside
-//!   (Ctrl-C on the master; chapter 9's reload);
+//!   (Ctrl-C on the master), and `drain MS`, chapter 9's: the worker is replaced while
+//!   the service goes on, so an idle connection gets MS milliseconds for one more
+//!   request ([`Server::drain_lingering`]);
 //! - [`serve`] puts them together with chapter 6's round-robin worker: the worker of
 //!   chapters 7 to 9.
 
@@ -85,14 +87,34 @@ pub fn memory_limit(server: Server, max_mb: u64) -> Server {
 }
 // ANCHOR_END: memory_limit
 
-/// The master's order to leave (`drain`): the same graceful exit, with nothing to report.
+/// The master's order to leave: the same graceful exit, with nothing to report. `drain`
+/// closes idle connections at once (the master is stopping); `drain MS` gives them MS
+/// milliseconds for a last request (chapter 9: a new worker serves in this one's place).
 /// Returns any other message, for the chapter to handle.
 pub fn from_master(server: &mut Server, message: Message) -> Option<Message> {
-    if message.text != "drain" {
-        return Some(message);
+    let linger = match message.text.split_once(' ') {
+        None if message.text == "drain" => Duration::ZERO,
+        Some(("drain", ms)) => match ms.parse() {
+            Ok(ms) => Duration::from_millis(ms),
+            Err(_) => return Some(message),
+        },
+        _ => return Some(message),
+    };
+    match linger.is_zero() {
+        true => {
+            log!("the master says drain: finishing what this worker holds, then exiting");
+            server.drain();
+        }
+        false => {
+            log!(
+                "the master says drain: a new worker serves in this one's place; finishing \
+                 what this worker holds (an idle connection gets {} ms for one more request), \
+                 then exiting",
+                linger.as_millis()
+            );
+            server.drain_lingering(linger);
+        }
     }
-    log!("the master says drain: finishing what this worker holds, then exiting");
-    server.drain();
     None
 }
 

@@ -13,7 +13,11 @@
 //!   exited `--kill-timeout` later it gets SIGKILL; its exit is planned, not a crash;
 //! - **Ctrl-C or SIGTERM** ([`Keeper::stop`]): stop listening, hand out what was
 //!   accepted, tell every worker to drain, SIGKILL what is left at `--kill-timeout`,
-//!   exit 0.
+//!   exit 0;
+//! - a worker **forked to replace another** ([`Keeper::replace`], chapter 9) is on trial:
+//!   the slot stays the old worker's until the new one serves and the chapter calls
+//!   [`Keeper::drain`] on the old one. A new worker that dies before it serves changes
+//!   nothing but the log: the old one keeps its slot, and the books count no crash.
 //!
 //! A child is reaped the moment it exits (the cluster's `waitpid` thread), so none is
 //! ever left `<defunct>`; and a worker dies with its master, even one killed with
@@ -37,6 +41,10 @@ use crate::supervisor::{Policy, Supervisor, Verdict};
 pub const SLOT_VAR: &str = "CLUSTER_SLOT";
 /// The environment variable that tells a worker which start of its slot it is (1, 2...).
 pub const START_VAR: &str = "CLUSTER_START";
+
+/// How long a worker told to drain by [`Keeper::drain`] keeps an idle kept-alive
+/// connection open for one more request (chapter 9): see `Server::drain_lingering`.
+pub const LINGER: Duration = Duration::from_secs(1);
 
 /// Adds the options of a master that keeps its workers, with PM2's names beside ours.
 pub fn options(cli: Cli) -> Cli {
@@ -122,6 +130,15 @@ struct Leaving {
     planned: bool,
 }
 
+/// A worker forked to take another's slot (chapter 9's reload), and not in it yet.
+struct Trial {
+    /// The worker it is to replace, which keeps the slot until then.
+    old: u32,
+    slot: usize,
+    /// When it was forked: its uptime counts from there once it has the slot.
+    forked: Instant,
+}
+
 /// The master of chapters 7 to 9.
 pub struct Keeper {
     cluster: Cluster,
@@ -135,6 +152,8 @@ pub struct Keeper {
     /// The workers of the first round that neither serve nor died yet: the ready line
     /// waits for them.
     starting: HashSet<u32>,
+    /// Workers forked by [`Keeper::replace`] that have not taken their slot yet.
+    trials: BTreeMap<u32, Trial>,
     ready: bool,
     stopping: bool,
 }
@@ -143,9 +162,21 @@ impl Keeper {
     /// Forks one worker per slot and returns the master, which serves once they ask it to
     /// listen.
     pub fn start(args: &Args) -> io::Result<Keeper> {
+        Keeper::start_catching(args, &[])
+    }
+
+    /// [`Keeper::start`], with `signals` turned into events ([`Cluster::on_signal`]) before
+    /// the first worker is forked (chapter 9's SIGUSR2): one that comes while the workers
+    /// start is an event like any other, not the end of the master (SIGUSR2's default
+    /// action is to terminate).
+    pub fn start_catching(args: &Args, signals: &[Signal]) -> io::Result<Keeper> {
         let policy = policy(args);
+        let mut cluster = Cluster::new()?;
+        for signal in signals {
+            cluster.on_signal(*signal)?;
+        }
         let mut keeper = Keeper {
-            cluster: Cluster::new()?,
+            cluster,
             books: Supervisor::new(args.workers, policy),
             handles: Handles::new(),
             ports: args.ports().len(),
@@ -153,6 +184,7 @@ impl Keeper {
             kill_timeout: args.get::<Seconds>("--kill-timeout").0,
             leaving: BTreeMap::new(),
             starting: HashSet::new(),
+            trials: BTreeMap::new(),
             ready: false,
             stopping: false,
         };
@@ -163,18 +195,18 @@ impl Keeper {
         Ok(keeper)
     }
 
-    /// The cluster, for what a chapter adds (a signal to catch, a message to send).
-    pub fn cluster(&mut self) -> &mut Cluster {
-        &mut self.cluster
-    }
-
     /// Starts a worker in `slot`, telling it which slot and which start it is.
     fn fork_into(&mut self, slot: usize) -> io::Result<u32> {
-        let start = self.books.starts(slot) + 1;
-        let env = [(SLOT_VAR, slot.to_string()), (START_VAR, start.to_string())];
-        let id = self.cluster.fork_with_env(&env)?;
+        let id = self.fork_for(slot)?;
         self.books.started(slot, id, Instant::now());
         Ok(id)
+    }
+
+    /// Forks the next worker of `slot`, without giving it the slot yet.
+    fn fork_for(&mut self, slot: usize) -> io::Result<u32> {
+        let start = self.books.starts(slot) + 1;
+        let env = [(SLOT_VAR, slot.to_string()), (START_VAR, start.to_string())];
+        self.cluster.fork_with_env(&env)
     }
 
     /// Like `fork_into` for a slot the master is keeping alive: a fork that fails counts
@@ -287,8 +319,22 @@ impl Keeper {
 
     /// Worker `id` now serves every address it asked for.
     fn joined(&mut self, id: u32) {
+        // One already on its way out gets no connection (chapter 9's new worker that joins
+        // just after its deadline), as Node's master ignores a disconnecting worker's
+        // queryServer.
+        if self.leaving.contains_key(&id) {
+            self.handles.retire(id);
+            return;
+        }
         if self.handles.served_by(id) < self.ports {
             return;
+        }
+        if let Some(trial) = self.trials.get(&id) {
+            log!(
+                "worker {id} serves: it can take worker {}'s place in slot {}",
+                trial.old,
+                trial.slot
+            );
         }
         self.starting.remove(&id);
         self.ready_line();
@@ -362,26 +408,63 @@ impl Keeper {
         self.leaving.insert(id, leaving);
     }
 
-    /// Forks the worker that will take worker `id`'s slot, while `id` still serves: its
-    /// exit becomes a planned one. `Ok(None)` if `id` holds no slot (already replaced).
-    pub fn replace(&mut self, id: u32) -> io::Result<Option<u32>> {
-        match self.books.leaving(id) {
-            Some(slot) => self.fork_into(slot).map(Some),
-            None => Ok(None),
-        }
+    /// Forks a worker to take worker `old`'s slot (chapter 9's reload), from the program as
+    /// it is on disk now. Until [`Keeper::drain`] is called for `old`, `old` keeps its slot
+    /// and keeps serving; if the new worker dies first, `old` and the books are as they
+    /// were. `Ok(None)` if `old` holds no slot (it is gone, or on its way out).
+    // ANCHOR: replace
+    pub fn replace(&mut self, old: u32) -> io::Result<Option<u32>> {
+        let slot = match self.books.slot_of(old) {
+            Some(slot) if !self.stopping && !self.leaving.contains_key(&old) => slot,
+            _ => return Ok(None),
+        };
+        let new = self.fork_for(slot)?;
+        let forked = Instant::now();
+        self.trials.insert(new, Trial { old, slot, forked });
+        Ok(Some(new))
     }
+    // ANCHOR_END: replace
 
     /// Whether worker `id` serves every address its workers listen on: it has joined the
     /// round-robin, and is not on its way out.
+    // ANCHOR: serving
     pub fn serving(&self, id: u32) -> bool {
         self.handles.served_by(id) == self.ports
     }
+    // ANCHOR_END: serving
 
-    /// Tells worker `id` to leave (chapter 9's reload): the same graceful exit, ordered by
-    /// the master.
+    /// Tells worker `id` to leave (chapter 9's reload): chapter 7's graceful exit, ordered by
+    /// the master. The worker forked by [`Keeper::replace`] to replace it takes its slot now;
+    /// a worker without one gets a replacement at once, as any leaving worker does.
+    // ANCHOR: drain
     pub fn drain(&mut self, id: u32, why: &str) {
+        if self.stopping || self.leaving.contains_key(&id) || self.cluster.worker(id).is_none() {
+            return;
+        }
+        if let Some(new) = self.replacement_of(id) {
+            self.take_slot(new);
+        }
         self.leave(id, why);
-        let _ = self.cluster.send(id, "drain");
+        // The service goes on: an idle connection of this worker may still get a request.
+        self.send(id, &format!("drain {}", LINGER.as_millis()));
+    }
+    // ANCHOR_END: drain
+
+    /// The worker forked by [`Keeper::replace`] to replace worker `old`, if there is one.
+    fn replacement_of(&self, old: u32) -> Option<u32> {
+        self.trials
+            .iter()
+            .find(|(_, trial)| trial.old == old)
+            .map(|(new, _)| *new)
+    }
+
+    /// Worker `new`, forked by [`Keeper::replace`], takes its slot from the old worker,
+    /// whose exit is planned from now on.
+    fn take_slot(&mut self, new: u32) {
+        if let Some(trial) = self.trials.remove(&new) {
+            self.books.leaving(trial.old);
+            self.books.started(trial.slot, new, trial.forked);
+        }
     }
 
     /// Stops a worker that cannot be asked (chapter 8's zombie): out of the round-robin,
@@ -424,6 +507,9 @@ impl Keeper {
     fn exited(&mut self, id: u32) -> Option<ExitCode> {
         self.handles.remove(id);
         self.starting.remove(&id);
+        if self.replaced(id) {
+            return None;
+        }
         let slot = self.books.slot_of(id);
         let verdict = self.books.exited(id, Instant::now());
         match (self.leaving.remove(&id), slot) {
@@ -449,6 +535,30 @@ impl Keeper {
         }
     }
     // ANCHOR_END: exited
+
+    /// The exits of chapter 9's replacements: a worker forked by [`Keeper::replace`] that
+    /// dies before it has its slot changes nothing; an old worker that dies while its
+    /// replacement starts leaves the slot to it, and nothing is restarted. True if `id`
+    /// was one of those.
+    fn replaced(&mut self, id: u32) -> bool {
+        if let Some(trial) = self.trials.remove(&id) {
+            self.leaving.remove(&id);
+            log!(
+                "worker {id} never served: worker {} keeps slot {}",
+                trial.old,
+                trial.slot
+            );
+            return true;
+        }
+        let Some(new) = self.replacement_of(id) else {
+            return false;
+        };
+        let slot = self.books.slot_of(id).unwrap_or(0);
+        self.take_slot(new);
+        self.books.exited(id, Instant::now());
+        log!("slot {slot}: worker {id} died while worker {new} was starting in its place; the slot is worker {new}'s now");
+        true
+    }
 
     /// Logs what the books decided for `slot`, whose worker `who` died (or never started).
     fn report(&mut self, slot: usize, verdict: Verdict, who: &str) {

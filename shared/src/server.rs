@@ -1,6 +1,8 @@
 //! The worker's HTTP server: one thread, one event loop, many connections.
 //!
-//! Explained in chapter 1 (the event loop) and chapter 2 (the IPC channel in the same loop).
+//! Explained in chapter 1 (the event loop) and chapter 2 (the IPC channel in the same loop);
+//! chapter 7 drains it, and chapter 9 lets a drain linger for a last request
+//! ([`Server::drain_lingering`]).
 //!
 //! A Node process runs all its JavaScript on one thread: libuv waits on epoll for any
 //! socket that is ready, runs the callback for it, and goes back to waiting. That is what
@@ -123,6 +125,9 @@ pub struct Server {
     stats: Stats,
     /// Taking no new connections, and stopping once the open ones are done.
     draining: bool,
+    /// After [`Server::drain_lingering`]: until when an idle kept-alive connection may
+    /// send one more request.
+    linger_until: Option<Instant>,
     running: bool,
 }
 
@@ -144,6 +149,7 @@ impl Server {
             out_of_fds: None,
             stats: Stats::default(),
             draining: false,
+            linger_until: None,
             running: true,
         })
     }
@@ -301,6 +307,37 @@ impl Server {
                 None => {}
             }
         }
+        // An idle kept-alive connection is closed now; after `drain_lingering` (chapter 9),
+        // only once the linger is over.
+        if self.linger_until.is_none() {
+            self.close_idle();
+        }
+        let open = match self.connections() {
+            1 => "1 open connection".to_string(),
+            n => format!("{n} open connections"),
+        };
+        log!("draining: no new connections; finishing {open}");
+        self.stop_if_drained();
+    }
+    // ANCHOR_END: drain
+
+    /// [`Server::drain`] for a worker whose service goes on without it (chapter 9's
+    /// reload): an idle kept-alive connection is not closed at once, but gets `linger` to
+    /// send one more request, answered with `Connection: close`. Closing it at once races
+    /// with the client's next request, which may already be on its way, and which then
+    /// fails without an answer; a client that is using its connection sends that request
+    /// within milliseconds. A connection still idle after `linger` is closed.
+    // ANCHOR: drain_lingering
+    pub fn drain_lingering(&mut self, linger: Duration) {
+        if !self.draining {
+            self.linger_until = Some(Instant::now() + linger);
+        }
+        self.drain();
+    }
+    // ANCHOR_END: drain_lingering
+
+    /// Closes every kept-alive connection that sits idle between two requests.
+    fn close_idle(&mut self) {
         let idle: Vec<u64> = self
             .sources
             .iter()
@@ -312,14 +349,7 @@ impl Server {
         for token in idle {
             self.close(token);
         }
-        let open = match self.connections() {
-            1 => "1 open connection".to_string(),
-            n => format!("{n} open connections"),
-        };
-        log!("draining: no new connections; finishing {open}");
-        self.stop_if_drained();
     }
-    // ANCHOR_END: drain
 
     /// Whether [`Server::drain`] was called.
     pub fn is_draining(&self) -> bool {
@@ -617,7 +647,8 @@ impl Server {
 
     /// Closes connections that made no progress within the idle timeout: no whole request
     /// arrived and no byte of an answer went out. A silent client, a slow one, or one that
-    /// never reads cannot hold a worker's memory and fds forever.
+    /// never reads cannot hold a worker's memory and fds forever. Once the linger of
+    /// [`Server::drain_lingering`] is over, idle connections are closed too.
     fn close_stalled_connections(&mut self) {
         let now = Instant::now();
         let stalled: Vec<u64> = self
@@ -630,6 +661,9 @@ impl Server {
             .collect();
         for token in stalled {
             self.close(token);
+        }
+        if self.linger_until.is_some_and(|until| until <= now) {
+            self.close_idle();
         }
     }
 }
@@ -868,6 +902,43 @@ mod tests {
         finished
             .recv_timeout(Duration::from_secs(5))
             .expect("run returns once the last connection is done");
+    }
+
+    #[test]
+    fn a_lingering_drain_answers_one_more_request_on_an_idle_connection() {
+        let linger = Duration::from_millis(300);
+        // Drains, lingering, once two requests have been answered.
+        let (addr, finished) = serve_in_thread(move |server| {
+            server.every(Duration::from_millis(10), move |server| {
+                if server.stats().served >= 2 {
+                    server.drain_lingering(linger);
+                }
+            })
+        });
+        let mut using = TcpStream::connect(addr).unwrap();
+        assert_eq!(get(&mut using, "/").1, "keep-alive");
+        let mut idle = TcpStream::connect(addr).unwrap();
+        assert_eq!(get(&mut idle, "/").1, "keep-alive");
+        // Drained once the listener is gone.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(addr).is_ok() {
+            assert!(Instant::now() < deadline, "the server never drained");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A client still using its connection gets its next answer, the last one.
+        let (status, connection) = get(&mut using, "/");
+        assert_eq!(
+            (status.as_str(), connection.as_str()),
+            ("HTTP/1.1 200 OK", "close")
+        );
+        assert!(closed(&mut using));
+        // One that stays idle is closed after the linger, and the server is done.
+        let waited = Instant::now();
+        assert!(closed(&mut idle), "the idle connection is closed");
+        assert!(waited.elapsed() < Duration::from_secs(4));
+        finished
+            .recv_timeout(Duration::from_secs(5))
+            .expect("run returns once the last connection is closed");
     }
 
     #[test]

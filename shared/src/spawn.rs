@@ -140,12 +140,14 @@ pub fn spawn_worker(id: u32, with_channel: bool, env: &[(&str, String)]) -> io::
 /// what is at that path *now*. Rebuild the binary while the master runs, and the next
 /// worker started runs the new code (chapter 9's reload); the kernel's own name for the
 /// running file would by then say `(deleted)`.
+// ANCHOR: exe
 pub fn exe() -> io::Result<PathBuf> {
     static EXE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     EXE.get_or_init(|| std::env::current_exe().map_err(|e| e.to_string()))
         .clone()
         .map_err(|e| io::Error::other(format!("cannot find this program's path: {e}")))
 }
+// ANCHOR_END: exe
 
 /// Runs in the child after `fork`, before `exec`.
 // ANCHOR: prepare_child

@@ -260,3 +260,32 @@ fn a_channel_fd_that_is_not_open_is_refused() {
         CHANNEL_FD_VAR,
     );
 }
+
+/// Chapter 9's reload options.
+#[test]
+fn reload_options_are_checked_before_any_fork() {
+    let bad: [(&[&str], &str); 4] = [
+        (
+            &["--listen-timeout", "0"],
+            "--listen-timeout takes more than 0",
+        ),
+        (&["--listen-timeout", "4000"], "at most 3600"),
+        (
+            &["--listen-timeout", "soon"],
+            "--listen-timeout expects SECS",
+        ),
+        (
+            &["--crash-from-start", "-1"],
+            "--crash-from-start expects N",
+        ),
+    ];
+    for (args, expected) in bad {
+        let mut words = vec!["--port", "0"];
+        words.extend_from_slice(args);
+        refused("ch09-rolling-reload", &words, expected);
+    }
+    let (_, help, _) = run_to_end("ch09-rolling-reload", &["--help"]);
+    for option in ["--listen-timeout", "listen_timeout", "--crash-from-start"] {
+        assert!(help.contains(option), "--help names {option}:\n{help}");
+    }
+}

@@ -376,3 +376,38 @@ fn ch08_a_hung_worker_is_a_zombie_and_is_replaced() {
     master.wait_for_n("forked worker", 3, TIMEOUT);
     answered_by_another(addr, &master, pid);
 }
+
+/// Chapter 9: the articles' reload. Each worker in turn is disconnected, its replacement
+/// forked once it has exited, and the next turn comes when that one listens; a SIGUSR2
+/// during a reload is refused.
+#[test]
+fn ch09_sigusr2_replaces_every_worker_one_after_the_other() {
+    let Some(master) = start("ch09-reload.js", &[]) else {
+        return;
+    };
+    let addr = master.wait_master_ready();
+    let old: Vec<(u32, u32)> = master.wait_forked(2);
+    master.signal(nix::sys::signal::SIGUSR2);
+    master.wait_for("SIGUSR2: replacing 2 workers one at a time", TIMEOUT);
+    master.signal(nix::sys::signal::SIGUSR2);
+    master.wait_for("reload done: 2 workers replaced", TIMEOUT);
+    master.wait_for("SIGUSR2 during a reload: refused", TIMEOUT);
+    let new = master.wait_forked(4)[2..].to_vec();
+    // The old worker of each turn exits before its replacement is forked.
+    let lines = master.lines();
+    for ((old_id, old_pid), (new_id, _)) in old.iter().zip(&new) {
+        let exited = format!("worker {old_id} (pid {old_pid}) exited (0)");
+        let forked = format!("forked worker {new_id} ");
+        let at = |needle: &str| lines.iter().position(|l| l.contains(needle));
+        assert!(
+            at(&exited) < at(&forked) && at(&exited).is_some(),
+            "worker {old_id} goes before worker {new_id} comes: {lines:#?}"
+        );
+    }
+    let answered: BTreeSet<u32> = (0..10).map(|_| hello_from_child(addr, &master).0).collect();
+    let new_pids: BTreeSet<u32> = new.iter().map(|(_, pid)| *pid).collect();
+    assert!(
+        answered.is_subset(&new_pids),
+        "only the new workers {new:?} answer: {answered:?}"
+    );
+}

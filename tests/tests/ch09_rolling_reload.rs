@@ -1,0 +1,724 @@
+//! Chapter 9: SIGUSR2 replaces every worker, one at a time: the new worker serves before the
+//! old one is told to drain, no request fails on the way, and a new worker that dies or
+//! does not serve stops the reload with every old worker still serving. Each new worker
+//! runs the program as it is on disk at its fork: the tests that need it run a copy of the
+//! binary from a directory of their own, and "rebuild" it by replacing the file.
+
+use std::collections::BTreeSet;
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use chapter_tests::*;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+const CH09: &str = "ch09-rolling-reload";
+
+#[track_caller]
+fn start(workers: usize, extra: &[&str]) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
+    Chapter::start_cluster(CH09, workers, extra)
+}
+
+// ---------------------------------------------------------------------------------------
+// What the master's log says about a reload
+// ---------------------------------------------------------------------------------------
+
+/// The master's lines that make up a reload, in the order it wrote them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// `forked worker NEW (pid P)`
+    Forked(u32),
+    /// `worker NEW serves: it can take worker OLD's place in slot S`
+    Serves { new: u32, old: u32 },
+    /// `worker OLD (pid P) is leaving (...)`: out of the round-robin, told to drain.
+    Leaving(u32),
+}
+
+/// Every [`Step`] in the master's lines, the first round's forks included.
+fn steps(lines: &[String]) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for line in lines.iter().filter(|l| parse_master(l).is_some()) {
+        if let Some((id, _)) = parse_forked(line) {
+            steps.push(Step::Forked(id));
+        } else if let Some(rest) = line.split_once("] worker ").map(|(_, r)| r) {
+            let number = |text: &str| text.parse::<u32>().ok();
+            if let Some((new, rest)) = rest.split_once(" serves: it can take worker ") {
+                if let (Some(new), Some(old)) = (number(new), rest.split_once('\'')) {
+                    if let Some(old) = number(old.0) {
+                        steps.push(Step::Serves { new, old });
+                    }
+                }
+            } else if let Some((id, rest)) = rest.split_once(" (pid ") {
+                if rest.contains(") is leaving (") {
+                    steps.extend(number(id).map(Step::Leaving));
+                }
+            }
+        }
+    }
+    steps
+}
+
+/// Checks that the reloads in `lines` replaced the workers one at a time, and returns the
+/// `(old, new)` pairs in order: after the first `workers` forks, the log is made of turns
+/// of exactly three steps: a worker is forked, it serves, and only then the worker it
+/// replaces leaves. No second worker is forked while a turn is under way.
+#[track_caller]
+fn one_at_a_time(lines: &[String], workers: usize) -> Vec<(u32, u32)> {
+    let steps = steps(lines);
+    let rest = &steps[workers..];
+    assert_eq!(rest.len() % 3, 0, "whole turns only: {rest:?}");
+    rest.chunks(3)
+        .map(|turn| match *turn {
+            [Step::Forked(forked), Step::Serves { new, old }, Step::Leaving(leaving)]
+                if forked == new && leaving == old =>
+            {
+                (old, new)
+            }
+            _ => panic!(
+                "a turn is: fork the new worker, it serves, the old one leaves; got {turn:?} \
+                 in {steps:?}"
+            ),
+        })
+        .collect()
+}
+
+/// The fewest and the most workers serving at any point of the master's log, starting from
+/// `workers`: one more when a new worker serves, one fewer when an old one leaves.
+fn serving_range(lines: &[String], workers: usize) -> (usize, usize) {
+    let (mut now, mut fewest, mut most) = (workers, workers, workers);
+    for step in steps(lines) {
+        match step {
+            Step::Serves { .. } => now += 1,
+            Step::Leaving(_) => now -= 1,
+            Step::Forked(_) => {}
+        }
+        fewest = fewest.min(now);
+        most = most.max(now);
+    }
+    (fewest, most)
+}
+
+/// The `(id, pid)` pairs of `forked` whose id is one of `ids`.
+fn with_ids(forked: &[(u32, u32)], ids: impl IntoIterator<Item = u32>) -> Vec<(u32, u32)> {
+    let ids: BTreeSet<u32> = ids.into_iter().collect();
+    forked
+        .iter()
+        .copied()
+        .filter(|(id, _)| ids.contains(id))
+        .collect()
+}
+
+/// Sends the master SIGUSR2 and waits for the reload of the `n` workers to be done, and for
+/// every old worker in `old` to have drained and exited. Returns the new workers.
+#[track_caller]
+fn reload(master: &Chapter, n: usize, old: &[(u32, u32)]) -> Vec<(u32, u32)> {
+    let (forked, done) = (master.count("forked worker"), master.count("reload done"));
+    master.signal(Signal::SIGUSR2);
+    let line = master.wait_for_n("reload done", done + 1, TIMEOUT)[done].clone();
+    assert!(
+        line.contains(&format!("reload done: {n} workers replaced")),
+        "{line}"
+    );
+    wait_drained(master, old);
+    master.wait_forked(forked + n)[forked..].to_vec()
+}
+
+/// Waits until each of `old` has exited after draining (code 0).
+#[track_caller]
+fn wait_drained(master: &Chapter, old: &[(u32, u32)]) {
+    for (id, pid) in old {
+        master.wait_for(
+            &format!("worker {id} (pid {pid}) exited with code 0"),
+            TIMEOUT,
+        );
+    }
+}
+
+/// Asks `addr` until each of `workers` has answered, and fails if another process answers
+/// or one of them does not within the timeout. (With other clients about, turns are not
+/// ours alone: a fixed number of requests may miss a worker.)
+#[track_caller]
+fn each_answers(addr: SocketAddr, workers: &[(u32, u32)]) {
+    let mut seen = BTreeSet::new();
+    let all = wait_until(TIMEOUT, || {
+        seen.insert(answered_by(&get(addr), workers).0);
+        seen == pids(workers)
+    });
+    assert!(all, "each of {workers:?} should answer; only {seen:?} did");
+}
+
+/// Every failed reply of a [`SteadyLoad`].
+fn failures(replies: &[Reply]) -> Vec<&String> {
+    replies.iter().filter_map(|r| r.as_ref().err()).collect()
+}
+
+fn pids(workers: &[(u32, u32)]) -> BTreeSet<u32> {
+    workers.iter().map(|(_, pid)| *pid).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// A copy of the binary to rebuild
+// ---------------------------------------------------------------------------------------
+
+/// The chapter's binary copied into a directory of its own, so that a test can replace it
+/// as `cargo build` does: a new file at the same path, with a new inode. Processes already
+/// running keep the old file; the next `exec` of the path gets the new one. The directory
+/// is removed on drop.
+struct Install {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl Install {
+    fn new(test: &str) -> Install {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("ch09-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a directory for the copy");
+        let install = Install {
+            path: dir.join(CH09),
+            dir,
+        };
+        install.rebuild();
+        install
+    }
+
+    /// Puts a fresh copy of the real binary at the path, and returns its inode.
+    fn rebuild(&self) -> u64 {
+        self.replace(|new| std::fs::copy(binary(CH09), new).map(drop))
+    }
+
+    /// Puts a shell script at the path: a build that is broken in the way `body` says.
+    fn break_with(&self, body: &str) -> u64 {
+        self.replace(|new| std::fs::write(new, format!("#!/bin/sh\n{body}\n")))
+    }
+
+    /// Writes the new file beside the path and renames it over the path, as a build does.
+    fn replace(&self, write: impl FnOnce(&Path) -> io::Result<()>) -> u64 {
+        let new = self.dir.join("new");
+        write(&new).expect("write the new build");
+        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::rename(&new, &self.path).expect("rename the new build into place");
+        inode(&self.path)
+    }
+
+    /// Puts a build that takes 0.3 s to start at the path: a script that waits, then runs
+    /// a copy of the real binary. A reload of it is still under way when a test acts.
+    fn slow_build(&self) -> u64 {
+        let real = self.dir.join("real");
+        std::fs::copy(binary(CH09), &real).expect("copy the binary");
+        self.break_with(&format!("sleep 0.3; exec '{}' \"$@\"", real.display()))
+    }
+
+    /// Starts the installed program as in [`Chapter::start_cluster`].
+    #[track_caller]
+    fn start(&self, workers: usize, extra: &[&str]) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
+        let mut command = Command::new(&self.path);
+        command
+            .args(["--port", "0", "--workers", &workers.to_string()])
+            .args(extra)
+            .env_remove(shared::spawn::WORKER_ID_VAR)
+            .env_remove(shared::spawn::CHANNEL_FD_VAR);
+        let master = Chapter::from_command(&format!("{CH09} (a copy)"), command);
+        let addr = master.wait_master_ready();
+        let forked = master.wait_forked(workers);
+        (master, addr, forked)
+    }
+}
+
+impl Drop for Install {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The inode of the file at `path` (for `/proc/PID/exe`: of the program the process runs,
+/// even once it is deleted).
+#[track_caller]
+fn inode(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .ino()
+}
+
+/// What process `pid` runs: the path `/proc/PID/exe` names, and that file's inode.
+#[track_caller]
+fn running(pid: u32) -> (String, u64) {
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    let target = std::fs::read_link(&exe).unwrap_or_else(|e| panic!("readlink {exe:?}: {e}"));
+    (target.to_string_lossy().into_owned(), inode(&exe))
+}
+
+// ---------------------------------------------------------------------------------------
+// Keep-alive clients
+// ---------------------------------------------------------------------------------------
+
+/// What the keep-alive clients saw.
+#[derive(Default)]
+struct Seen {
+    /// The pid that answered each request.
+    answered: Vec<u32>,
+    /// Requests sent again because the server had closed their idle connection.
+    retried: usize,
+    /// Everything else that went wrong.
+    failed: Vec<String>,
+}
+
+/// Clients that each keep one connection alive and send a request as soon as the last one
+/// is answered, as a connection pool does, each from a thread of its own. A client opens a
+/// new connection when the server says `Connection: close`. It sends a request again in
+/// one case only: the server closed the connection while it was idle, so the request never
+/// reached anyone (the request could not be written, or the server's end-of-file came
+/// before any byte of the answer on a connection that had served before). Any other error,
+/// a reset included, is a failure.
+struct KeepAlive {
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// How one request went.
+enum Outcome {
+    Answered(HttpResponse),
+    IdleClosed,
+    Failed(String),
+}
+
+impl KeepAlive {
+    fn start(addr: SocketAddr, clients: usize) -> KeepAlive {
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|_| {
+                let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut kept: Option<TcpStream> = None;
+                    while !stop.load(Ordering::SeqCst) {
+                        let (stream, reused) = match kept.take() {
+                            Some(stream) => (stream, true),
+                            // No Nagle: a request goes out in one packet at once,
+                            // not 40 ms later, so the clients keep the workers busy.
+                            None => {
+                                match connect(addr).and_then(|s| s.set_nodelay(true).map(|()| s)) {
+                                    Ok(stream) => (stream, false),
+                                    Err(e) => {
+                                        seen.lock().unwrap().failed.push(format!("connect: {e}"));
+                                        continue;
+                                    }
+                                }
+                            }
+                        };
+                        let mut stream = stream;
+                        let outcome = Self::exchange(&mut stream, reused);
+                        let mut seen = seen.lock().unwrap();
+                        match outcome {
+                            Outcome::Answered(response) => {
+                                match parse_hello(&response.body) {
+                                    Some((pid, _)) if response.status == 200 => {
+                                        seen.answered.push(pid)
+                                    }
+                                    _ => seen.failed.push(format!("{response:?}")),
+                                }
+                                if response.header("Connection") != Some("close") {
+                                    kept = Some(stream);
+                                }
+                            }
+                            Outcome::IdleClosed => seen.retried += 1,
+                            Outcome::Failed(why) => seen.failed.push(why),
+                        }
+                    }
+                })
+            })
+            .collect();
+        KeepAlive {
+            seen,
+            stop,
+            threads,
+        }
+    }
+
+    fn exchange(stream: &mut TcpStream, reused: bool) -> Outcome {
+        if let Err(e) = write_request(stream, "/", true) {
+            return match reused {
+                true => Outcome::IdleClosed,
+                false => Outcome::Failed(format!("write on a new connection: {e}")),
+            };
+        }
+        match stream.peek(&mut [0u8; 1]) {
+            Ok(0) if reused => return Outcome::IdleClosed,
+            Ok(0) => return Outcome::Failed("a new connection closed without an answer".into()),
+            Ok(_) => {}
+            Err(e) => return Outcome::Failed(format!("waiting for the answer: {e}")),
+        }
+        match read_response(stream) {
+            Ok(response) => Outcome::Answered(response),
+            Err(e) => Outcome::Failed(format!("reading the answer: {e}")),
+        }
+    }
+
+    fn answered(&self) -> usize {
+        self.seen.lock().unwrap().answered.len()
+    }
+
+    #[track_caller]
+    fn wait_for_more(&self, n: usize) {
+        let target = self.answered() + n;
+        assert!(
+            wait_until(TIMEOUT, || self.answered() >= target),
+            "the keep-alive clients should keep getting answers: {} of {target}",
+            self.answered()
+        );
+    }
+
+    fn stop(mut self) -> Seen {
+        self.halt();
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_reload_under_load_replaces_every_worker_one_at_a_time_and_fails_no_request() {
+    let (master, addr, old) = start(3, &[]);
+    let load = SteadyLoad::start(addr);
+    load.wait_for_more(20);
+    let new = reload(&master, 3, &old);
+    load.wait_for_more(20);
+    let replies = load.stop();
+    assert!(
+        failures(&replies).is_empty(),
+        "no request may fail during a reload: {:?}",
+        failures(&replies)
+    );
+    let turns = one_at_a_time(&master.lines(), 3);
+    let old_ids: Vec<u32> = old.iter().map(|(id, _)| *id).collect();
+    let new_ids: Vec<u32> = new.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        turns,
+        old_ids.iter().copied().zip(new_ids).collect::<Vec<_>>(),
+        "each old worker in turn, each by the next new one"
+    );
+    // Every worker is new: the master's children, and who answers.
+    assert!(
+        wait_until(TIMEOUT, || children_of(master.pid())
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            == pids(&new)),
+        "the master's children should be the new workers {new:?}, not {:?}",
+        children_of(master.pid())
+    );
+    each_answers(addr, &new);
+    no_defunct_children(master.pid());
+}
+
+#[test]
+fn keep_alive_clients_lose_no_request_during_a_reload() {
+    let (master, addr, old) = start(2, &[]);
+    let clients = KeepAlive::start(addr, 4);
+    clients.wait_for_more(500);
+    let new = reload(&master, 2, &old);
+    clients.wait_for_more(500);
+    let seen = clients.stop();
+    eprintln!(
+        "{} requests answered; {} sent again after an idle connection was closed",
+        seen.answered.len(),
+        seen.retried
+    );
+    assert!(
+        seen.failed.is_empty(),
+        "{} requests failed: {:?}",
+        seen.failed.len(),
+        seen.failed
+    );
+    let last: BTreeSet<u32> = seen.answered[seen.answered.len() - 20..]
+        .iter()
+        .copied()
+        .collect();
+    assert!(
+        last.is_subset(&pids(&new)),
+        "once the old workers are gone, the new ones {new:?} answer: {last:?}"
+    );
+    one_at_a_time(&master.lines(), 2);
+}
+
+#[test]
+fn a_new_worker_that_dies_at_start_stops_the_reload_and_every_old_worker_serves_on() {
+    let (master, addr, old) = start(3, &["--crash-from-start", "2"]);
+    let load = SteadyLoad::start(addr);
+    load.wait_for_more(20);
+    master.signal(Signal::SIGUSR2);
+    let stopped = master.wait_for("reload stopped", TIMEOUT);
+    let (new_id, _) = master.wait_forked(4)[3];
+    assert!(
+        stopped.contains(&format!(
+            "worker {new_id}, started to replace worker {}, exited with code 1 before it served",
+            old[0].0
+        )) && stopped.contains("0 of 3 workers replaced"),
+        "the log says why, and how far it got: {stopped}"
+    );
+    master.wait_for(
+        &format!(
+            "worker {new_id} never served: worker {} keeps slot 1",
+            old[0].0
+        ),
+        TIMEOUT,
+    );
+    load.wait_for_more(30);
+    let replies = load.stop();
+    assert!(failures(&replies).is_empty(), "{:?}", failures(&replies));
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|pid| pids(&old).contains(pid))),
+        "only the old workers answer"
+    );
+    assert_eq!(
+        master.count("is leaving"),
+        0,
+        "no old worker was told to leave: {:#?}",
+        master.lines()
+    );
+    assert_eq!(master.count("forked worker"), 4, "one new worker, no other");
+    each_answers(addr, &old);
+    no_defunct_children(master.pid());
+}
+
+#[test]
+fn new_workers_run_the_rebuilt_binary_and_old_ones_the_one_they_started_with() {
+    let install = Install::new("rebuilt");
+    let first = inode(&install.path);
+    let (master, addr, old) = install.start(2, &[]);
+    for (_, pid) in &old {
+        assert_eq!(running(*pid).1, first, "the workers run the installed file");
+    }
+    let second = install.rebuild();
+    assert_ne!(first, second, "a rebuild is a new file at the same path");
+    let path = install.path.to_string_lossy().into_owned();
+    for (_, pid) in &old {
+        assert_eq!(
+            running(*pid),
+            (format!("{path} (deleted)"), first),
+            "a running worker keeps the file it started with"
+        );
+    }
+    let new = reload(&master, 2, &old);
+    for (id, pid) in &new {
+        assert_eq!(
+            running(*pid),
+            (path.clone(), second),
+            "worker {id} runs the file now at the path"
+        );
+    }
+    assert_eq!(
+        running(master.pid()),
+        (format!("{path} (deleted)"), first),
+        "the master itself was not replaced"
+    );
+    each_answers(addr, &new);
+}
+
+#[test]
+fn a_broken_build_stops_the_reload_and_a_fixed_one_goes_through() {
+    let install = Install::new("broken");
+    let (master, addr, old) = install.start(2, &["--listen-timeout", "1"]);
+    let load = SteadyLoad::start(addr);
+    load.wait_for_more(20);
+
+    // A build that exits as it starts.
+    install.break_with("echo 'this build is broken' >&2; exit 3");
+    master.signal(Signal::SIGUSR2);
+    let stopped = master.wait_for("reload stopped", TIMEOUT);
+    assert!(
+        stopped.contains("exited with code 3 before it served")
+            && stopped.contains("0 of 2 workers replaced"),
+        "{stopped}"
+    );
+
+    // A build that starts and never asks for its port.
+    install.break_with("exec sleep 60");
+    master.signal(Signal::SIGUSR2);
+    let stopped = master.wait_for_n("reload stopped", 2, TIMEOUT)[1].clone();
+    let (silent, silent_pid) = master.wait_forked(4)[3];
+    assert!(
+        stopped.contains(&format!(
+            "worker {silent}, started to replace worker {}, did not serve within \
+             --listen-timeout 1 s",
+            old[0].0
+        )),
+        "{stopped}"
+    );
+    master.wait_for(
+        &format!("worker {silent} (pid {silent_pid}) was killed by SIGTERM"),
+        TIMEOUT,
+    );
+    load.wait_for_more(20);
+    assert_eq!(master.count("is leaving"), 0, "{:#?}", master.lines());
+    each_answers(addr, &old);
+
+    // Fixed: the next reload goes through.
+    install.rebuild();
+    let new = reload(&master, 2, &old);
+    load.wait_for_more(20);
+    let replies = load.stop();
+    assert!(failures(&replies).is_empty(), "{:?}", failures(&replies));
+    each_answers(addr, &new);
+    no_defunct_children(master.pid());
+}
+
+/// A second SIGUSR2 during a reload waits for it to end, then reloads again. The new
+/// build here takes a moment to start (a script that waits 0.3 s, then runs the real
+/// binary), so that the first reload is still under way when the second signal comes.
+#[test]
+fn two_sigusr2_in_a_row_make_two_reloads_one_after_the_other() {
+    let install = Install::new("twice");
+    let (master, addr, first) = install.start(2, &[]);
+    let load = SteadyLoad::start(addr);
+    load.wait_for_more(20);
+    install.slow_build();
+    master.signal(Signal::SIGUSR2);
+    master.wait_for("SIGUSR2: replacing 2 workers", TIMEOUT);
+    master.signal(Signal::SIGUSR2);
+    master.wait_for("SIGUSR2 during a reload: queued", TIMEOUT);
+    let done = master.wait_for_n("reload done: 2 workers replaced", 2, TIMEOUT);
+    let forked = master.wait_forked(6);
+    let (second, last) = (forked[2..4].to_vec(), forked[4..].to_vec());
+    wait_drained(&master, &first);
+    wait_drained(&master, &second);
+    load.wait_for_more(20);
+    let replies = load.stop();
+    assert!(failures(&replies).is_empty(), "{:?}", failures(&replies));
+    let lines = master.lines();
+    let turns = one_at_a_time(&lines, 2);
+    let replaced: Vec<u32> = turns.iter().map(|(old, _)| *old).collect();
+    let expected: Vec<u32> = first.iter().chain(&second).map(|(id, _)| *id).collect();
+    assert_eq!(
+        replaced, expected,
+        "the second reload replaces what the first one started: {done:?}"
+    );
+    let (fewest, most) = serving_range(&lines, 2);
+    eprintln!("workers serving during the two reloads: {fewest} to {most}");
+    assert!(fewest >= 1, "never fewer than N-1 = 1 serve: {fewest}");
+    assert!(
+        most <= 3,
+        "never more than N+1 = 3: one new worker at a time"
+    );
+    each_answers(addr, &last);
+    assert_eq!(
+        with_ids(&forked, turns.iter().map(|(_, new)| *new)),
+        [second, last].concat()
+    );
+}
+
+/// Workers killed in the middle of a reload: the one whose replacement is starting leaves
+/// its slot to that replacement, nothing is restarted, and the turn goes on; one whose
+/// turn has not come is restarted like any crash (from the new build), and its turn is
+/// skipped.
+#[test]
+fn workers_killed_during_a_reload_are_replaced_once() {
+    let install = Install::new("killed");
+    let (master, addr, old) = install.start(3, &[]);
+    let load = SteadyLoad::start(addr);
+    load.wait_for_more(20);
+    install.slow_build();
+    master.signal(Signal::SIGUSR2);
+    let (first, _) = master.wait_forked(4)[3];
+    let [(id1, pid1), _, (id3, pid3)] = old[..] else {
+        panic!("three workers: {old:?}")
+    };
+    for pid in [pid1, pid3] {
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9");
+    }
+    master.wait_for(
+        &format!("slot 1: worker {id1} died while worker {first} was starting in its place"),
+        TIMEOUT,
+    );
+    master.wait_for(
+        &format!("worker {id3} is gone already: its turn is skipped"),
+        TIMEOUT,
+    );
+    master.wait_for("reload done: 2 workers replaced", TIMEOUT);
+    wait_drained(&master, &old[1..2]);
+    load.wait_for_more(20);
+    let replies = load.stop();
+    assert!(
+        failures(&replies).len() <= 2,
+        "at most what the two killed workers held may fail: {:?}",
+        failures(&replies)
+    );
+    // Slot 1 had no restart of its own: worker `first` took it. Slot 3 was restarted, and
+    // worker 2 replaced in its turn: 3 forks after the first round's.
+    let forked = master.wait_forked(6);
+    assert_eq!(master.count("forked worker"), 6, "{:#?}", master.lines());
+    let now: BTreeSet<u32> = children_of(master.pid()).into_iter().collect();
+    assert_eq!(
+        now,
+        pids(&forked[3..]),
+        "every worker was started during the reload"
+    );
+    each_answers(addr, &forked[3..]);
+    no_defunct_children(master.pid());
+}
+
+#[test]
+fn sigterm_during_a_reload_stops_every_worker() {
+    let install = Install::new("sigterm");
+    let (mut master, _, _) = install.start(2, &[]);
+    install.slow_build();
+    master.signal(Signal::SIGUSR2);
+    master.wait_forked(3);
+    master.signal(Signal::SIGTERM);
+    let status = master.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{}", describe(status));
+    let group = Pid::from_raw(master.pid() as i32);
+    assert!(
+        wait_until(TIMEOUT, || killpg(group, None).is_err()),
+        "no worker, old or new, outlives the master"
+    );
+}
+
+/// Keeps `held` waiting for the rest of its request while its worker is replaced: the old
+/// worker answers it before it exits, with `Connection: close`.
+#[test]
+fn an_old_worker_finishes_the_request_it_holds() {
+    let (master, addr, old) = start(1, &["--idle-timeout", "60"]);
+    let mut held = connect(addr).expect("connect");
+    held.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n")
+        .expect("half a request");
+    let (id, pid) = old[0];
+    assert!(
+        wait_until(TIMEOUT, || tcp_connections_of(pid) == 1),
+        "the worker holds the connection"
+    );
+    master.signal(Signal::SIGUSR2);
+    master.wait_for("reload done: 1 worker replaced", TIMEOUT);
+    let new = master.wait_forked(2)[1..].to_vec();
+    each_answers(addr, &new);
+    assert!(pid_alive(pid), "worker {id} owes its client an answer");
+    held.write_all(b"\r\n").expect("the rest of the request");
+    let response = read_response(&mut held).expect("the held request is answered");
+    assert_eq!(answered_by(&response, &old), (pid, id));
+    assert_eq!(response.header("Connection"), Some("close"), "{response:?}");
+    wait_drained(&master, &old);
+}
