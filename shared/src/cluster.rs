@@ -319,7 +319,7 @@ impl Cluster {
     }
 
     /// Stops watching an fd added with [`Cluster::watch`].
-    pub fn unwatch(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+    pub(crate) fn unwatch(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         self.epoll.delete(fd)?;
         Ok(())
     }

@@ -72,7 +72,7 @@ pub fn on_panic(server: Server) -> Server {
 /// `max_memory_restart`: once a second, a worker over `max_mb` MB of resident memory
 /// leaves. 0 is no limit.
 // ANCHOR: memory_limit
-pub fn memory_limit(server: Server, max_mb: u64) -> Server {
+pub(crate) fn memory_limit(server: Server, max_mb: u64) -> Server {
     if max_mb == 0 {
         return server;
     }

@@ -275,7 +275,7 @@ impl RoundRobin {
     // ANCHOR_END: rejected
 
     /// Worker `id`, which was full, has room again.
-    pub fn free_again(&mut self, id: u32) {
+    pub(crate) fn free_again(&mut self, id: u32) {
         if self.full.remove(&id) && self.members.contains(&id) {
             self.free.push_back(id);
         }
@@ -300,7 +300,7 @@ impl RoundRobin {
     /// acknowledged yet stays its own: the `newconn` is already in its channel, and a
     /// draining worker still serves what reaches it. Its answer, or its exit, settles it.
     // ANCHOR: retire
-    pub fn retire(&mut self, id: u32) {
+    pub(crate) fn retire(&mut self, id: u32) {
         self.members.remove(&id);
         self.free.retain(|&free| free != id);
         self.full.remove(&id);
@@ -328,7 +328,7 @@ impl RoundRobin {
     /// queue, for the workers to serve, then closes the socket, so that a new client is
     /// refused at once instead of waiting for a master that is going away.
     // ANCHOR: stop_listening
-    pub fn stop_listening(&mut self, cluster: &Cluster) {
+    pub(crate) fn stop_listening(&mut self, cluster: &Cluster) {
         self.accept(cluster);
         if let Some(listener) = self.listener.take() {
             // A listener off the loop (out of fds) is not watched; that error is fine.
@@ -406,7 +406,7 @@ impl Handles {
     /// handle for that address, or bind it now, add the worker, and answer with the
     /// address really bound. If binding fails, the worker hears why, as Node's does.
     // ANCHOR: query_server
-    pub fn query_server(&mut self, cluster: &mut Cluster, id: u32, key: &str) -> Heard {
+    pub(crate) fn query_server(&mut self, cluster: &mut Cluster, id: u32, key: &str) -> Heard {
         let index = match self.handles.iter().position(|h| h.key() == key) {
             Some(index) => index,
             None => match RoundRobin::bind(key, cluster, self.handles.len() as u64) {
@@ -453,12 +453,12 @@ impl Handles {
     }
 
     /// Worker `id` is leaving: see [`RoundRobin::retire`].
-    pub fn retire(&mut self, id: u32) {
+    pub(crate) fn retire(&mut self, id: u32) {
         self.handles.iter_mut().for_each(|h| h.retire(id));
     }
 
     /// How many handles worker `id` serves.
-    pub fn served_by(&self, id: u32) -> usize {
+    pub(crate) fn served_by(&self, id: u32) -> usize {
         self.handles.iter().filter(|h| h.serves(id)).count()
     }
 
@@ -489,7 +489,7 @@ impl Handles {
     }
 
     /// Stops listening on every handle: see [`RoundRobin::stop_listening`].
-    pub fn stop_listening(&mut self, cluster: &Cluster) {
+    pub(crate) fn stop_listening(&mut self, cluster: &Cluster) {
         self.handles
             .iter_mut()
             .for_each(|h| h.stop_listening(cluster));
@@ -539,7 +539,7 @@ pub fn from_master(server: &mut Server, message: Message) -> Option<Message> {
 /// could not install it: our fd table is full), or if it cannot be watched, the
 /// connection is rejected and the master gives it to another worker.
 // ANCHOR: take_connection
-pub fn take_connection(server: &mut Server, key: &str, fd: Option<OwnedFd>) {
+pub(crate) fn take_connection(server: &mut Server, key: &str, fd: Option<OwnedFd>) {
     let taken = match fd {
         Some(fd) => server.adopt_connection(TcpStream::from(fd)),
         None => Err(io::Error::other("its fd did not arrive (MSG_CTRUNC)")),

@@ -199,7 +199,7 @@ impl Server {
     /// a 500: a chapter that survives its handlers' panics (chapter 7) tells its master
     /// and drains, as a Node worker does from `process.on('uncaughtException')`. Without
     /// it, a panic in the handler unwinds out of [`Server::run`], as it would anywhere.
-    pub fn on_crash(mut self, callback: impl FnMut(&mut Server) + 'static) -> Server {
+    pub(crate) fn on_crash(mut self, callback: impl FnMut(&mut Server) + 'static) -> Server {
         self.on_crash = Some(Box::new(callback));
         self
     }
@@ -234,7 +234,7 @@ impl Server {
     /// caller time to acknowledge it first, as Node's worker acks a `newconn` before
     /// serving it, so the master hears "taken" before the client can hear the answer.
     // ANCHOR: adopt_connection
-    pub fn adopt_connection(&mut self, stream: TcpStream) -> io::Result<()> {
+    pub(crate) fn adopt_connection(&mut self, stream: TcpStream) -> io::Result<()> {
         stream.set_nonblocking(true)?;
         self.watch_connection(stream).map(|_| ())
     }
@@ -328,7 +328,7 @@ impl Server {
     /// fails without an answer; a client that is using its connection sends that request
     /// within milliseconds. A connection still idle after `linger` is closed.
     // ANCHOR: drain_lingering
-    pub fn drain_lingering(&mut self, linger: Duration) {
+    pub(crate) fn drain_lingering(&mut self, linger: Duration) {
         if !self.draining {
             self.linger_until = Some(Instant::now() + linger);
         }
@@ -352,7 +352,7 @@ impl Server {
     }
 
     /// Whether [`Server::drain`] was called.
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining
     }
 
@@ -519,7 +519,7 @@ impl Server {
     /// listeners until a connection closes (or, if none does, a second passes). Logs once
     /// per episode. Chapter 6's worker calls it when a connection from its master arrives
     /// without its fd.
-    pub fn short_of_fds(&mut self, why: &str) {
+    pub(crate) fn short_of_fds(&mut self, why: &str) {
         let now = Instant::now();
         if self.out_of_fds.is_none() {
             log!("out of fds ({why}); no new connections until one closes");

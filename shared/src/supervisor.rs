@@ -159,11 +159,6 @@ impl Supervisor {
         Some(now.saturating_duration_since(since))
     }
 
-    /// The worker holding `slot`, if any.
-    pub fn worker_in(&self, slot: usize) -> Option<u32> {
-        self.slots[slot - 1].worker.map(|(id, _)| id)
-    }
-
     /// Worker `id` is leaving on purpose (it said so, or the master told it to): its exit
     /// is planned, not a crash, and it gives up its slot now so that a replacement can
     /// take it at once. Returns the slot it held.
@@ -172,11 +167,6 @@ impl Supervisor {
         let slot = self.slot_of(id)?;
         self.slots[slot - 1].worker = None;
         Some(slot)
-    }
-
-    /// Whether worker `id` is on its way out.
-    pub fn is_leaving(&self, id: u32) -> bool {
-        self.leaving.contains(&id)
     }
 
     /// Worker `id` exited: decide what becomes of its slot.
@@ -197,7 +187,7 @@ impl Supervisor {
 
     /// A worker for `slot` could not even be forked (out of processes, out of fds): that
     /// counts as a death at start, with the same backoff.
-    pub fn start_failed(&mut self, slot: usize, now: Instant) -> Verdict {
+    pub(crate) fn start_failed(&mut self, slot: usize, now: Instant) -> Verdict {
         self.slots[slot - 1].starts += 1;
         self.died(slot, Duration::ZERO, now)
     }
@@ -408,10 +398,10 @@ mod tests {
         let t = Instant::now();
         sup.started(1, 7, t);
         assert_eq!(sup.leaving(7), Some(1));
-        assert_eq!(sup.worker_in(1), None);
+        assert_eq!(sup.slot_of(7), None);
         sup.started(1, 8, t);
         assert_eq!(sup.exited(7, t), Verdict::Planned);
-        assert_eq!(sup.worker_in(1), Some(8));
+        assert_eq!(sup.slot_of(8), Some(1));
     }
 
     #[test]
