@@ -163,7 +163,7 @@ fn master_reports_the_spread_on_shutdown() {
 /// `--exclusive on` the socket is registered with EPOLLEXCLUSIVE and one worker wakes.
 #[test]
 fn exclusive_wakes_one_worker_instead_of_all() {
-    const N: usize = 100;
+    const N: usize = 200;
     let mut switches = Vec::new();
     for exclusive in ["off", "on"] {
         let (_master, addr, forked) = Chapter::start_cluster(CH05, 8, &["--exclusive", exclusive]);
@@ -179,8 +179,11 @@ fn exclusive_wakes_one_worker_instead_of_all() {
         switches.push(total() - before);
     }
     let (herd, one) = (switches[0], switches[1]);
+    // Measured here: about 10 wake-ups per connection without, about 3 with (the one
+    // woken worker, which also sleeps between reading and closing). Timers and a busy
+    // machine add some to both; 1.5 times leaves room for that and still catches a herd.
     assert!(
-        one * 2 < herd,
+        one * 3 < herd * 2,
         "{N} connections to 8 idle workers cost {herd} wake-ups without EPOLLEXCLUSIVE and \
          {one} with it: it should wake one worker instead of all"
     );
