@@ -69,6 +69,28 @@ const fn shared_unit(filter: &'static [&'static str]) -> TestRun {
 
 pub const EXERCISES: &[Exercise] = &[
     Exercise {
+        name: "ch00-reap",
+        chapter: "ch00-server-models",
+        file: "chapters/ch00-server-models/src/process.rs",
+        function: "reap",
+        anchor: "solution_ch00_reap",
+        about: "the process model's parent collects every child that has exited, so none is left a zombie",
+        todo: "collect the exit status of every child that has exited, without waiting for the others",
+        hints: &[
+            "A child that exits stays in the process table, a zombie, until its parent asks \
+             for its exit status. The parent cannot wait for one child to end: others are \
+             still serving, and new clients are arriving. Several children may have ended \
+             since the last look, and their SIGCHLDs can merge into one.",
+            "`waitpid(None, Some(WaitPidFlag::WNOHANG))` collects one exited child, or says \
+             `StillAlive` when none has exited; ask again until it does, and forget each \
+             collected pid in `children`, which the parent counts against --max-clients.",
+            "Loop: `StillAlive` returns; any other `Ok(status)` removes `status.pid()` from \
+             `children`; `Err(Errno::EINTR)` asks again; any other error (ECHILD: no \
+             children) returns.",
+        ],
+        tests: &[black_box("ch00_server_models", &[])],
+    },
+    Exercise {
         name: "ch01-spawn",
         chapter: "ch01-random-port-fork",
         file: "shared/src/spawn.rs",

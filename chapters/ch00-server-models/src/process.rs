@@ -185,6 +185,7 @@ fn child(
 /// Collects every child that has exited, without waiting for those still running.
 // ANCHOR: reap
 fn reap(children: &mut HashSet<Pid>) {
+    // ANCHOR: solution_ch00_reap
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => return,
@@ -197,6 +198,7 @@ fn reap(children: &mut HashSet<Pid>) {
             Err(_) => return, // ECHILD: no children at all
         }
     }
+    // ANCHOR_END: solution_ch00_reap
 }
 // ANCHOR_END: reap
 
