@@ -454,54 +454,6 @@ pub const EXERCISES: &[Exercise] = &[
         tests: &[black_box("ch06_round_robin", &["weights_skew_the_turns"])],
     },
     Exercise {
-        name: "ch10-listen",
-        chapter: "ch10-reuseport",
-        file: "chapters/ch10-reuseport/src/main.rs",
-        function: "listen_on_own_socket",
-        anchor: "solution_ch10_listen",
-        about: "a worker opens a listening socket of its own on the reserved port (SO_REUSEPORT), accepts on it, and tells the master",
-        todo: "open this worker's own listening socket on `addr`, accept on it, and tell the master",
-        hints: &[
-            "Nothing arrives from the master but the address: the worker makes its own \
-             socket, as any server does. Other workers already listen on that port, so \
-             the bind succeeds only if every socket on it, this one too, asked to share \
-             the port before binding.",
-            "net::listen_with(addr.ip(), addr.port(), true)? makes the socket, sets \
-             SO_REUSEADDR and SO_REUSEPORT, binds and listens. Then log the ready line, \
-             `listening on http://ADDR`, with the address the socket really has \
-             (listener.local_addr()?).",
-            "server.add_listener(listener)?; then server.send(\"listening\"): the master \
-             prints its own ready line once every worker has said it. Return Ok(server).",
-        ],
-        tests: &[black_box("ch10_reuseport", &[])],
-    },
-    Exercise {
-        name: "ch10-reserve",
-        chapter: "ch10-reuseport",
-        file: "shared/src/net.rs",
-        function: "reserve",
-        anchor: "solution_ch10_reserve",
-        about: "the master keeps the port for its workers: a socket bound with SO_REUSEPORT that never listens",
-        todo: "make a socket that holds `addr` for SO_REUSEPORT listeners and never takes a connection",
-        hints: &[
-            "A socket holds a port from bind on; it takes connections only once it listens. \
-             The workers must still be able to bind beside it, so it has to ask to share \
-             the port before it binds, with the same option their sockets use, and with \
-             nothing that would let other programs in too.",
-            "socket2: Socket::new(Domain::for_address(addr), Type::STREAM, \
-             Some(Protocol::TCP))?, then set_reuse_port(true)? and bind(&addr.into())?. \
-             Return Ok(Reservation { socket }).",
-            "No listen: a listening socket would join the workers' group and get its share \
-             of connections that nobody accepts. And no SO_REUSEADDR: with it, any program \
-             that sets only SO_REUSEADDR could bind the port beside a socket that never \
-             listens, then listen on it.",
-        ],
-        tests: &[
-            shared_unit(&["net::"]),
-            black_box("ch10_reuseport", &[]),
-        ],
-    },
-    Exercise {
         name: "ch07-backoff",
         chapter: "ch07-auto-restart",
         file: "shared/src/supervisor.rs",
@@ -598,6 +550,54 @@ pub const EXERCISES: &[Exercise] = &[
              why) } }",
         ],
         tests: &[black_box("ch09_rolling_reload", &[])],
+    },
+    Exercise {
+        name: "ch10-listen",
+        chapter: "ch10-reuseport",
+        file: "chapters/ch10-reuseport/src/main.rs",
+        function: "listen_on_own_socket",
+        anchor: "solution_ch10_listen",
+        about: "a worker opens a listening socket of its own on the reserved port (SO_REUSEPORT), accepts on it, and tells the master",
+        todo: "open this worker's own listening socket on `addr`, accept on it, and tell the master",
+        hints: &[
+            "Nothing arrives from the master but the address: the worker makes its own \
+             socket, as any server does. Other workers already listen on that port, so \
+             the bind succeeds only if every socket on it, this one too, asked to share \
+             the port before binding.",
+            "net::listen_with(addr.ip(), addr.port(), true)? makes the socket, sets \
+             SO_REUSEADDR and SO_REUSEPORT, binds and listens. Then log the ready line, \
+             `listening on http://ADDR`, with the address the socket really has \
+             (listener.local_addr()?).",
+            "server.add_listener(listener)?; then server.send(\"listening\"): the master \
+             prints its own ready line once every worker has said it. Return Ok(server).",
+        ],
+        tests: &[black_box("ch10_reuseport", &[])],
+    },
+    Exercise {
+        name: "ch10-reserve",
+        chapter: "ch10-reuseport",
+        file: "shared/src/net.rs",
+        function: "reserve",
+        anchor: "solution_ch10_reserve",
+        about: "the master keeps the port for its workers: a socket bound with SO_REUSEPORT that never listens",
+        todo: "make a socket that holds `addr` for SO_REUSEPORT listeners and never takes a connection",
+        hints: &[
+            "A socket holds a port from bind on; it takes connections only once it listens. \
+             The workers must still be able to bind beside it, so it has to ask to share \
+             the port before it binds, with the same option their sockets use, and with \
+             nothing that would let other programs in too.",
+            "socket2: Socket::new(Domain::for_address(addr), Type::STREAM, \
+             Some(Protocol::TCP))?, then set_reuse_port(true)? and bind(&addr.into())?. \
+             Return Ok(Reservation { socket }).",
+            "No listen: a listening socket would join the workers' group and get its share \
+             of connections that nobody accepts. And no SO_REUSEADDR: with it, any program \
+             that sets only SO_REUSEADDR could bind the port beside a socket that never \
+             listens, then listen on it.",
+        ],
+        tests: &[
+            shared_unit(&["net::"]),
+            black_box("ch10_reuseport", &[]),
+        ],
     },
 ];
 
