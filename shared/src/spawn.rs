@@ -1,7 +1,8 @@
 //! Starting a worker: re-run this same binary, and tell the copy it is a worker.
 //!
 //! Explained in chapter 1 (re-executing instead of a bare `fork`) and chapter 2 (handing
-//! the worker its end of the IPC channel).
+//! the worker its end of the IPC channel); chapter 9's reload relies on [`exe`], the
+//! program's path, so that a new worker runs the program on disk now.
 //!
 //! Node's `cluster.fork()` starts `process.execPath` again with the same script and sets
 //! `NODE_UNIQUE_ID` in the child's environment; `cluster.isPrimary` is just "that variable
