@@ -421,3 +421,135 @@ fn the_link_finder_sees_images_and_skips_code() {
     assert_eq!(local("ch02.md#top"), Some("ch02.md"));
     assert_eq!(local("https://x.org"), None);
 }
+
+/// The ids mdBook gives a page's headings: the heading's text with its markup removed,
+/// lower-cased, spaces turned into `-`, anything else but letters, digits, `_` and `-`
+/// dropped, and `-1`, `-2`, ... after a repeat.
+fn heading_ids(text: &str) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    let mut in_fence = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+            continue;
+        }
+        let Some(heading) = line.strip_prefix('#') else {
+            continue;
+        };
+        if in_fence {
+            continue;
+        }
+        let heading = heading.trim_start_matches('#').trim();
+        // `[text](target)` shows as `text`.
+        let mut shown = String::new();
+        let mut rest = heading;
+        while let Some(open) = rest.find('[') {
+            shown.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            match (after.find("]("), after.find(')')) {
+                (Some(close), Some(end)) if close < end => {
+                    shown.push_str(&after[..close]);
+                    rest = &after[end + 1..];
+                }
+                _ => {
+                    shown.push('[');
+                    rest = after;
+                }
+            }
+        }
+        shown.push_str(rest);
+        let base: String = shown
+            .chars()
+            .filter_map(|c| {
+                if c.is_alphanumeric() || c == '_' || c == '-' {
+                    Some(c.to_ascii_lowercase())
+                } else if c.is_whitespace() {
+                    Some('-')
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let mut id = base.clone();
+        let mut n = 0;
+        while ids.contains(&id) {
+            n += 1;
+            id = format!("{base}-{n}");
+        }
+        ids.push(id);
+    }
+    ids
+}
+
+#[test]
+fn every_fragment_link_names_a_heading_and_every_code_block_closes() {
+    let src = book_src();
+    let mut problems = Vec::new();
+    let mut fragments = 0;
+    for page in pages(&src) {
+        let text = read(&page);
+        let name = page
+            .strip_prefix(&src)
+            .unwrap_or(&page)
+            .display()
+            .to_string();
+        // An unclosed ``` swallows the rest of the page into one code block.
+        let fences = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("```"))
+            .count();
+        if fences % 2 == 1 {
+            problems.push(format!("{name}: a code block (```) is never closed"));
+        }
+        let dir = page.parent().expect("a page has a directory");
+        for (_, target, line) in links(&text) {
+            let Some((file, fragment)) = target.split_once('#') else {
+                continue;
+            };
+            if target.contains("://") || !(file.is_empty() || file.ends_with(".md")) {
+                continue;
+            }
+            let linked = if file.is_empty() {
+                page.clone()
+            } else {
+                dir.join(file)
+            };
+            let Ok(linked_text) = std::fs::read_to_string(&linked) else {
+                continue; // every_image_and_page_link_exists reports it
+            };
+            fragments += 1;
+            if !heading_ids(&linked_text).iter().any(|id| id == fragment) {
+                problems.push(format!(
+                    "{name}:{line}: no heading of {} has the id #{fragment}",
+                    if file.is_empty() { "this page" } else { file }
+                ));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "broken links inside pages:\n  {}\nA heading's id is its text in lower case, \
+         spaces as '-', punctuation dropped.",
+        problems.join("\n  ")
+    );
+    assert!(
+        fragments >= 10,
+        "found only {fragments} links to a heading: is the link finder broken?"
+    );
+}
+
+#[test]
+fn heading_ids_follow_mdbook() {
+    let page = "# Top\n## `EPOLLEXCLUSIVE`: one worker, the same\n```text\n# not a heading\n```\n\
+                ### Run it\n### Run it\n## See [chapter 5](ch05.md)'s race\n";
+    assert_eq!(
+        heading_ids(page),
+        [
+            "top",
+            "epollexclusive-one-worker-the-same",
+            "run-it",
+            "run-it-1",
+            "see-chapter-5s-race"
+        ]
+    );
+}
