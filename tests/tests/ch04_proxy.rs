@@ -222,22 +222,12 @@ fn after_a_worker_dies_the_others_serve_everyone() {
     }
 }
 
-/// Sets a client socket's receive buffer to 16 KiB (and stops it growing), so that the
-/// server's writes to it go out a little at a time.
+/// Sets a client socket's receive buffer to 16 KiB (which also stops the kernel growing
+/// it), so that the server's writes to it go out a little at a time.
 fn shrink_receive_buffer(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let size: libc::c_int = 16 * 1024;
-    // SAFETY: setsockopt reads `size`, a local that outlives the call, of the length given.
-    let set = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(set, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+    socket2::SockRef::from(stream)
+        .set_recv_buffer_size(16 * 1024)
+        .expect("SO_RCVBUF");
 }
 
 /// A client that connects and never sends anything: the worker drops it after its idle

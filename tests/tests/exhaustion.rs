@@ -333,23 +333,10 @@ fn write_until_blocked(stream: &mut TcpStream, data: &[u8]) -> usize {
 /// the machine's TCP buffer sizes.
 fn connect_small_window(addr: SocketAddr) -> TcpStream {
     let stream = connect(addr).expect("connect");
-    let size: libc::c_int = 16 * 1024;
-    // SAFETY: setsockopt reads `size`, a local that outlives the call, of the length given.
-    let set = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(
-        set,
-        0,
-        "setsockopt SO_RCVBUF: {}",
-        io::Error::last_os_error()
-    );
+    // Setting SO_RCVBUF also stops the kernel growing the buffer.
+    socket2::SockRef::from(&stream)
+        .set_recv_buffer_size(16 * 1024)
+        .expect("setsockopt SO_RCVBUF");
     stream
 }
 
