@@ -177,8 +177,8 @@ impl Cluster {
             ));
         }
         let id = self.next_id;
-        self.next_id += 1;
         let worker = spawn_worker(id, self.with_channel, env)?;
+        self.next_id += 1;
         log!("forked worker {id} (pid {})", worker.pid);
         self.watch_worker(&worker)?;
         self.workers.insert(id, worker);

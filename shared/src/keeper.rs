@@ -46,6 +46,15 @@ pub const START_VAR: &str = "CLUSTER_START";
 /// connection open for one more request (chapter 9): see `Server::drain_lingering`.
 pub const LINGER: Duration = Duration::from_secs(1);
 
+/// Why the master SIGKILLs a worker.
+#[derive(Clone, Copy)]
+enum KillReason {
+    /// It had `--kill-timeout` to go by itself.
+    TimedOut,
+    /// A second Ctrl-C: the master stops waiting.
+    NotWaitedFor,
+}
+
 /// Adds the options of a master that keeps its workers, with PM2's names beside ours.
 pub fn options(cli: Cli) -> Cli {
     cli.option::<Seconds>(
@@ -269,18 +278,21 @@ impl Keeper {
             if let Some(leaving) = self.leaving.get_mut(&id) {
                 leaving.kill_at = None;
             }
-            self.kill(id);
+            self.kill(id, KillReason::TimedOut);
         }
     }
 
-    /// SIGKILL for worker `id`, which had `--kill-timeout` to go by itself.
-    fn kill(&self, id: u32) {
+    /// SIGKILL for worker `id`.
+    fn kill(&self, id: u32, reason: KillReason) {
         if let Some(worker) = self.cluster.worker(id) {
-            log!(
-                "worker {id} (pid {}) is still there after --kill-timeout {}: SIGKILL",
-                worker.pid,
-                Seconds(self.kill_timeout)
-            );
+            let why = match reason {
+                KillReason::TimedOut => format!(
+                    "is still there after --kill-timeout {}",
+                    Seconds(self.kill_timeout)
+                ),
+                KillReason::NotWaitedFor => "is not waited for".to_string(),
+            };
+            log!("worker {id} (pid {}) {why}: SIGKILL", worker.pid);
             let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
         }
     }
@@ -636,12 +648,12 @@ impl Keeper {
             match self.cluster.next_event_timeout(wait) {
                 Some(Event::Shutdown) if !killed => {
                     log!("Ctrl-C again: no more waiting");
-                    self.kill_all();
+                    self.kill_all(KillReason::NotWaitedFor);
                     killed = true;
                 }
                 Some(event) => self.while_stopping(event),
                 None if !killed => {
-                    self.kill_all();
+                    self.kill_all(KillReason::TimedOut);
                     killed = true;
                 }
                 None => {}
@@ -670,9 +682,9 @@ impl Keeper {
         }
     }
 
-    fn kill_all(&self) {
+    fn kill_all(&self, reason: KillReason) {
         for id in self.cluster.ids() {
-            self.kill(id);
+            self.kill(id, reason);
         }
     }
 }

@@ -187,7 +187,7 @@ impl Supervisor {
 
     /// A worker for `slot` could not even be forked (out of processes, out of fds): that
     /// counts as a death at start, with the same backoff.
-    pub(crate) fn start_failed(&mut self, slot: usize, now: Instant) -> Verdict {
+    pub fn start_failed(&mut self, slot: usize, now: Instant) -> Verdict {
         self.slots[slot - 1].starts += 1;
         self.died(slot, Duration::ZERO, now)
     }

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::error::Error;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -92,31 +93,60 @@ fn master(args: &Args) -> Outcome {
                     // Its socket closed with it. What waited in its queue was reset (or,
                     // with net.ipv4.tcp_migrate_req=1, moved to another worker's socket).
                     listening.remove(&id);
-                    match supervisor.exited(id, Instant::now()) {
-                        Verdict::Restart { slot, after, .. } => {
-                            lost_at.entry(slot).or_insert_with(Instant::now);
-                            log!("slot {slot}: a new worker in {} ms", after.as_millis());
-                        }
-                        Verdict::GiveUp { slot, crashes } => {
-                            log!("slot {slot}: {crashes} crashes at start in a row; giving up");
-                            if supervisor.in_service() == 0 {
-                                log!("no slot left in service; the master exits");
-                                return Ok(ExitCode::FAILURE);
-                            }
-                        }
-                        Verdict::Planned => {}
+                    let verdict = supervisor.exited(id, Instant::now());
+                    if let Some(code) = report(verdict, &supervisor, &mut lost_at) {
+                        return Ok(code);
                     }
                 }
                 _ => {}
             }
         }
         for slot in supervisor.due(Instant::now()) {
-            let id = cluster.fork_with_env(&env)?;
-            supervisor.started(slot, id, Instant::now());
+            match cluster.fork_with_env(&env) {
+                Ok(id) => {
+                    supervisor.started(slot, id, Instant::now());
+                }
+                // Ctrl-C came first: the next event is the stop, which needs no worker.
+                Err(e) if e.kind() == ErrorKind::Interrupted => break,
+                // Out of processes or memory, say: a failed start, retried by the same rules.
+                Err(e) => {
+                    log!("slot {slot}: could not start a worker: {e}");
+                    let verdict = supervisor.start_failed(slot, Instant::now());
+                    if let Some(code) = report(verdict, &supervisor, &mut lost_at) {
+                        return Ok(code);
+                    }
+                }
+            }
         }
     }
 }
 // ANCHOR_END: master
+
+// ANCHOR: report
+/// Logs what the supervisor decided for a slot whose worker is gone. Returns the master's
+/// exit code when no slot is left in service.
+fn report(
+    verdict: Verdict,
+    supervisor: &Supervisor,
+    lost_at: &mut HashMap<usize, Instant>,
+) -> Option<ExitCode> {
+    match verdict {
+        Verdict::Restart { slot, after, .. } => {
+            lost_at.entry(slot).or_insert_with(Instant::now);
+            log!("slot {slot}: a new worker in {} ms", after.as_millis());
+        }
+        Verdict::GiveUp { slot, crashes } => {
+            log!("slot {slot}: {crashes} crashes at start in a row; giving up");
+            if supervisor.in_service() == 0 {
+                log!("no slot left in service; the master exits");
+                return Some(ExitCode::FAILURE);
+            }
+        }
+        Verdict::Planned => {}
+    }
+    None
+}
+// ANCHOR_END: report
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Outcome {
