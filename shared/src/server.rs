@@ -122,6 +122,9 @@ pub struct Server {
     on_crash: Option<Callback>,
     timers: Vec<Timer>,
     out_of_fds: Option<OutOfFds>,
+    /// Open connections: while there are none (and no fds to wait for), there is nothing
+    /// to sweep, and an idle worker sleeps until something happens.
+    open: usize,
     stats: Stats,
     /// Taking no new connections, and stopping once the open ones are done.
     draining: bool,
@@ -150,6 +153,7 @@ impl Server {
             stats: Stats::default(),
             draining: false,
             linger_until: None,
+            open: 0,
             running: true,
         })
     }
@@ -256,6 +260,7 @@ impl Server {
             answered: 0,
         };
         self.sources.insert(token, Source::Conn(conn));
+        self.open += 1;
         Ok(token)
     }
 
@@ -358,10 +363,7 @@ impl Server {
 
     /// How many connections are open.
     pub fn connections(&self) -> usize {
-        self.sources
-            .values()
-            .filter(|s| matches!(s, Source::Conn(_)))
-            .count()
+        self.open
     }
 
     fn stop_if_drained(&mut self) {
@@ -386,10 +388,18 @@ impl Server {
             (self.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
         let mut next_sweep = Instant::now() + sweep_every;
         while self.running {
+            // Sweep only while there is something to sweep: an idle worker with no timer
+            // sleeps in epoll_wait until a connection or a message comes.
+            let paused = self.out_of_fds.as_ref().is_some_and(|s| s.paused);
+            let sweep = (self.open > 0 || paused).then_some(next_sweep);
             let next_timer = self.timers.iter().map(|t| t.next).min();
-            let wake = next_timer.map_or(next_sweep, |t| t.min(next_sweep));
-            let wait = wake.saturating_duration_since(Instant::now());
-            let timeout = EpollTimeout::from(wait.as_millis().min(1000) as u16 + 1);
+            let timeout = match next_timer.into_iter().chain(sweep).min() {
+                Some(wake) => {
+                    let wait = wake.saturating_duration_since(Instant::now());
+                    EpollTimeout::from(wait.as_millis().min(1000) as u16 + 1)
+                }
+                None => EpollTimeout::NONE,
+            };
             let ready = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
@@ -637,6 +647,7 @@ impl Server {
 
     fn close(&mut self, token: u64) {
         if let Some(Source::Conn(conn)) = self.sources.remove(&token) {
+            self.open -= 1;
             // Closing the fd also takes it off epoll.
             let _ = conn.stream.shutdown(Shutdown::Both);
             drop(conn);

@@ -482,3 +482,24 @@ fn ch06_a_worker_rejects_a_connection_whose_fd_was_cut_short() {
         "{response:?}"
     );
 }
+
+/// A worker with nothing to do sleeps: no connection, no timer, so no wake-up until a
+/// client or a message comes. (Its loop sweeps for stalled connections only while it has
+/// some.) A busy loop, or a timer left running, shows as wake-ups counted by the kernel.
+#[test]
+fn an_idle_worker_does_not_wake_up() {
+    // An idle timeout of 2 s: a loop that swept regardless would wake every 500 ms.
+    let (_master, worker, addr) = one_worker("2");
+    // Served once, on a connection closed after the answer: the worker has nothing left.
+    get(addr);
+    let before = voluntary_switches(worker);
+    // A window to count in, not a wait for an event.
+    std::thread::sleep(Duration::from_secs(3));
+    let woken = voluntary_switches(worker) - before;
+    assert!(
+        woken <= 2,
+        "a worker with no connection and nothing to do was woken {woken} times in 3 s"
+    );
+    // And it still answers.
+    assert!(get(addr).body.contains("Hello world by"));
+}
