@@ -177,7 +177,7 @@ impl Cluster {
             ));
         }
         let id = self.next_id;
-        let worker = spawn_worker(id, self.with_channel, env)?;
+        let worker = spawn_worker(id, self.with_channel, env).map_err(explain_spawn_error)?;
         self.next_id += 1;
         log!("forked worker {id} (pid {})", worker.pid);
         self.watch_worker(&worker)?;
@@ -197,11 +197,20 @@ impl Cluster {
         }
         let (id, pid) = (worker.id, worker.pid);
         let events = self.sender.clone();
-        std::thread::spawn(move || {
-            // waitpid blocks until the worker is gone, and reaps it: no zombie is left.
-            let status = reap(pid);
-            let _ = events.send(Event::Exit { id, pid, status });
-        });
+        let waiter = std::thread::Builder::new()
+            .name(format!("wait-worker-{id}"))
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                // waitpid blocks until the worker is gone, and reaps it: no zombie is left.
+                let status = reap(pid);
+                let _ = events.send(Event::Exit { id, pid, status });
+            });
+        if let Err(e) = waiter {
+            // Out of threads: nobody would ever reap this worker. Stop and reap it now.
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            reap(pid);
+            return Err(explain_spawn_error(e));
+        }
         Ok(())
     }
     // ANCHOR_END: watch_worker
@@ -508,4 +517,15 @@ fn reap(pid: u32) -> Exited {
             Err(_) => return Exited::Code(-1),
         }
     }
+}
+
+/// A failed fork or exec, with what a learner can do about the common causes.
+fn explain_spawn_error(e: io::Error) -> io::Error {
+    let hint = match Errno::from_raw(e.raw_os_error().unwrap_or(0)) {
+        Errno::EAGAIN => "out of processes: see `ulimit -u`, or the cgroup's pids.max",
+        Errno::EMFILE | Errno::ENFILE => "out of file descriptors: see `ulimit -n`",
+        Errno::ENOMEM => "out of memory",
+        _ => return e,
+    };
+    io::Error::new(e.kind(), format!("{e} ({hint})"))
 }

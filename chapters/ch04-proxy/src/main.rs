@@ -54,11 +54,13 @@ fn master(args: &Args) -> Outcome {
         MaxConnections::Auto => fd_budget(),
         MaxConnections::At(n) => n,
     };
-    std::thread::spawn(move || {
-        if let Err(e) = proxy::run(listener, for_proxy, max) {
-            log!("the proxy stopped: {e}");
-        }
-    });
+    std::thread::Builder::new()
+        .name("proxy".into())
+        .spawn(move || {
+            if let Err(e) = proxy::run(listener, for_proxy, max) {
+                log!("the proxy stopped: {e}");
+            }
+        })?;
     loop {
         let event = cluster.next_event();
         if let Some(code) = cluster.finished_by(&event) {
