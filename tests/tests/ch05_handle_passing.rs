@@ -163,30 +163,44 @@ fn master_reports_the_spread_on_shutdown() {
 /// `--exclusive on` the socket is registered with EPOLLEXCLUSIVE and one worker wakes.
 #[test]
 fn exclusive_wakes_one_worker_instead_of_all() {
-    const N: usize = 200;
-    let mut switches = Vec::new();
-    for exclusive in ["off", "on"] {
-        let (_master, addr, forked) = Chapter::start_cluster(CH05, 8, &["--exclusive", exclusive]);
-        let total = || -> u64 { forked.iter().map(|(_, pid)| voluntary_switches(*pid)).sum() };
-        // Every worker has adopted the socket by the ready line; let one request through
-        // so that all of them sit in epoll_wait.
-        get(addr);
-        let before = total();
-        for i in 0..N {
-            let response = http_get(addr).unwrap_or_else(|e| panic!("request {i}: {e}"));
-            assert_eq!(response.status, 200, "{response:?}");
+    // Measured alone: about 10 wake-ups per connection without, about 3 with (the one
+    // woken worker, which also sleeps between reading and closing). A busy machine
+    // shrinks the herd (a worker still running when the next connection comes is not
+    // woken again), so under a full parallel test run the two can come close; a round
+    // that shows 1.5 times fewer passes, and three rounds without one fail. Without
+    // EPOLLEXCLUSIVE in effect the two counts are alike in every round.
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let (herd, one) = (
+            wake_ups_for_200_connections("off"),
+            wake_ups_for_200_connections("on"),
+        );
+        if one * 3 < herd * 2 {
+            return;
         }
-        switches.push(total() - before);
+        rounds.push(format!("{herd} without, {one} with"));
     }
-    let (herd, one) = (switches[0], switches[1]);
-    // Measured here: about 10 wake-ups per connection without, about 3 with (the one
-    // woken worker, which also sleeps between reading and closing). Timers and a busy
-    // machine add some to both; 1.5 times leaves room for that and still catches a herd.
-    assert!(
-        one * 3 < herd * 2,
-        "{N} connections to 8 idle workers cost {herd} wake-ups without EPOLLEXCLUSIVE and \
-         {one} with it: it should wake one worker instead of all"
+    panic!(
+        "200 connections to 8 idle workers cost as many wake-ups with EPOLLEXCLUSIVE as \
+         without, in three rounds ({}): it should wake one worker instead of all",
+        rounds.join("; ")
     );
+}
+
+/// The voluntary context switches of 8 idle workers of chapter 5 (`--exclusive on|off`)
+/// while they take 200 connections one after another.
+fn wake_ups_for_200_connections(exclusive: &str) -> u64 {
+    let (_master, addr, forked) = Chapter::start_cluster(CH05, 8, &["--exclusive", exclusive]);
+    let total = || -> u64 { forked.iter().map(|(_, pid)| voluntary_switches(*pid)).sum() };
+    // Every worker has adopted the socket by the ready line; let one request through so
+    // that all of them sit in epoll_wait.
+    get(addr);
+    let before = total();
+    for i in 0..200 {
+        let response = http_get(addr).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+    total() - before
 }
 
 /// `--shared-handle on` is cluster's SharedHandle: each worker asks, the master binds on
