@@ -25,43 +25,18 @@ command -v wrk >/dev/null || { echo "bench/reload.sh needs wrk (apt-get install 
 cargo build --release -q -p ch09-rolling-reload
 export RUNS DURATION CONNECTIONS
 exec python3 - <<'PY'
-import os, re, signal, socket, subprocess, sys, tempfile, time
+import os, re, signal, subprocess, sys, time
 sys.dont_write_bytecode = True  # nothing written into bench/
 sys.path.insert(0, "bench")
-from wrk import failed_and_total
+from common import Master, failed_and_total
 
 RUNS, DURATION, CONNECTIONS = (int(os.environ[k]) for k in ("RUNS", "DURATION", "CONNECTIONS"))
 HAVE_NODE = subprocess.run(["sh", "-c", "command -v node"], capture_output=True).returncode == 0
 
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
-    return port
-
-class Target:
-    """A master in its own session (killed as a group at the end), its log in a file."""
-    def __init__(self, name):
-        self.port = free_port()
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="reload-", suffix=".log")
-        env = dict(os.environ, PORT=str(self.port), WORKERS="2")
-        for var in ("CLUSTER_WORKER_ID", "CLUSTER_CHANNEL_FD", "NODE_UNIQUE_ID"):
-            env.pop(var, None)
-        if name == "node":
-            cmd = ["node", "book/node/ch09-reload.js"]
-        else:
-            cmd = ["target/release/ch09-rolling-reload", "--port", str(self.port), "--workers", "2"]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
-        deadline = time.time() + 20
-        while "listening on http://" not in self.text():
-            if time.time() > deadline or self.proc.poll() is not None:
-                sys.exit(f"{name} did not start:\n{self.text()}")
-            time.sleep(0.05)
-    def text(self):
-        self.log.seek(0); return self.log.read()
-    def stop(self):
-        try: os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError: pass
-        self.proc.wait()
+def Target(name):
+    """Chapter 9 or the Node program doing the articles' SIGUSR2 reload."""
+    cmd = ["node", "book/node/ch09-reload.js"] if name == "node" else ["target/release/ch09-rolling-reload"]
+    return Master(name, cmd, "reload-")
 
 def one_run(name, close):
     """wrk against a fresh target, SIGUSR2 a third of the way in: (failed, total, ms)."""

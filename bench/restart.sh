@@ -25,50 +25,30 @@ CONNECTIONS=${CONNECTIONS:-50}
 cargo build --release -q -p ch07-auto-restart
 export ROUNDS DURATION CONNECTIONS
 exec python3 - <<'PY'
-import os, re, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+import os, re, signal, socket, statistics, subprocess, sys, threading, time
 sys.dont_write_bytecode = True  # nothing written into bench/
 sys.path.insert(0, "bench")
-from wrk import failed_and_total
+from common import Master, failed_and_total
 
 ROUNDS, DURATION, CONNECTIONS = (int(os.environ[k]) for k in ("ROUNDS", "DURATION", "CONNECTIONS"))
 HAVE_NODE = subprocess.run(["sh", "-c", "command -v node"], capture_output=True).returncode == 0
 HAVE_WRK = subprocess.run(["sh", "-c", "command -v wrk"], capture_output=True).returncode == 0
 
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
-    return port
-
-class Target:
-    """A master in its own session (killed as a group at the end), its log in a file."""
-    def __init__(self, name, port):
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="restart-", suffix=".log")
-        env = dict(os.environ, PORT=str(port), WORKERS="2")
-        for var in ("CLUSTER_WORKER_ID", "CLUSTER_CHANNEL_FD", "NODE_UNIQUE_ID"):
-            env.pop(var, None)
-        if name == "node":
-            cmd = ["node", "book/node/ch07-restart.js"]
-        else:
-            cmd = ["target/release/ch07-auto-restart", "--port", str(port), "--workers", "2"]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
-        self.port = port
-        deadline = time.time() + 20
-        while "listening on http://" not in self.text() or len(self.forked()) < 2:
-            if time.time() > deadline or self.proc.poll() is not None:
-                sys.exit(f"{name} did not start:\n{self.text()}")
+class Target(Master):
+    """Chapter 7 or the Node program, once both of its workers serve."""
+    def __init__(self, name):
+        cmd = ["node", "book/node/ch07-restart.js"] if name == "node" else ["target/release/ch07-auto-restart"]
+        super().__init__(name, cmd, "restart-")
+        while len(self.forked()) < 2:
+            if time.time() > self.deadline or self.proc.poll() is not None:
+                sys.exit(f"{name} did not start its workers:\n{self.text()}")
             time.sleep(0.05)
         # Every worker serves before the clock starts.
         seen = set()
-        while len(seen) < 2 and time.time() < deadline:
-            seen.add(get(port))
-    def text(self):
-        self.log.seek(0); return self.log.read()
+        while len(seen) < 2 and time.time() < self.deadline:
+            seen.add(get(self.port))
     def forked(self):
         return [int(p) for p in re.findall(r"forked worker \d+ \(pid (\d+)\)", self.text())]
-    def stop(self):
-        try: os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError: pass
-        self.proc.wait()
 
 def get(port, path="/"):
     """The pid in the answer to one request on a new connection, or None."""
@@ -107,7 +87,7 @@ def first_answer_from_new(port, known):
 def kill_to_answer(name):
     times = []
     for _ in range(ROUNDS):
-        t = Target(name, free_port())
+        t = Target(name)
         try:
             known = set(t.forked())
             for victim in sorted(known):
@@ -120,7 +100,7 @@ def kill_to_answer(name):
     return times
 
 def failed_during_crash(name):
-    t = Target(name, free_port())
+    t = Target(name)
     try:
         wrk = subprocess.Popen(["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{DURATION}s",
                                 f"http://127.0.0.1:{t.port}/"],

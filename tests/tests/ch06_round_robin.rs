@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chapter_tests::*;
@@ -95,54 +94,17 @@ fn a_killed_worker_costs_at_most_the_connection_it_was_serving() {
         .filter(|pid| *pid != victim)
         .collect();
 
-    let outcomes: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (outcomes, stop) = (Arc::clone(&outcomes), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let outcome = match http_get(addr) {
-                    Ok(r) if r.status == 200 => {
-                        parse_hello(&r.body).map(|(pid, _)| pid).ok_or(r.body)
-                    }
-                    Ok(r) => Err(format!("status {}: {}", r.status, r.body)),
-                    Err(e) => Err(e.to_string()),
-                };
-                outcomes.lock().expect("outcomes").push(outcome);
-            }
-        })
-    };
-    // Stops the load thread even if an assertion below fails.
-    struct Stop(Arc<AtomicBool>);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-    let _stop = Stop(Arc::clone(&stop));
-    let count = || outcomes.lock().expect("outcomes").len();
-
-    assert!(
-        wait_until(TIMEOUT, || count() >= 30),
-        "the load thread should get going: {:?}",
-        outcomes.lock().expect("outcomes")
-    );
+    let load = SteadyLoad::start(addr);
+    load.wait_for_more(30);
     kill(Pid::from_raw(victim as i32), Signal::SIGKILL).expect("SIGKILL the worker");
     master.wait_for(
         &format!("worker {victim_id} (pid {victim}) was killed by SIGKILL"),
         TIMEOUT,
     );
     // Requests after this index started once the master knew the worker was gone.
-    let known_dead = count();
-    assert!(
-        wait_until(TIMEOUT, || count() >= known_dead + 30),
-        "the master should keep serving after the kill: {:?}",
-        outcomes.lock().expect("outcomes")
-    );
-    stop.store(true, Ordering::SeqCst);
-    load.join().expect("the load thread panicked");
-
-    let outcomes = outcomes.lock().expect("outcomes").clone();
+    let known_dead = load.count();
+    load.wait_for_more(30);
+    let outcomes = load.stop();
     let failed: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
     assert!(
         failed.len() <= 1,
