@@ -187,11 +187,12 @@ impl Cli {
                 }
                 "--workers" => args.workers = parse_workers(&value)?,
                 "--idle-timeout" => {
-                    let secs: f64 = parse(name, &value, "a number of seconds, like 10 or 0.5")?;
-                    args.idle_timeout = Duration::try_from_secs_f64(secs)
-                        .ok()
-                        .filter(|d| !d.is_zero())
-                        .ok_or(format!("--idle-timeout must be above 0, not '{value}'"))?;
+                    let expected = "a number of seconds up to 86400, like 10 or 0.5";
+                    let Seconds(timeout) = parse(name, &value, expected)?;
+                    if timeout.is_zero() {
+                        return Err(format!("--idle-timeout must be above 0, not '{value}'"));
+                    }
+                    args.idle_timeout = timeout;
                 }
                 _ => {
                     if let Some(opt) = self.extra.iter().find(|o| o.name == name) {
@@ -215,7 +216,7 @@ impl Cli {
 
     fn usage(&self) -> String {
         let mut text = format!(
-            "Usage: {} [--host ADDR] [--port PORT] [--workers N]",
+            "Usage: {} [--host ADDR] [--port PORT] [--workers N] [--idle-timeout SECS]",
             self.name
         );
         for o in &self.extra {
@@ -261,7 +262,11 @@ impl Cli {
             ));
         }
         for (flag, help) in rows {
-            text += &format!("  {flag:<22} {help}\n");
+            // A flag too long for its column gets its help on the next line.
+            match flag.len() < 23 {
+                true => text += &format!("  {flag:<22} {help}\n"),
+                false => text += &format!("  {flag}\n  {:<22} {help}\n", ""),
+            }
         }
         text + "  --help                 print this help\n"
     }

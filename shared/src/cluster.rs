@@ -190,12 +190,19 @@ impl Cluster {
     /// waits for its exit.
     // ANCHOR: watch_worker
     fn watch_worker(&self, worker: &Worker) -> io::Result<()> {
+        let (id, pid) = (worker.id, worker.pid);
+        // A worker we cannot watch is stopped and reaped here, or it would be a zombie.
+        let give_up = |e: io::Error| {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            reap(pid);
+            explain_spawn_error(e)
+        };
         if let Some(channel) = &worker.channel {
             let token = FIRST_CHANNEL + u64::from(worker.id);
             self.epoll
-                .add(channel.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))?;
+                .add(channel.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
+                .map_err(|e| give_up(e.into()))?;
         }
-        let (id, pid) = (worker.id, worker.pid);
         let events = self.sender.clone();
         let waiter = std::thread::Builder::new()
             .name(format!("wait-worker-{id}"))
@@ -205,13 +212,8 @@ impl Cluster {
                 let status = reap(pid);
                 let _ = events.send(Event::Exit { id, pid, status });
             });
-        if let Err(e) = waiter {
-            // Out of threads: nobody would ever reap this worker. Stop and reap it now.
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            reap(pid);
-            return Err(explain_spawn_error(e));
-        }
-        Ok(())
+        // Out of threads, say: nobody would ever reap this worker.
+        waiter.map(drop).map_err(give_up)
     }
     // ANCHOR_END: watch_worker
 
@@ -448,20 +450,23 @@ impl Cluster {
             let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGTERM);
         }
         let deadline = Instant::now() + grace;
+        let mut killed = false;
         while !self.workers.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_event_timeout(left.max(Duration::from_millis(1))) {
-                Some(_) => {}
-                None => {
-                    for worker in self.workers.values() {
-                        log!(
-                            "worker {} (pid {}) ignored SIGTERM; sending SIGKILL",
-                            worker.id,
-                            worker.pid
-                        );
-                        let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
-                    }
+            // After SIGKILL there is nothing left to decide: wait for the exits.
+            let wait = match killed {
+                true => Duration::from_secs(1),
+                false => deadline.saturating_duration_since(Instant::now()),
+            };
+            if self.next_event_timeout(wait).is_none() && !killed {
+                for worker in self.workers.values() {
+                    log!(
+                        "worker {} (pid {}) ignored SIGTERM; sending SIGKILL",
+                        worker.id,
+                        worker.pid
+                    );
+                    let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
                 }
+                killed = true;
             }
         }
         log!("all workers stopped");

@@ -34,6 +34,7 @@ use nix::unistd::Pid;
 use crate::args::{Args, Cli, Seconds};
 use crate::cluster::{Cluster, Event};
 use crate::log;
+use crate::log::serve;
 use crate::round_robin::{Handles, Heard};
 use crate::supervisor::{Policy, Supervisor, Verdict};
 
@@ -91,6 +92,15 @@ pub fn options(cli: Cli) -> Cli {
         "0",
     )
     .check(|args| {
+        let delay = args.get::<Seconds>("--restart-delay");
+        let cap = Policy::default().max_delay;
+        if delay.0 > cap {
+            return Err(format!(
+                "--restart-delay {delay} is above the wait's cap of {}: give at most {}",
+                Seconds(cap),
+                cap.as_secs()
+            ));
+        }
         if args.get::<Seconds>("--kill-timeout").0.is_zero() {
             return Err(
                 "--kill-timeout must be above 0, or a leaving worker would be \
@@ -127,6 +137,19 @@ pub fn place() -> (usize, u32) {
         read(START_VAR).unwrap_or(0) as u32,
     )
 }
+
+/// In a worker, for the learner's `--crash-...` options: if this is slot 1's worker and
+/// `fails` says its start fails, it exits at once, as a worker with a bad configuration
+/// (or a broken build) would. `option` names the option in the log.
+// ANCHOR: fail_on_purpose
+pub fn fail_on_purpose(option: &str, fails: impl Fn(u32) -> bool) {
+    let (slot, start) = place();
+    if slot == 1 && fails(start) {
+        log!("start {start} of slot 1 fails on purpose ({option})");
+        std::process::exit(1);
+    }
+}
+// ANCHOR_END: fail_on_purpose
 
 /// A worker on its way out.
 struct Leaving {
@@ -362,7 +385,10 @@ impl Keeper {
             let n = self.handles.workers_on(&key);
             self.ready |= n > 0;
             match n == self.workers {
-                true => log!("listening on http://{addr} (the master accepts, {n} workers serve)"),
+                true => log!(
+                    "listening on http://{addr} (the master accepts, {})",
+                    serve(n)
+                ),
                 false => log!(
                     "listening on http://{addr} (the master accepts, {n} of {} workers serve \
                      so far)",
@@ -399,6 +425,11 @@ impl Keeper {
                  crash, and its slot waits for it",
                 Seconds(min_uptime)
             );
+        } else if let Some(new) = self.replacement_of(id) {
+            // Chapter 9's replacement is already starting: it takes the slot, and no
+            // second worker is forked for it.
+            self.take_slot(new);
+            log!("worker {new}, already starting, takes worker {id}'s place");
         } else if let Some(slot) = self.books.leaving(id) {
             if let Some(new) = self.refill(slot) {
                 log!("worker {new} takes worker {id}'s place now, without waiting for its exit");
@@ -617,12 +648,11 @@ impl Keeper {
         self.stopping = true;
         let deadline = Instant::now() + self.kill_timeout;
         let workers = match self.cluster.len() {
-            1 => "1 worker finishes".to_string(),
-            n => format!("{n} workers finish"),
+            1 => "1 worker finishes what it holds".to_string(),
+            n => format!("{n} workers finish what they hold"),
         };
         log!(
-            "stopping: no new connections; {workers} what they hold, for at most {} \
-             (--kill-timeout)",
+            "stopping: no new connections; {workers}, for at most {} (--kill-timeout)",
             Seconds(self.kill_timeout)
         );
         self.handles.stop_listening(&self.cluster);

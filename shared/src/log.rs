@@ -82,3 +82,19 @@ pub fn exit_code(
         }
     }
 }
+
+/// `1 worker serves`, `3 workers serve`: for ready lines.
+pub fn serve(n: usize) -> String {
+    match n {
+        1 => "1 worker serves".to_string(),
+        n => format!("{n} workers serve"),
+    }
+}
+
+/// `1 worker`, `3 workers`: for log lines that count workers.
+pub fn workers(n: usize) -> String {
+    match n {
+        1 => "1 worker".to_string(),
+        n => format!("{n} workers"),
+    }
+}

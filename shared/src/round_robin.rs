@@ -165,6 +165,9 @@ impl RoundRobin {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                // An error of that one connection (EPROTO, a firewall's EPERM, ...): the
+                // kernel has dropped it, and the next one may be fine.
+                Err(e) if !short_of_fds(&e) => log!("accept failed: {e}"),
                 Err(e) => {
                     if !std::mem::replace(&mut self.out_of_fds, true) {
                         log!(
@@ -553,3 +556,11 @@ pub(crate) fn take_connection(server: &mut Server, key: &str, fd: Option<OwnedFd
     }
 }
 // ANCHOR_END: take_connection
+
+/// Out of fds, or of the kernel memory a new socket needs: the connection stays queued,
+/// and accepting again at once would fail again.
+fn short_of_fds(e: &io::Error) -> bool {
+    use nix::errno::Errno::{self, EMFILE, ENFILE, ENOBUFS, ENOMEM};
+    let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
+    matches!(errno, EMFILE | ENFILE | ENOBUFS | ENOMEM)
+}

@@ -120,7 +120,7 @@ pub fn spawn_worker(id: u32, with_channel: bool, env: &[(&str, String)]) -> io::
     let master = std::process::id();
     // SAFETY: the closure runs in the child between fork and exec, where only
     // async-signal-safe calls are allowed; `prepare_child` makes only such calls
-    // (fcntl, prctl, getppid, _exit) and allocates nothing.
+    // (fcntl, signal, prctl, getppid, _exit) and allocates nothing.
     unsafe {
         command.pre_exec(move || prepare_child(inherit, master));
     }

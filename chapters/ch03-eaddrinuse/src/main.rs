@@ -82,17 +82,32 @@ fn report(listening: &[u32], failed: &[(u32, String)]) {
     let ids = |ids: &mut dyn Iterator<Item = u32>| {
         ids.map(|id| id.to_string()).collect::<Vec<_>>().join(", ")
     };
+    // One group per reason, in the order they came: "with EADDRINUSE (worker 2, 3)".
+    let mut reasons: Vec<&str> = Vec::new();
+    for (_, code) in failed {
+        if !reasons.contains(&code.as_str()) {
+            reasons.push(code);
+        }
+    }
+    let why = reasons
+        .iter()
+        .map(|reason| {
+            let mut who = failed
+                .iter()
+                .filter(|(_, c)| c == reason)
+                .map(|(id, _)| *id);
+            format!("{reason} (worker {})", ids(&mut who))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     log!(
         "{} worker(s) listening (worker {}); {} failed to bind{}",
         listening.len(),
         ids(&mut listening.iter().copied()),
         failed.len(),
-        match failed.first() {
-            Some((_, code)) => format!(
-                " with {code} (worker {})",
-                ids(&mut failed.iter().map(|(id, _)| *id))
-            ),
-            None => String::new(),
+        match why.is_empty() {
+            true => String::new(),
+            false => format!(" with {why}"),
         }
     );
 }

@@ -56,11 +56,22 @@ pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io:
     let mut short = false;
     let mut events = vec![EpollEvent::empty(); 256];
     loop {
-        let ready = match epoll.wait(&mut events, EpollTimeout::NONE) {
+        // Paused, a closing pair is what frees fds and resumes accepting. With no pair
+        // open (the whole machine is short of fds, say), nothing would: look again in a
+        // second.
+        let timeout = match paused && pairs.is_empty() {
+            true => EpollTimeout::from(1000u16),
+            false => EpollTimeout::NONE,
+        };
+        let ready = match epoll.wait(&mut events, timeout) {
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         };
+        if ready == 0 && paused {
+            resume(&epoll, &listener)?;
+            paused = false;
+        }
         for event in &events[..ready] {
             // Tokens: 0 is the listener; pair p uses 2p (client side) and 2p+1 (worker side).
             let token = event.data();
@@ -82,7 +93,7 @@ pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io:
                                 // socket, the next client would fare no better: pause.
                                 Err(e) if out_of_fds(&e) => e,
                                 Err(e) => {
-                                    log!("cannot proxy a connection: {e}; answered 503");
+                                    log!("cannot proxy a connection: {e}");
                                     continue;
                                 }
                             }
@@ -129,10 +140,7 @@ pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io:
                 pairs.remove(&id);
                 if paused {
                     // Two fds were just freed: accept again.
-                    epoll.modify(
-                        listener.as_fd(),
-                        &mut EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
-                    )?;
+                    resume(&epoll, &listener)?;
                     paused = false;
                 }
             }
@@ -140,6 +148,15 @@ pub fn run(listener: TcpListener, upstreams: Upstreams, max_pairs: usize) -> io:
     }
 }
 // ANCHOR_END: run
+
+/// Watches the listener again after a pause for want of fds.
+fn resume(epoll: &Epoll, listener: &TcpListener) -> io::Result<()> {
+    epoll.modify(
+        listener.as_fd(),
+        &mut EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
+    )?;
+    Ok(())
+}
 
 /// Every client costs two fds; with `open` clients proxied already and a budget of `max`,
 /// refuses this one (a 503, then closed when the caller drops it) rather than run the
@@ -229,13 +246,15 @@ fn open_pair(
     }
     let Some(upstream) = upstream else {
         // Out of fds is not the workers' fault: say which it is, to the client and the log.
-        let answer = if out_of_fds(&failure) {
-            BUSY
-        } else {
-            NO_WORKER
-        };
-        let _ = client.write_all(answer);
-        return Err(failure);
+        if out_of_fds(&failure) {
+            let _ = client.write_all(BUSY);
+            return Err(failure);
+        }
+        let _ = client.write_all(NO_WORKER);
+        return Err(io::Error::new(
+            failure.kind(),
+            format!("no worker took it ({failure}); the client got a 503"),
+        ));
     };
     // Both sockets are non-blocking from birth. No Nagle delays: a proxy passes on each
     // chunk as it comes, and a small one held back waiting for an ACK stalls the exchange.

@@ -42,9 +42,9 @@ fn main() -> ExitCode {
         match weights.0.len() <= args.workers {
             true => Ok(()),
             false => Err(format!(
-                "--weights gives {} weights for {} workers; give at most one per worker",
+                "--weights gives {} weights for {}; give at most one per worker",
                 weights.0.len(),
-                args.workers
+                log::workers(args.workers)
             )),
         }
     })
@@ -77,8 +77,8 @@ fn master(args: &Args) -> Outcome {
             Event::Message { id, message } => {
                 match handles.on_message(&mut cluster, id, &message.text) {
                     Heard::Joined { key, addr } if handles.workers_on(&key) == args.workers => {
-                        let n = args.workers;
-                        log!("listening on http://{addr} (the master accepts, {n} workers serve)")
+                        let serve = log::serve(args.workers);
+                        log!("listening on http://{addr} (the master accepts, {serve})")
                     }
                     Heard::Other if message.text == "online" => log!("worker {id} online"),
                     Heard::Other => log!("unexpected message from worker {id}: {}", message.text),

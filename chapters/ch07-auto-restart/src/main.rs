@@ -107,7 +107,8 @@ fn leak(request: &Request, id: u32, max_rss: u64) -> Response {
         return refuse(format!("/leak?mb=N takes N from 1 to {MAX_LEAK_MB}"));
     };
     let total = LEAKED.with_borrow(|leaked| leaked.iter().map(Vec::len).sum::<usize>() >> 20);
-    if mb == 0 || total + mb > MAX_LEAK_MB {
+    // Compared without adding, so that no N can wrap around past the limit.
+    if mb == 0 || mb > MAX_LEAK_MB.saturating_sub(total) {
         return refuse(format!(
             "/leak stops at {MAX_LEAK_MB} MB per worker; this one has leaked {total} MB"
         ));
@@ -132,10 +133,6 @@ fn leak(request: &Request, id: u32, max_rss: u64) -> Response {
 // ANCHOR: fail_at_start
 fn fail_at_start(args: &Args) {
     let k = args.get::<u32>("--crash-at-start");
-    let (slot, start) = keeper::place();
-    if slot == 1 && start <= k {
-        log!("start {start} of slot 1 fails on purpose (--crash-at-start {k})");
-        std::process::exit(1);
-    }
+    keeper::fail_on_purpose(&format!("--crash-at-start {k}"), |start| start <= k);
 }
 // ANCHOR_END: fail_at_start

@@ -161,7 +161,7 @@ impl Reload {
         log!(
             "SIGUSR2: replacing {} one at a time, each by a worker started from the program \
              on disk now",
-            workers(self.todo.len())
+            log::workers(self.todo.len())
         );
     }
 
@@ -185,7 +185,10 @@ impl Reload {
                 let took = self.began.elapsed().as_millis();
                 return self.end(
                     keeper,
-                    format!("done: {} replaced in {took} ms", workers(self.replaced)),
+                    format!(
+                        "done: {} replaced in {took} ms",
+                        log::workers(self.replaced)
+                    ),
                 );
             };
             match keeper.replace(old) {
@@ -241,7 +244,7 @@ impl Reload {
         let how = format!(
             "stopped: {why}; {} of {} replaced, the other {left} serve on",
             self.replaced,
-            workers(self.replaced + left)
+            log::workers(self.replaced + left)
         );
         self.end(keeper, how);
     }
@@ -255,14 +258,6 @@ impl Reload {
         if std::mem::take(&mut self.queued) {
             self.begin(keeper);
         }
-    }
-}
-
-/// `1 worker`, `3 workers`.
-fn workers(n: usize) -> String {
-    match n {
-        1 => "1 worker".to_string(),
-        n => format!("{n} workers"),
     }
 }
 
@@ -293,11 +288,6 @@ fn answers(id: u32) -> impl FnMut(&Request) -> Response {
 /// as every start of a broken build would.
 fn broken_build(args: &Args) {
     let from = args.get::<u32>("--crash-from-start");
-    match keeper::place() {
-        (1, start) if from > 0 && start >= from => {
-            log!("start {start} of slot 1 fails on purpose (--crash-from-start {from})");
-            std::process::exit(1);
-        }
-        _ => {}
-    }
+    let option = format!("--crash-from-start {from}");
+    keeper::fail_on_purpose(&option, |start| from > 0 && start >= from);
 }

@@ -63,6 +63,8 @@ fn master(args: &Args) -> Outcome {
                 at.saturating_duration_since(Instant::now())
             });
         if let Some(event) = cluster.next_event_timeout(wait) {
+            // Only Ctrl-C or SIGTERM ends this master: unlike chapters 1 to 6, a dead last
+            // worker is replaced, not the end (so `finished_by` sees the stop alone).
             if let Event::Shutdown = event {
                 return Ok(cluster.finished_by(&event).unwrap_or(ExitCode::SUCCESS));
             }

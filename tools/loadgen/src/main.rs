@@ -82,7 +82,8 @@ With --duration SECS, -n is ignored: every client connects and gets a first answ
 within --timeout), a line 'measuring: N of CLIENTS clients answered' is printed, and the
 requests answered in the next SECS seconds are counted. With --hold, the counting starts only
 when a line arrives on standard input, and the connections stay open after the report, idle,
-until standard input closes: time to look at the server, before and after.";
+until standard input closes (with -k, which --hold needs): time to look at the server, before
+and after.";
 
 fn main() -> ExitCode {
     let options = match parse(std::env::args().skip(1).collect()) {
@@ -193,6 +194,9 @@ fn parse(words: Vec<String>) -> Result<Options, String> {
         requests = usize::MAX;
     } else if hold {
         return Err("--hold goes with --duration".into());
+    }
+    if hold && !keep_alive {
+        return Err("--hold keeps kept-alive connections open: add -k".into());
     }
     Ok(Options {
         addr,

@@ -113,7 +113,7 @@ pub fn draw(rows: &[Row]) -> String {
         let (x, y) = (LEFT[i % 2], TOP[i / 2]);
         draw_panel(&mut svg, panel, x, y, rows, &targets, &levels);
     }
-    // The legend, in one row under the panels.
+    // The legend, under the panels.
     let legend_y = TOP[1] + PANEL_H + 62.0;
     // Three to a row: room for the longest label ("process per connection"), centred.
     let step = 270.0;
@@ -143,7 +143,7 @@ pub fn draw(rows: &[Row]) -> String {
         );
     }
     // Why a target stopped where it did.
-    let below = legend_y + 26.0 * targets.len().div_ceil(3) as f64 + 8.0;
+    let below = legend_y + 26.0 * legend_rows + 8.0;
     for (i, row) in stopped.iter().enumerate() {
         let y = below + 18.0 * i as f64;
         let (colour, _, _) = style(&row.target);

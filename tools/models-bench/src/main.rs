@@ -389,6 +389,17 @@ fn nginx_config(level: usize) -> Result<(Scratch, u16), String> {
 }
 
 /// One target at one level: start it, load it, sample it, stop it.
+/// A child that is killed and reaped when dropped (after a normal `wait`, the kill finds
+/// nothing to kill).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn measure(options: &Options, target: &Target, level: usize) -> Result<Row, String> {
     let server = start(options, target, level)?;
     let root = server.child.id();
@@ -399,12 +410,14 @@ fn measure(options: &Options, target: &Target, level: usize) -> Result<Row, Stri
         .args(["--timeout", "30", "--hold", "--duration"])
         .arg(options.duration.as_secs_f64().to_string());
     die_with_us(&mut loadgen);
-    let mut loadgen = loadgen
+    let loadgen = loadgen
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("could not start loadgen: {e}"))?;
+    // Killed and reaped however this function returns, an error included.
+    let mut loadgen = Reaped(loadgen);
+    let loadgen = &mut loadgen.0;
     let stdout = loadgen.stdout.take().ok_or("no stdout from loadgen")?;
     let mut lines = BufReader::new(stdout).lines();
     // Wait for every connection's first answer (loadgen says how many got one).
@@ -412,11 +425,7 @@ fn measure(options: &Options, target: &Target, level: usize) -> Result<Row, Stri
         .by_ref()
         .map_while(Result::ok)
         .find(|l| l.starts_with("measuring:"))
-        .ok_or_else(|| {
-            let _ = loadgen.kill();
-            let _ = loadgen.wait();
-            "loadgen never began measuring".to_string()
-        })?;
+        .ok_or("loadgen never began measuring")?;
     let open: usize = measuring
         .split_whitespace()
         .nth(1)
