@@ -597,6 +597,7 @@ impl Keeper {
             return false;
         };
         let slot = self.books.slot_of(id).unwrap_or(0);
+        self.leaving.remove(&id);
         self.take_slot(new);
         self.books.exited(id, Instant::now());
         log!("slot {slot}: worker {id} died while worker {new} was starting in its place; the slot is worker {new}'s now");

@@ -1028,6 +1028,8 @@ pub fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
 pub enum TcpState {
     Listen,
     TimeWait,
+    /// The peer has sent its FIN (the other side half-closed); this side has not closed.
+    CloseWait,
     Other,
 }
 
@@ -1061,6 +1063,7 @@ pub fn tcp_sockets() -> Vec<TcpSocket> {
                     state: match *columns.get(3)? {
                         "0A" => TcpState::Listen,
                         "06" => TcpState::TimeWait,
+                        "08" => TcpState::CloseWait,
                         _ => TcpState::Other,
                     },
                     inode: columns.get(9)?.parse().ok()?,
@@ -1167,12 +1170,12 @@ pub fn defunct_children(pid: u32) -> Vec<u32> {
 
 /// Asserts that `master` leaves no child `<defunct>`. A child is a zombie for the instant
 /// between its exit and its parent's `waitpid`, so one seen now must be gone soon; one
-/// that is still there after a second was never reaped.
+/// that is still there after the harness's timeout was never reaped.
 #[track_caller]
 pub fn no_defunct_children(master: u32) {
     let mut seen = Vec::new();
     assert!(
-        wait_until(Duration::from_secs(1), || {
+        wait_until(TIMEOUT, || {
             seen = defunct_children(master);
             seen.is_empty()
         }),

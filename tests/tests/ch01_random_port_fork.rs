@@ -218,6 +218,8 @@ fn pin_this_thread_to_one_cpu() {
 /// rounds to 0, and one worker is the least there can be.
 #[test]
 fn workers_as_a_share_of_the_cpus() {
+    // Built before the pin, so that a cold build does not run on one CPU.
+    binary(CH01);
     pin_this_thread_to_one_cpu();
     for (share, expected) in [("100%", 1), ("150%", 2), ("120%", 1), ("10%", 1)] {
         let mut master = Chapter::start(CH01, &["--port", "0", "--workers", share]);

@@ -281,7 +281,8 @@ fn a_worker_over_max_rss_leaves_and_is_replaced() {
     let (_, new_pid) = master.wait_forked(3)[2];
     master.wait_for(&format!("worker {id}'s exit was planned"), TIMEOUT);
     assert!(
-        wait_until(TIMEOUT, || get(addr).body.contains(&new_pid.to_string())),
+        wait_until(TIMEOUT, || parse_hello(&get(addr).body).map(|(p, _)| p)
+            == Some(new_pid)),
         "the replacement (pid {new_pid}) should serve"
     );
     assert!(!pid_alive(pid), "the leaking worker is gone");
@@ -303,7 +304,8 @@ fn exit_without_a_word_is_a_crash_and_the_slot_restarts_at_once() {
     });
     let (_, new_pid) = master.wait_forked(3)[2];
     assert!(
-        wait_until(TIMEOUT, || get(addr).body.contains(&new_pid.to_string())),
+        wait_until(TIMEOUT, || parse_hello(&get(addr).body).map(|(p, _)| p)
+            == Some(new_pid)),
         "the replacement (pid {new_pid}) should serve"
     );
     assert!(!pid_alive(pid));
@@ -363,12 +365,11 @@ fn sigterm_with_twenty_requests_in_flight_answers_them_all_then_everything_exits
             stream
         })
         .collect();
-    // Every one has reached a worker, which holds its first half. (A worker's sockets are
-    // its IPC channel and its connections.)
+    // Every one has reached a worker, which holds its first half.
     let mut held = 0;
     assert!(
         wait_until(TIMEOUT, || {
-            held = pids.iter().map(|pid| socket_inodes(*pid).len() - 1).sum();
+            held = pids.iter().map(|pid| tcp_connections_of(*pid)).sum();
             held == 20
         }),
         "the workers should hold the 20 connections, not {held}"

@@ -93,7 +93,11 @@ fn a_hung_worker_is_killed_within_about_three_beats_and_replaced_while_the_other
 
 #[test]
 fn a_worker_slow_for_less_than_two_beats_is_not_killed() {
-    let (master, addr, forked) = start(2, &[]);
+    // Slower beats than the other tests: between the end of the sleep and the next beat
+    // the worker must get a CPU and answer, and 250 ms leaves room for a busy machine.
+    const BEAT_MS: u64 = 500;
+    let beat = BEAT_MS.to_string();
+    let (master, addr, forked) = Chapter::start_cluster(CH08, 2, &["--heartbeat-ms", &beat]);
     let path = format!("/sleep?ms={}", BEAT_MS * 3 / 2);
     let body = get_path(addr, &path, &forked);
     let (id, pid) = *forked
@@ -174,7 +178,12 @@ fn stopping_with_a_hung_worker_drains_the_others_and_kills_it_at_the_timeout() {
     // Requests until one is handed to the stuck worker, which never takes it: the
     // master holds it for that worker, and its client waits.
     let mut lost = Vec::new();
+    let give_up = std::time::Instant::now() + TIMEOUT;
     while lost.is_empty() {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "no request went to the stuck worker: the master hands it nothing"
+        );
         let mut stream = connect(addr).expect("connect");
         write_request(&mut stream, "/", false).expect("send a request");
         stream

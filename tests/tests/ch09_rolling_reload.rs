@@ -542,7 +542,8 @@ fn new_workers_run_the_rebuilt_binary_and_old_ones_the_one_they_started_with() {
 #[test]
 fn a_broken_build_stops_the_reload_and_a_fixed_one_goes_through() {
     let install = Install::new("broken");
-    let (master, addr, old) = install.start(2, &["--listen-timeout", "1"]);
+    // 3 s: long enough for the good build at the end to serve on a busy machine.
+    let (master, addr, old) = install.start(2, &["--listen-timeout", "3"]);
     let load = SteadyLoad::start(addr);
     load.wait_for_more(20);
 
@@ -564,7 +565,7 @@ fn a_broken_build_stops_the_reload_and_a_fixed_one_goes_through() {
     assert!(
         stopped.contains(&format!(
             "worker {silent}, started to replace worker {}, did not serve within \
-             --listen-timeout 1 s",
+             --listen-timeout 3 s",
             old[0].0
         )),
         "{stopped}"

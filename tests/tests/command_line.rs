@@ -16,6 +16,9 @@ use shared::spawn::{CHANNEL_FD_VAR, WORKER_ID_VAR};
 /// worker forked.
 #[track_caller]
 fn refused(package: &str, args: &[&str], expected: &str) {
+    // `--port 0` first: if the check ever stopped refusing, no fixed port would be taken.
+    let args = [&["--port", "0"], args].concat();
+    let args = args.as_slice();
     let (status, stdout, stderr) = run_to_end(package, args);
     assert_eq!(
         status.code(),
@@ -228,7 +231,8 @@ fn a_worker_id_that_is_not_a_number_is_refused() {
 
 #[test]
 fn a_channel_fd_that_is_a_pipe_is_refused() {
-    let (read, write) = nix::unistd::pipe().expect("pipe");
+    // Close-on-exec: other tests start processes in parallel, which must not inherit it.
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
     let fd = read.as_raw_fd().to_string();
     worker_refuses(
         "ch02-ipc-messaging",

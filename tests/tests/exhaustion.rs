@@ -372,7 +372,10 @@ fn a_client_that_never_reads_cannot_grow_a_worker() {
 }
 
 /// A client that fills the worker's output, half-closes (or asks to close) and then never
-/// reads: the worker must not spin on it, and must close it after the idle timeout.
+/// reads: the worker must not spin on it, and must close it after the idle timeout. (This
+/// is the recipe that used to spin a worker. With backpressure, the worker stops reading
+/// long before the end, so the FIN or the close request waits behind unread requests; the
+/// next test sends few enough requests that the FIN reaches the worker.)
 #[track_caller]
 fn never_reads_then(finish: impl FnOnce(&mut TcpStream)) {
     let (_master, worker, addr) = one_worker("5");
@@ -398,6 +401,43 @@ fn a_client_that_half_closes_and_never_reads_costs_no_cpu() {
     never_reads_then(|stream| {
         stream.shutdown(Shutdown::Write).expect("half-close");
     });
+}
+
+/// Requests that all fit in the worker's receive buffer, then a FIN: the worker sees the
+/// end of its input (its side of the connection is in CLOSE_WAIT) while it may still have
+/// answers to write to a client that reads nothing. It must not spin on that end, and the
+/// connection must go: closed once the answers are handed to the kernel, or at the idle
+/// timeout if they never can be.
+#[test]
+fn a_client_that_half_closes_after_a_few_requests_is_closed_without_spinning() {
+    let (_master, worker, addr) = one_worker("5");
+    let mut stream = connect_small_window(addr);
+    let requests = pipelined(2_000);
+    assert_eq!(
+        write_until_blocked(&mut stream, &requests),
+        requests.len(),
+        "2,000 requests (54 KB) should all reach the worker's receive buffer"
+    );
+    let port = stream.local_addr().expect("our address").port();
+    stream.shutdown(Shutdown::Write).expect("half-close");
+    let close_wait = || {
+        tcp_sockets()
+            .iter()
+            .any(|s| s.remote.port() == port && s.state == TcpState::CloseWait)
+    };
+    // Either the worker's side is seen in CLOSE_WAIT, or it has already closed it.
+    assert!(
+        wait_until(TIMEOUT, || close_wait() || tcp_connections_of(worker) == 0),
+        "the worker's side of the connection should see our FIN (CLOSE_WAIT)"
+    );
+    settles(
+        worker,
+        "a worker whose client half-closed and reads nothing",
+    );
+    assert!(
+        wait_until(TIMEOUT, || tcp_connections_of(worker) == 0),
+        "the worker should close the connection: its client has finished sending"
+    );
 }
 
 #[test]
