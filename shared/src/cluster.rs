@@ -321,7 +321,7 @@ impl Cluster {
 
     /// Adds one of the chapter's own fds to the master's loop: when it is readable,
     /// [`Cluster::next_event`] returns [`Event::Ready`]`(token)`. `token` must be below
-    /// [`FIRST_CHANNEL`]. The fd stays watched until [`Cluster::unwatch`] or its close.
+    /// [`FIRST_CHANNEL`]. The fd stays watched until `Cluster::unwatch` or its close.
     pub fn watch(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
         assert!(token < FIRST_CHANNEL, "token {token} is the cluster's own");
         self.epoll

@@ -12,11 +12,11 @@
 //! - [`leave`] is that sequence: the message `leaving WHY` to the master, then
 //!   [`Server::drain`];
 //! - [`on_panic`] calls it from the server's crash hook, our `uncaughtException`;
-//! - [`memory_limit`] checks the worker's resident memory every second (`--max-rss`);
+//! - `memory_limit` checks the worker's resident memory every second (`--max-rss`);
 //! - [`from_master`] obeys the master's `drain`, the same exit ordered from outside
 //!   (Ctrl-C on the master), and `drain MS`, chapter 9's: the worker is replaced while
 //!   the service goes on, so an idle connection gets MS milliseconds for one more
-//!   request ([`Server::drain_lingering`]);
+//!   request (`Server::drain_lingering`);
 //! - [`serve`] puts them together with chapter 6's round-robin worker: the worker of
 //!   chapters 7 to 9.
 

@@ -4,8 +4,8 @@
 //!
 //! Explained in chapter 6 (Node's default, "method 1"), and used by the masters of
 //! chapters 7 to 9, which keep serving this way while they restart and reload workers:
-//! chapter 7 adds [`RoundRobin::retire`] (a worker on its way out gets no more
-//! connections, but what it was sent is still its own) and [`RoundRobin::stop_listening`].
+//! chapter 7 adds `RoundRobin::retire` (a worker on its way out gets no more
+//! connections, but what it was sent is still its own) and `RoundRobin::stop_listening`.
 //!
 //! Node's master keeps one `RoundRobinHandle` per address its workers asked for
 //! (`lib/internal/cluster/round_robin_handle.js`); so do we, one [`RoundRobin`] per key.

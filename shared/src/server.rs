@@ -2,7 +2,7 @@
 //!
 //! Explained in chapter 1 (the event loop) and chapter 2 (the IPC channel in the same loop);
 //! chapter 7 drains it, and chapter 9 lets a drain linger for a last request
-//! ([`Server::drain_lingering`]).
+//! (`Server::drain_lingering`).
 //!
 //! A Node process runs all its JavaScript on one thread: libuv waits on epoll for any
 //! socket that is ready, runs the callback for it, and goes back to waiting. That is what
