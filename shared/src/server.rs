@@ -607,6 +607,9 @@ impl Server {
         let mut crash = None;
         while !broken {
             let buffered = conn.input.len();
+            // While the answers waiting reach the limit, `answer` leaves every request
+            // it has read for later.
+            let held_back = conn.output.len() >= OUTPUT_LIMIT;
             crash = crash.or(answer(
                 conn,
                 &mut self.handler,
@@ -616,9 +619,12 @@ impl Server {
                 self.draining,
             ));
             broken = conn.send(self.idle_timeout).is_err();
-            // If that made room, requests already buffered can be answered now: epoll will
-            // not wake us for bytes we have already read.
-            if conn.input.len() == buffered || !conn.output.is_empty() {
+            // Everything went out: requests already read can be answered now, and nothing
+            // else will prompt it, since epoll never wakes us for bytes we have already
+            // read. A loop that stopped here whenever this pass answered nothing would
+            // leave a pass held back by the limit unanswered for good, its client waiting.
+            let answered = conn.input.len() != buffered;
+            if !conn.output.is_empty() || !(answered || held_back) {
                 break;
             }
         }

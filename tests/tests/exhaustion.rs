@@ -5,7 +5,7 @@
 //! CPU and memory appear here only as generous bounds that cannot flake: a spinning
 //! process uses most of a CPU, a waiting one almost none.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex};
@@ -542,4 +542,42 @@ fn an_idle_worker_does_not_wake_up() {
     );
     // And it still answers.
     assert!(get(addr).body.contains("Hello world by"));
+}
+
+/// A client that pipelines many requests and reads the answers slowly. The worker stops
+/// reading while 64 KiB of answers wait unsent; once the client takes them, the requests
+/// it had already read must be answered too, although no new byte arrives to wake it.
+/// That happens at the end of a stream, so the test runs several.
+#[test]
+fn answers_held_back_by_a_slow_reader_all_go_out_when_it_reads() {
+    let (_master, _worker, addr) = one_worker("30");
+    let mut stream = connect_small_window(addr);
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    write_request(&mut stream, "/", true).expect("the first request");
+    let first = read_response(&mut stream).expect("the first answer");
+    let answer = shared::http::Response::ok(first.body.clone()).to_bytes(true);
+    // Enough answers to fill the worker's socket buffer (a few MB on loopback) and stop it.
+    const N: usize = 40_000;
+    let mut answers = vec![0u8; N * answer.len()];
+    for round in 1..=10 {
+        let mut writer = stream.try_clone().expect("a second handle for the writer");
+        writer
+            .set_write_timeout(Some(TIMEOUT))
+            .expect("write timeout");
+        let sending = std::thread::spawn(move || writer.write_all(&pipelined(N)));
+        if let Err(e) = stream.read_exact(&mut answers) {
+            panic!("round {round}: the answers to {N} pipelined requests stopped coming: {e}");
+        }
+        sending
+            .join()
+            .expect("the writer panicked")
+            .expect("sending the requests");
+        assert!(
+            answers.chunks(answer.len()).all(|a| a == answer),
+            "round {round}: an answer differs from {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
 }
