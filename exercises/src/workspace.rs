@@ -205,11 +205,16 @@ mod tests {
     use super::*;
     use crate::registry::{find, EXERCISES};
 
-    /// A throwaway copy of one exercise's file in a workspace of its own.
-    fn scratch(e: &Exercise) -> Workspace {
+    /// A throwaway copy of one exercise's file in a workspace of its own. `test` names the
+    /// test that asks: tests run in parallel in one process, and two that shared a
+    /// scratch copy of the same exercise would start and reset each other's.
+    fn scratch(test: &str, e: &Exercise) -> Workspace {
         let real = Workspace::new();
-        let root =
-            std::env::temp_dir().join(format!("exercise-ws-{}-{}", std::process::id(), e.name));
+        let root = std::env::temp_dir().join(format!(
+            "exercise-ws-{}-{test}-{}",
+            std::process::id(),
+            e.name
+        ));
         let _ = fs::remove_dir_all(&root);
         let file = root.join(e.file);
         fs::create_dir_all(file.parent().unwrap()).unwrap();
@@ -220,7 +225,7 @@ mod tests {
     #[test]
     fn start_reset_and_hints_keep_their_state_in_target() {
         let e = find("ch04-limit").unwrap();
-        let ws = scratch(e);
+        let ws = scratch("hints", e);
         let original = fs::read(ws.path(e)).unwrap();
         assert_eq!(ws.status(e).unwrap(), Status::Reference);
         assert_eq!(ws.hint_level(e), 0);
@@ -256,7 +261,7 @@ mod tests {
     #[test]
     fn every_exercise_starts_and_resets_byte_for_byte() {
         for e in EXERCISES {
-            let ws = scratch(e);
+            let ws = scratch("every", e);
             let original = fs::read(ws.path(e)).unwrap();
             ws.start(e).unwrap_or_else(|err| panic!("{err}"));
             assert!(region::is_starter(ws.read(e).unwrap().inner(), e.name));
