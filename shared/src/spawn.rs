@@ -170,9 +170,9 @@ fn prepare_child(inherit: Option<i32>, master: u32) -> io::Result<()> {
     // left serving on its own. SIGKILL rather than SIGTERM: a running worker dies of
     // either (it does not catch SIGTERM), but a stopped one (kill -STOP) would keep
     // SIGTERM pending until something continued it, and with its master gone nothing
-    // would. SIGKILL cannot be blocked or caught, and ends a stopped process too. If the
-    // master already died before this line ran, our parent is no longer the master: give
-    // up now.
+    // may ever do so. SIGKILL cannot be blocked or caught, and ends a stopped process
+    // too. If the master already died before this line ran, our parent is no longer the
+    // master: give up now.
     #[cfg(target_os = "linux")]
     {
         // SAFETY: prctl and getppid take plain integers; _exit never returns.
