@@ -20,8 +20,8 @@
 //!   nothing but the log: the old one keeps its slot, and the books count no crash.
 //!
 //! A child is reaped the moment it exits (the cluster's `waitpid` thread), so none is
-//! ever left `<defunct>`; and a worker dies with its master, even one killed with
-//! SIGKILL (`PR_SET_PDEATHSIG`, chapter 1).
+//! ever left `<defunct>`; and a worker dies with its master, even a master killed with
+//! SIGKILL and a worker stopped with SIGSTOP (`PR_SET_PDEATHSIG` with SIGKILL, chapter 1).
 
 use std::collections::{BTreeMap, HashSet};
 use std::io;

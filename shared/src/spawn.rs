@@ -166,14 +166,18 @@ fn prepare_child(inherit: Option<i32>, master: u32) -> io::Result<()> {
     // master alone decides how they stop: SIGTERM, in order, with their exits logged.
     // SAFETY: signal() with SIG_IGN is async-signal-safe and touches no memory.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-    // Ask the kernel to send us SIGTERM when the master dies, even by kill -9, so no
-    // worker is left serving on its own. If the master already died before this line ran,
-    // our parent is no longer the master: give up now.
+    // Ask the kernel to kill us when the master dies, even by kill -9, so no worker is
+    // left serving on its own. SIGKILL rather than SIGTERM: a running worker dies of
+    // either (it does not catch SIGTERM), but a stopped one (kill -STOP) would keep
+    // SIGTERM pending until something continued it, and with its master gone nothing
+    // may ever do so. SIGKILL cannot be blocked or caught, and ends a stopped process
+    // too. If the master already died before this line ran, our parent is no longer the
+    // master: give up now.
     #[cfg(target_os = "linux")]
     {
         // SAFETY: prctl and getppid take plain integers; _exit never returns.
         unsafe {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
                 return Err(io::Error::last_os_error());
             }
             if libc::getppid() as u32 != master {

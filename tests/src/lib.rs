@@ -9,6 +9,7 @@
 //! |---|---|
 //! | [`binary`] | builds a chapter's package (once per test process) and returns its path |
 //! | [`Chapter::start`] | starts the binary as a master, in its own process group |
+//! | [`Chapter::start_in_session`] | the same, in a session of its own (`setsid`), as a service is started |
 //! | [`Chapter::start_worker`] | starts it as worker 1, the test playing its master |
 //! | [`Chapter::wait_for`] and friends | wait for a log line, with a timeout |
 //! | [`Chapter::wait_master_ready`], [`Chapter::wait_forked`] | the same, for a master's lines |
@@ -310,10 +311,49 @@ impl Chapter {
         Chapter::spawn(name, command)
     }
 
-    fn spawn(name: &str, mut command: Command) -> Chapter {
-        raise_fd_limit();
+    /// Starts `package`'s binary as a master with `args`, as [`Chapter::start`] does, but
+    /// in a session of its own (`setsid`), as a service manager or `setsid(1)` starts a
+    /// server. It leads its own process group all the same, so dropping it kills the group.
+    ///
+    /// The difference shows when the master dies while one of its workers is stopped. When
+    /// a process group is *orphaned* (no member has a parent in the same session outside
+    /// the group: no shell is left to continue a stopped job) and one of its members is
+    /// stopped, the kernel sends every member SIGHUP, then SIGCONT. The group
+    /// [`Chapter::start`] makes sits in the tests' session with the test as the master's
+    /// parent, so the master's death orphans it, and that SIGHUP ends a stopped worker
+    /// whatever its parent-death signal. A master in a session of its own, as a service
+    /// runs, gets no such help.
+    #[track_caller]
+    pub fn start_in_session(package: &str, args: &[&str]) -> Chapter {
+        let mut command = Command::new(binary(package));
         command
-            .process_group(0)
+            .args(args)
+            .env_remove(shared::spawn::WORKER_ID_VAR)
+            .env_remove(shared::spawn::CHANNEL_FD_VAR);
+        // SAFETY: runs in the child between fork and exec; setsid is async-signal-safe and
+        // the closure allocates nothing. The child is no group leader yet (spawn_in below
+        // skips process_group for it), so setsid succeeds.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Chapter::spawn_in(&format!("{package} (setsid)"), command, Group::Session)
+    }
+
+    fn spawn(name: &str, command: Command) -> Chapter {
+        Chapter::spawn_in(name, command, Group::Own)
+    }
+
+    fn spawn_in(name: &str, mut command: Command, group: Group) -> Chapter {
+        raise_fd_limit();
+        if group == Group::Own {
+            command.process_group(0);
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -561,10 +601,19 @@ impl Chapter {
     }
 }
 
+/// Where [`Chapter::spawn_in`] puts the started process: leading a process group of its
+/// own in the tests' session, or leading a session of its own (and so its group too).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Group {
+    Own,
+    Session,
+}
+
 impl Drop for Chapter {
     fn drop(&mut self) {
-        // The group's id is the started process's pid (process_group(0)). Its workers are
-        // in the group even if it already exited, so kill the group regardless.
+        // The group's id is the started process's pid (process_group(0), or setsid). Its
+        // workers are in the group even if it already exited, and stay in it when they are
+        // re-parented, so kill the group regardless: SIGKILL ends a stopped one too.
         let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
         if self.status.is_none() {
             let _ = self.child.kill();

@@ -162,11 +162,12 @@ fn child(
         libc::close(signals.write_fd);
     }
     default_signals();
-    // Die with the parent, even if it is killed with kill -9 and cannot stop us itself.
+    // Die with the parent, even if it is killed with kill -9 and cannot stop us itself:
+    // by SIGKILL, which ends a stopped child too (SIGTERM would wait for a SIGCONT).
     #[cfg(target_os = "linux")]
     // SAFETY: prctl and getppid take plain integers.
     unsafe {
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1
             || libc::getppid() as u32 != parent
         {
             libc::_exit(1);
