@@ -143,8 +143,9 @@ pub fn rss_bytes() -> std::io::Result<u64> {
 
 /// The worker of chapters 7 to 9: chapter 6's round-robin worker (it asks the master to
 /// listen, and takes the connections it is handed), answering with `handler`, that leaves
-/// gracefully on a panic, over `--max-rss`, or when the master says `drain`. Messages of
-/// the chapter's own go to `on_message`.
+/// gracefully on a panic, over `--max-rss`, or when the master says `drain`. After its
+/// last `queryServer` it says `ready`: the master knows then of every address it wants.
+/// Messages of the chapter's own go to `on_message`.
 // ANCHOR: serve
 pub fn serve(
     id: u32,
@@ -167,6 +168,8 @@ pub fn serve(
     let server = memory_limit(on_panic(server), args.get("--max-rss"));
     server.send("online");
     round_robin::listen_via_master(&server, args);
+    // Every address asked for: once the master has answered them all, count on us.
+    server.send("ready");
     server.run()?;
     Ok(exit_code())
 }

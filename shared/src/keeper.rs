@@ -17,7 +17,17 @@
 //! - a worker **forked to replace another** ([`Keeper::replace`], chapter 9) is on trial:
 //!   the slot stays the old worker's until the new one serves and the chapter calls
 //!   [`Keeper::drain`] on the old one. A new worker that dies before it serves changes
-//!   nothing but the log: the old one keeps its slot, and the books count no crash.
+//!   nothing but the log: the old one keeps its slot, and the books count no crash;
+//! - a worker asks for an address the master **cannot bind** (`Keeper::cannot_bind`):
+//!   the master's own failure, which no restart can fix. While the master starts, it
+//!   stops every worker and exits 1 with the error, as chapters 1 to 6 do; later, only
+//!   what asked stops: that worker leaves without serving, its slot (if it had one) is
+//!   given up, and chapter 9's reload stops ([`Keeper::refused`]).
+//!
+//! A worker serves once it has said `ready` (it has asked for every address it listens
+//! on: PM2's `process.send('ready')`) and the master has answered each of its
+//! `queryServer`s by adding it to the handle. Its messages come in order, so by `ready`
+//! the master knows of every address it wants, and of any it could not have.
 //!
 //! A child is reaped the moment it exits (the cluster's `waitpid` thread), so none is
 //! ever left `<defunct>`; and a worker dies with its master, even a master killed with
@@ -35,6 +45,7 @@ use crate::args::{Args, Cli, Seconds};
 use crate::cluster::{Cluster, Event};
 use crate::log;
 use crate::log::serve;
+use crate::net::ListenError;
 use crate::round_robin::{Handles, Heard};
 use crate::supervisor::{Policy, Supervisor, Verdict};
 
@@ -186,6 +197,11 @@ pub struct Keeper {
     starting: HashSet<u32>,
     /// Workers forked by [`Keeper::replace`] that have not taken their slot yet.
     trials: BTreeMap<u32, Trial>,
+    /// Workers that have said `ready`: they have asked for every address they listen on.
+    asked_all: HashSet<u32>,
+    /// Workers that asked for an address the master could not bind, after the start: the
+    /// address, until their exit.
+    refused: BTreeMap<u32, String>,
     ready: bool,
     stopping: bool,
 }
@@ -217,6 +233,8 @@ impl Keeper {
             leaving: BTreeMap::new(),
             starting: HashSet::new(),
             trials: BTreeMap::new(),
+            asked_all: HashSet::new(),
+            refused: BTreeMap::new(),
             ready: false,
             stopping: false,
         };
@@ -328,7 +346,11 @@ impl Keeper {
         match event {
             Event::Shutdown => return Some(self.stop()),
             Event::Ready(token) => self.handles.accept(token, &self.cluster),
-            Event::Message { id, message } => self.message(id, &message.text),
+            Event::Message { id, message } => {
+                if let Some(code) = self.message(id, &message.text) {
+                    return Some(code);
+                }
+            }
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
             Event::Exit { id, .. } => return self.exited(id),
             Event::Signal(_) => {}
@@ -338,21 +360,35 @@ impl Keeper {
     }
     // ANCHOR_END: handle
 
-    /// A message from worker `id`: the round-robin's, or one of the keeper's own.
+    /// A message from worker `id`: the round-robin's, or one of the keeper's own. Returns
+    /// the exit code if it ends the master: an address it cannot bind while it starts.
     // ANCHOR: message
-    fn message(&mut self, id: u32, text: &str) {
+    fn message(&mut self, id: u32, text: &str) -> Option<ExitCode> {
+        // An address no handle has yet: the keeper binds it first, and decides itself what
+        // a failure means (chapter 6 would pass the error on to the worker).
+        if let Some(("queryServer", key)) = text.split_once(' ') {
+            if let Err(error) = self.handles.bind_new(&self.cluster, id, key) {
+                return self.cannot_bind(id, key, error);
+            }
+        }
         let heard = self.handles.on_message(&mut self.cluster, id, text);
         match (heard, text.split_once(' ')) {
             (Heard::Joined { .. }, _) => self.joined(id),
+            (Heard::Other, _) if text == "ready" => {
+                self.asked_all.insert(id);
+                self.joined(id);
+            }
             (Heard::Other, Some(("leaving", why))) => self.leave(id, why),
             (Heard::Other, _) if text == "online" => log!("worker {id} online"),
             (Heard::Other, _) => log!("unexpected message from worker {id}: {text}"),
             (Heard::Handled | Heard::Refused { .. }, _) => {}
         }
+        None
     }
     // ANCHOR_END: message
 
-    /// Worker `id` now serves every address it asked for.
+    /// Worker `id` has joined a handle, or said `ready`: it serves once both are done for
+    /// every address.
     fn joined(&mut self, id: u32) {
         // One already on its way out gets no connection (chapter 9's new worker that joins
         // just after its deadline), as Node's master ignores a disconnecting worker's
@@ -361,7 +397,7 @@ impl Keeper {
             self.handles.retire(id);
             return;
         }
-        if self.handles.served_by(id) < self.ports {
+        if !self.serving(id) {
             return;
         }
         if let Some(trial) = self.trials.get(&id) {
@@ -468,11 +504,11 @@ impl Keeper {
     }
     // ANCHOR_END: replace
 
-    /// Whether worker `id` serves every address its workers listen on: it has joined the
-    /// round-robin, and is not on its way out.
+    /// Whether worker `id` serves every address its workers listen on: it has said `ready`,
+    /// it has joined the round-robin, and it is not on its way out.
     // ANCHOR: serving
     pub fn serving(&self, id: u32) -> bool {
-        self.handles.served_by(id) == self.ports
+        self.asked_all.contains(&id) && self.handles.served_by(id) == self.ports
     }
     // ANCHOR_END: serving
 
@@ -532,6 +568,62 @@ impl Keeper {
     }
     // ANCHOR_END: terminate
 
+    /// The master could not bind `key`, which worker `id` asked for. It is the master's
+    /// failure, not the worker's: a port another program holds, a port below 1024, an
+    /// address this machine does not have. Restarting workers cannot fix any of them.
+    ///
+    /// While the master starts (no ready line yet), that is the end: every worker is
+    /// stopped, and the master exits 1 with the error, as chapters 1 to 6 do. Later, a
+    /// worker that asks for an address the first ones did not runs a new program (a
+    /// restart or a reload after a rebuild), and only what asked for it stops: the worker
+    /// leaves as chapter 7's do and never serves; a reload's new worker leaves the old one
+    /// its slot ([`Keeper::refused`] tells chapter 9 to stop the reload); a slot's worker
+    /// has its slot given up, since every worker started in it would ask again. Reported
+    /// once, and no crash counted.
+    // ANCHOR: cannot_bind
+    fn cannot_bind(&mut self, id: u32, key: &str, error: ListenError) -> Option<ExitCode> {
+        if !self.ready {
+            self.cluster.shutdown(self.kill_timeout);
+            log!("error: {error}");
+            return Some(ExitCode::FAILURE);
+        }
+        let what = if let Some(trial) = self.trials.remove(&id) {
+            format!("worker {} keeps slot {}", trial.old, trial.slot)
+        } else if let Some(slot) = self.books.give_up(id) {
+            let (left, all) = (self.books.in_service(), self.workers);
+            format!(
+                "slot {slot} is given up, as every worker started in it would ask again; \
+                 {left} of {all} slots still serve"
+            )
+        } else {
+            "it held no slot".to_string()
+        };
+        log!(
+            "worker {id} asked for {key}, which the master cannot bind: {error}. It leaves \
+             without serving; {what}"
+        );
+        self.refused.insert(id, key.to_string());
+        if !self.leaving.contains_key(&id) {
+            self.handles.retire(id);
+            self.on_its_way_out(id, &format!("refused {key}"), true);
+            self.send(id, "drain");
+        }
+        match self.books.in_service() {
+            0 => {
+                log!("every slot has been given up: nothing is left to serve; the master exits");
+                Some(ExitCode::FAILURE)
+            }
+            _ => None,
+        }
+    }
+    // ANCHOR_END: cannot_bind
+
+    /// The address worker `id` asked for and the master could not bind, after the start
+    /// (`cannot_bind`): that worker never serves. `None` for every other worker.
+    pub fn refused(&self, id: u32) -> Option<&str> {
+        self.refused.get(&id).map(String::as_str)
+    }
+
     /// The workers that serve, or are starting to: alive and not on their way out.
     pub fn active(&self) -> Vec<u32> {
         let mut ids = self.cluster.ids();
@@ -550,7 +642,8 @@ impl Keeper {
     fn exited(&mut self, id: u32) -> Option<ExitCode> {
         self.handles.remove(id);
         self.starting.remove(&id);
-        if self.replaced(id) {
+        self.asked_all.remove(&id);
+        if self.replaced(id) || self.was_refused(id) {
             return None;
         }
         let slot = self.books.slot_of(id);
@@ -601,6 +694,18 @@ impl Keeper {
         self.take_slot(new);
         self.books.exited(id, Instant::now());
         log!("slot {slot}: worker {id} died while worker {new} was starting in its place; the slot is worker {new}'s now");
+        true
+    }
+
+    /// The exit of a worker `cannot_bind` sent away: planned, and its slot, if it
+    /// had one, already given up. True if `id` was one.
+    fn was_refused(&mut self, id: u32) -> bool {
+        let Some(key) = self.refused.remove(&id) else {
+            return false;
+        };
+        self.leaving.remove(&id);
+        self.books.exited(id, Instant::now());
+        log!("worker {id}'s exit was planned: the master could not bind {key} for it");
         true
     }
 

@@ -438,6 +438,24 @@ impl Handles {
     }
     // ANCHOR_END: query_server
 
+    /// Binds `key` for worker `id` if no handle has it yet, as [`Handles::query_server`]
+    /// does, but answers nobody and tells nobody why it failed: the caller decides what a
+    /// failed bind means (chapter 7's keeper). The request, handled next, finds its handle.
+    pub(crate) fn bind_new(
+        &mut self,
+        cluster: &Cluster,
+        id: u32,
+        key: &str,
+    ) -> Result<(), ListenError> {
+        if self.handles.iter().any(|h| h.key() == key) {
+            return Ok(());
+        }
+        let handle = RoundRobin::bind(key, cluster, self.handles.len() as u64)?;
+        log!("worker {id} asked for {key}: bound it, round-robin");
+        self.handles.push(handle.with_weights(self.weights.clone()));
+        Ok(())
+    }
+
     /// The listening socket watched with `token` is readable.
     pub fn accept(&mut self, token: u64, cluster: &Cluster) {
         if let Some(handle) = self.handles.get_mut(token as usize) {

@@ -169,6 +169,17 @@ impl Supervisor {
         Some(slot)
     }
 
+    /// Gives up worker `id`'s slot now, with no restart: its workers need what no restart
+    /// can bring (chapter 7: an address the master cannot bind). Returns the slot.
+    pub fn give_up(&mut self, id: u32) -> Option<usize> {
+        let slot = self.slot_of(id)?;
+        let s = &mut self.slots[slot - 1];
+        s.worker = None;
+        s.restart_at = None;
+        s.given_up = true;
+        Some(slot)
+    }
+
     /// Worker `id` exited: decide what becomes of its slot.
     // ANCHOR: exited
     pub fn exited(&mut self, id: u32, now: Instant) -> Verdict {
@@ -402,6 +413,20 @@ mod tests {
         sup.started(1, 8, t);
         assert_eq!(sup.exited(7, t), Verdict::Planned);
         assert_eq!(sup.slot_of(8), Some(1));
+    }
+
+    #[test]
+    fn a_slot_given_up_at_once_is_never_restarted() {
+        let mut sup = Supervisor::new(2, quick());
+        let t = Instant::now();
+        sup.started(1, 1, t);
+        sup.started(2, 2, t);
+        assert_eq!(sup.give_up(1), Some(1));
+        assert_eq!(sup.give_up(1), None, "worker 1 holds no slot any more");
+        assert_eq!(sup.in_service(), 1);
+        assert_eq!(sup.exited(1, t), Verdict::Planned, "its exit is no crash");
+        assert_eq!(sup.next_due(), None, "and no restart is due");
+        assert_eq!(sup.slot_of(2), Some(2));
     }
 
     #[test]

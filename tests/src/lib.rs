@@ -25,6 +25,7 @@
 //! | [`accept_queue`] | how many connections wait in a listening socket's accept queue |
 //! | [`SteadyLoad`] | one request after another from a thread, recording who answered each |
 //! | [`defunct_children`], [`no_defunct_children`] | children exited but not reaped (`<defunct>` in `ps`) |
+//! | [`refused_at_start`] | a master of chapters 7 to 9 on a port another program holds: one error line, exit 1, nothing left |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -644,6 +645,57 @@ pub fn run_to_end(package: &str, args: &[&str]) -> (ExitStatus, String, String) 
         Ok(()) => unreachable!("the predicate never matches"),
     };
     (status, stdout, stderr)
+}
+
+/// Starts `package` (a master of chapters 7 to 9) with `--port PORTS --workers 2`, where
+/// `busy` (one of `ports`) is held by another program, and checks that the master refuses
+/// at once: exit 1 with one error line, the same one the other chapters print, its two
+/// workers stopped, and nothing restarted, backed off or given up (the way a master that
+/// took its own failure for its workers' crashes would take 8 s to end). Not a timing: the
+/// proof is that no worker beyond the first two was started.
+#[track_caller]
+pub fn refused_at_start(package: &str, ports: &str, busy: u16) {
+    let mut master = Chapter::start(package, &["--port", ports, "--workers", "2"]);
+    let status = master.wait_exit(TIMEOUT);
+    let lines = master.wait_output_closed(TIMEOUT);
+    let all = lines.join("\n");
+    assert_eq!(status.code(), Some(1), "{}\n{all}", describe(status));
+    let errors: Vec<&String> = lines.iter().filter(|l| l.contains("EADDRINUSE")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {all}");
+    let expected = format!(
+        "] error: listen EADDRINUSE: address already in use 127.0.0.1:{busy} (errno 98): \
+         another process holds this port; try --port 0 for a free one"
+    );
+    assert!(
+        errors[0].ends_with(&expected) && parse_master(errors[0]).is_some(),
+        "the master's error, as chapters 1 to 6 and 10 print it: {all}"
+    );
+    assert_eq!(lines.last(), Some(errors[0]), "the last word: {all}");
+    let forked: Vec<(u32, u32)> = lines.iter().filter_map(|l| parse_forked(l)).collect();
+    assert_eq!(forked.len(), 2, "the two workers and no other: {all}");
+    for retry in [
+        "restart in",
+        "starting a new worker",
+        "given up",
+        "could not start",
+    ] {
+        assert!(!all.contains(retry), "no retry ('{retry}'): {all}");
+    }
+    for (id, pid) in &forked {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("worker {id} (pid {pid}) "))
+                    && (l.contains(" was killed by ") || l.contains(" exited with code "))),
+            "worker {id}'s end is logged: {all}"
+        );
+    }
+    // The master waited for each exit: nothing of its process group is left.
+    assert_eq!(
+        killpg(Pid::from_raw(master.pid() as i32), None),
+        Err(nix::errno::Errno::ESRCH),
+        "a process of the master's group is left: {all}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

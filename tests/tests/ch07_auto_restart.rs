@@ -416,3 +416,137 @@ fn a_master_killed_with_sigkill_leaves_no_worker_behind() {
         );
     }
 }
+
+/// A port another program holds is the master's failure, not its workers': the first
+/// `queryServer` for it fails in the master, and no restart can free the port. The master
+/// stops its workers and exits 1 with one error line, without restarting anything, the
+/// port asked for alone or after one it could bind.
+#[test]
+fn a_port_held_by_another_program_ends_the_start_at_once_with_one_error_line() {
+    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let busy = other.local_addr().expect("its address").port();
+    refused_at_start(CH07, &busy.to_string(), busy);
+    refused_at_start(CH07, &format!("0,{busy}"), busy);
+}
+
+/// Chapter 7's binary copied into a directory of its own: a worker started later runs
+/// what is at that path then, as after a rebuild. The directory is removed on drop.
+struct Copy {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl Copy {
+    fn new(test: &str) -> Copy {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("ch07-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a directory for the copy");
+        let path = dir.join(CH07);
+        std::fs::copy(binary(CH07), &path).expect("copy the binary");
+        Copy { dir, path }
+    }
+
+    /// Starts the copy as in [`Chapter::start_cluster`].
+    #[track_caller]
+    fn start(&self, workers: usize) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
+        let mut command = std::process::Command::new(&self.path);
+        command
+            .args(["--port", "0", "--workers", &workers.to_string()])
+            .env_remove(shared::spawn::WORKER_ID_VAR)
+            .env_remove(shared::spawn::CHANNEL_FD_VAR);
+        let master = Chapter::from_command(&format!("{CH07} (a copy)"), command);
+        let addr = master.wait_master_ready();
+        let forked = master.wait_forked(workers);
+        (master, addr, forked)
+    }
+
+    /// A rebuild that listens on one more port, `extra`: a script, renamed over the path,
+    /// that runs the binary kept beside it with `--port 0,EXTRA` after the master's own
+    /// arguments (the last `--port` wins).
+    fn with_port(&self, extra: u16) {
+        use std::os::unix::fs::PermissionsExt;
+        let real = self.dir.join("real");
+        std::fs::rename(&self.path, &real).expect("keep the binary");
+        let new = self.dir.join("new");
+        let script = format!(
+            "#!/bin/sh\nexec '{}' \"$@\" --port 0,{extra}\n",
+            real.display()
+        );
+        std::fs::write(&new, script).expect("write the script");
+        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::rename(&new, &self.path).expect("rename the script into place");
+    }
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A worker killed after a rebuild whose program listens on one more port, one another
+/// program holds: its replacement's `queryServer` for it fails in the master. Said once;
+/// the replacement leaves without serving, and its slot is given up at once rather than
+/// restarted (every new worker would ask again); the other worker serves on.
+#[test]
+fn a_replacement_that_asks_for_a_busy_port_gives_its_slot_up_once() {
+    let copy = Copy::new("busy-port");
+    let (mut master, addr, forked) = copy.start(2);
+    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let busy = other.local_addr().expect("its address").port();
+    copy.with_port(busy);
+    let (_, pid) = forked[0];
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9 worker 1");
+    let given_up = master.wait_for("is given up", TIMEOUT);
+    let (new_id, new_pid) = master.wait_forked(3)[2];
+    let key = format!("127.0.0.1:{busy}#0");
+    assert!(
+        parse_master(&given_up).is_some()
+            && given_up.contains(&format!(
+                "worker {new_id} asked for {key}, which the master cannot bind: listen \
+                 EADDRINUSE"
+            ))
+            && given_up.contains("slot 1 is given up")
+            && given_up.contains("1 of 2 slots still serve"),
+        "{given_up}"
+    );
+    master.wait_for(
+        &format!("worker {new_id} (pid {new_pid}) exited with code 0"),
+        TIMEOUT,
+    );
+    master.wait_for(
+        &format!("worker {new_id}'s exit was planned: the master could not bind {key} for it"),
+        TIMEOUT,
+    );
+    each_serves(addr, &forked[1..]);
+    // Stopping now: the books have no restart due, so the given-up slot has no worker.
+    let lines = master.interrupt_and_collect();
+    let all = lines.join("\n");
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("EADDRINUSE")).count(),
+        1,
+        "reported once: {all}"
+    );
+    assert_eq!(
+        lines.iter().filter_map(|l| parse_forked(l)).count(),
+        3,
+        "no worker started after the refusal: {all}"
+    );
+    assert!(
+        all.contains("stopping: no new connections; 1 worker finishes what it holds"),
+        "{all}"
+    );
+}
+
+/// Asks `addr` until each of `workers` has answered, and fails if another process answers.
+#[track_caller]
+fn each_serves(addr: SocketAddr, workers: &[(u32, u32)]) {
+    let mut seen = std::collections::BTreeSet::new();
+    let pids: std::collections::BTreeSet<u32> = workers.iter().map(|(_, pid)| *pid).collect();
+    let all = wait_until(TIMEOUT, || {
+        seen.insert(answered_by(&get(addr), workers).0);
+        seen == pids
+    });
+    assert!(all, "each of {workers:?} should answer; only {seen:?} did");
+}

@@ -216,6 +216,18 @@ impl Install {
         self.break_with(&format!("sleep 0.3; exec '{}' \"$@\"", real.display()))
     }
 
+    /// Puts a build at the path that listens on one more port, `extra`: a script that runs
+    /// a copy of the real binary with the master's arguments and `--port 0,EXTRA` (the
+    /// last `--port` wins), so that a new worker asks for the master's port, then `extra`.
+    fn with_port(&self, extra: u16) -> u64 {
+        let real = self.dir.join("real");
+        std::fs::copy(binary(CH09), &real).expect("copy the binary");
+        self.break_with(&format!(
+            "exec '{}' \"$@\" --port 0,{extra}",
+            real.display()
+        ))
+    }
+
     /// Starts the installed program as in [`Chapter::start_cluster`].
     #[track_caller]
     fn start(&self, workers: usize, extra: &[&str]) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
@@ -722,4 +734,95 @@ fn an_old_worker_finishes_the_request_it_holds() {
     assert_eq!(answered_by(&response, &old), (pid, id));
     assert_eq!(response.header("Connection"), Some("close"), "{response:?}");
     wait_drained(&master, &old);
+}
+
+/// A port another program holds is the master's failure, not its workers': the first
+/// `queryServer` for it fails in the master, and no restart can free the port. The master
+/// stops its workers and exits 1 with one error line, without restarting anything, the
+/// port asked for alone or after one it could bind.
+#[test]
+fn a_port_held_by_another_program_ends_the_start_at_once_with_one_error_line() {
+    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let busy = other.local_addr().expect("its address").port();
+    refused_at_start(CH09, &busy.to_string(), busy);
+    refused_at_start(CH09, &format!("0,{busy}"), busy);
+}
+
+/// A rebuilt program that listens on one more port, one another program holds: the new
+/// worker's `queryServer` for it fails in the master. That is said once, the new worker
+/// leaves without serving (it asked for the master's port first, and was briefly a member
+/// of its round-robin), the reload stops, and the old workers serve on. It says `ready`
+/// only after asking for both ports, so the master knows of the refusal before it could
+/// let the new worker take a slot. Once the build is fixed, a reload goes through.
+#[test]
+fn a_reload_whose_new_worker_asks_for_a_busy_port_stops_and_the_old_workers_serve_on() {
+    let install = Install::new("busy-port");
+    let (master, addr, old) = install.start(2, &[]);
+    let load = SteadyLoad::start(addr);
+    load.wait_for_more(20);
+    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let busy = other.local_addr().expect("its address").port();
+    install.with_port(busy);
+    master.signal(Signal::SIGUSR2);
+
+    let stopped = master.wait_for("reload stopped", TIMEOUT);
+    let (new_id, new_pid) = master.wait_forked(3)[2];
+    let key = format!("127.0.0.1:{busy}#0");
+    assert!(
+        stopped.contains(&format!(
+            "worker {new_id}, started to replace worker {}, asked for {key}, which the master \
+             cannot bind",
+            old[0].0
+        )) && stopped.contains("0 of 2 workers replaced"),
+        "the log says why, and how far it got: {stopped}"
+    );
+    master.wait_for(
+        &format!("worker {new_id} (pid {new_pid}) exited with code 0"),
+        TIMEOUT,
+    );
+    master.wait_for(
+        &format!("worker {new_id}'s exit was planned: the master could not bind {key} for it"),
+        TIMEOUT,
+    );
+    let lines = master.lines();
+    let reports: Vec<&String> = lines.iter().filter(|l| l.contains("EADDRINUSE")).collect();
+    assert_eq!(reports.len(), 1, "reported once: {lines:#?}");
+    assert!(
+        parse_master(reports[0]).is_some()
+            && reports[0].contains(&format!(
+                "worker {new_id} asked for {key}, which the master cannot bind: listen \
+                 EADDRINUSE"
+            )),
+        "{}",
+        reports[0]
+    );
+    assert_eq!(
+        master.count("is leaving"),
+        0,
+        "no old worker was told to leave: {lines:#?}"
+    );
+    assert_eq!(
+        master.count("forked worker"),
+        3,
+        "one new worker, no other: {lines:#?}"
+    );
+
+    load.wait_for_more(20);
+    let replies = load.stop();
+    assert!(failures(&replies).is_empty(), "{:?}", failures(&replies));
+    let mut allowed = pids(&old);
+    allowed.insert(new_pid);
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|pid| allowed.contains(pid))),
+        "only the old workers answer (and the new one, for what it took before the refusal)"
+    );
+    each_answers(addr, &old);
+
+    // Fixed: the next reload goes through.
+    install.rebuild();
+    let new = reload(&master, 2, &old);
+    each_answers(addr, &new);
+    no_defunct_children(master.pid());
 }

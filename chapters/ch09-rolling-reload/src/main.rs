@@ -4,10 +4,10 @@
 //! is on disk now, one worker at a time: fork the new worker, wait until it serves, tell the
 //! old one to drain (chapter 7's graceful exit), then the next. At every moment the old
 //! workers or their replacements serve, so a rebuilt binary takes over without a request
-//! lost. A new worker that dies before it serves, or does not serve within
-//! `--listen-timeout`, stops the reload there: the old workers keep serving, and the log
-//! says why. A SIGUSR2 that comes during a reload is queued, and a new reload starts when
-//! this one ends.
+//! lost. A new worker that dies before it serves, does not serve within
+//! `--listen-timeout`, or asks for an address the master cannot bind, stops the reload
+//! there: the old workers keep serving, and the log says why. A SIGUSR2 that comes during
+//! a reload is queued, and a new reload starts when this one ends.
 //!
 //! The master is chapter 7's keeper, the worker chapter 7's graceful worker; what is new
 //! is the reload loop below. `/version` answers with [`VERSION`]: change it, `cargo build`,
@@ -90,7 +90,9 @@ fn master(args: &Args) -> Outcome {
                 }
             }
         }
-        // Whatever happened, the reload may move on now: its new worker may serve.
+        // Whatever happened, the reload may move on now: its new worker may serve, or may
+        // have asked for an address the master cannot bind.
+        reload.refused(&mut keeper);
         reload.step(&mut keeper);
     }
 }
@@ -217,6 +219,24 @@ impl Reload {
         self.stop(keeper, why);
     }
     // ANCHOR_END: exited
+
+    /// The new worker of this turn asked for an address the master cannot bind (a rebuilt
+    /// program that listens on one more port, say): it will never serve, and the reload
+    /// stops here, as when a new worker dies.
+    // ANCHOR: refused
+    fn refused(&mut self, keeper: &mut Keeper) {
+        let Some(&Turn { old, new, .. }) = self.turn.as_ref() else {
+            return;
+        };
+        if let Some(key) = keeper.refused(new) {
+            let why = format!(
+                "worker {new}, started to replace worker {old}, asked for {key}, which the \
+                 master cannot bind"
+            );
+            self.stop(keeper, why);
+        }
+    }
+    // ANCHOR_END: refused
 
     /// The new worker did not serve within `--listen-timeout`: it is stopped, and so is
     /// the reload. (PM2 goes on after its `listen_timeout`, and stops the old worker.)
