@@ -25,6 +25,7 @@
 //! | [`accept_queue`] | how many connections wait in a listening socket's accept queue |
 //! | [`SteadyLoad`] | one request after another from a thread, recording who answered each |
 //! | [`defunct_children`], [`no_defunct_children`] | children exited but not reaped (`<defunct>` in `ps`) |
+//! | [`copy_executable`], [`write_script`] | put a program where a test runs it, without ETXTBSY |
 //! | [`refused_at_start`] | a master of chapters 7 to 9 on a port another program holds: one error line, exit 1, nothing left |
 
 use std::collections::BTreeMap;
@@ -143,6 +144,54 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Copies the program at `from` to `to`, executable, for a test that runs a copy it can
+/// replace as a rebuild does. The copy is written by a child process (`cp`), never by this
+/// one: a file this test process holds open for writing is inherited by every child that
+/// another test thread forks in that moment, until the child's `exec`, and running the
+/// file while any of them holds it fails with ETXTBSY ("Text file busy").
+#[track_caller]
+pub fn copy_executable(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg(from)
+        .arg(to)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("could not run cp: {e}"));
+    assert!(
+        status.success(),
+        "cp {} {}: {status}",
+        from.display(),
+        to.display()
+    );
+    make_executable(to);
+}
+
+/// Writes `script` to a new executable file at `path`, from a child process (`sh`), for the
+/// reason [`copy_executable`] gives.
+#[track_caller]
+pub fn write_script(path: &Path, script: &str) {
+    let mut child = Command::new("sh")
+        .args(["-c", "cat > \"$1\"", "sh"])
+        .arg(path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not run sh: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    stdin
+        .write_all(script.as_bytes())
+        .expect("write the script to sh");
+    drop(stdin);
+    let status = child.wait().expect("wait for sh");
+    assert!(status.success(), "writing {}: {status}", path.display());
+    make_executable(path);
+}
+
+fn make_executable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -443,7 +443,7 @@ impl Copy {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("a directory for the copy");
         let path = dir.join(CH07);
-        std::fs::copy(binary(CH07), &path).expect("copy the binary");
+        copy_executable(&binary(CH07), &path);
         Copy { dir, path }
     }
 
@@ -461,11 +461,11 @@ impl Copy {
         (master, addr, forked)
     }
 
-    /// A rebuild that listens on one more port, `extra`: a script, renamed over the path,
-    /// that runs the binary kept beside it with `--port 0,EXTRA` after the master's own
-    /// arguments (the last `--port` wins).
+    /// A rebuild that listens on one more port, `extra`: a script (written from a child
+    /// process, see `copy_executable`), renamed over the path, that runs the binary kept
+    /// beside it with `--port 0,EXTRA` after the master's own arguments (the last `--port`
+    /// wins).
     fn with_port(&self, extra: u16) {
-        use std::os::unix::fs::PermissionsExt;
         let real = self.dir.join("real");
         std::fs::rename(&self.path, &real).expect("keep the binary");
         let new = self.dir.join("new");
@@ -473,8 +473,7 @@ impl Copy {
             "#!/bin/sh\nexec '{}' \"$@\" --port 0,{extra}\n",
             real.display()
         );
-        std::fs::write(&new, script).expect("write the script");
-        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        write_script(&new, &script);
         std::fs::rename(&new, &self.path).expect("rename the script into place");
     }
 }

@@ -5,9 +5,9 @@
 //! binary from a directory of their own, and "rebuild" it by replacing the file.
 
 use std::collections::BTreeSet;
-use std::io::{self, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -191,19 +191,19 @@ impl Install {
 
     /// Puts a fresh copy of the real binary at the path, and returns its inode.
     fn rebuild(&self) -> u64 {
-        self.replace(|new| std::fs::copy(binary(CH09), new).map(drop))
+        self.replace(|new| copy_executable(&binary(CH09), new))
     }
 
     /// Puts a shell script at the path: a build that is broken in the way `body` says.
     fn break_with(&self, body: &str) -> u64 {
-        self.replace(|new| std::fs::write(new, format!("#!/bin/sh\n{body}\n")))
+        self.replace(|new| write_script(new, &format!("#!/bin/sh\n{body}\n")))
     }
 
-    /// Writes the new file beside the path and renames it over the path, as a build does.
-    fn replace(&self, write: impl FnOnce(&Path) -> io::Result<()>) -> u64 {
+    /// Writes the new file beside the path (from a child process: see `copy_executable`)
+    /// and renames it over the path, as a build does.
+    fn replace(&self, write: impl FnOnce(&Path)) -> u64 {
         let new = self.dir.join("new");
-        write(&new).expect("write the new build");
-        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        write(&new);
         std::fs::rename(&new, &self.path).expect("rename the new build into place");
         inode(&self.path)
     }
@@ -212,7 +212,7 @@ impl Install {
     /// a copy of the real binary. A reload of it is still under way when a test acts.
     fn slow_build(&self) -> u64 {
         let real = self.dir.join("real");
-        std::fs::copy(binary(CH09), &real).expect("copy the binary");
+        copy_executable(&binary(CH09), &real);
         self.break_with(&format!("sleep 0.3; exec '{}' \"$@\"", real.display()))
     }
 
@@ -221,7 +221,7 @@ impl Install {
     /// last `--port` wins), so that a new worker asks for the master's port, then `extra`.
     fn with_port(&self, extra: u16) -> u64 {
         let real = self.dir.join("real");
-        std::fs::copy(binary(CH09), &real).expect("copy the binary");
+        copy_executable(&binary(CH09), &real);
         self.break_with(&format!(
             "exec '{}' \"$@\" --port 0,{extra}",
             real.display()
