@@ -162,8 +162,12 @@ fn ctrl_c_stops_the_server_and_leaves_no_process_behind() {
                 assert_eq!(status.code(), Some(0), "process: {status}");
                 server.wait_for("every connection process has exited", TIMEOUT);
             }
-            // No child to stop: Ctrl-C ends the process, as it ends `node server.js`.
-            _ => assert_eq!(describe(status), "signal 2", "{model}"),
+            // No child to stop: Ctrl-C ends the process, as it ends `node server.js`,
+            // once it has said so.
+            _ => {
+                assert_eq!(describe(status), "signal 2", "{model}");
+                server.wait_for("Ctrl-C (SIGINT): the server stops", TIMEOUT);
+            }
         }
         for kid in kids {
             assert!(
@@ -226,9 +230,10 @@ fn at_max_clients_the_next_client_waits_its_turn() {
 
 #[test]
 fn options_that_do_not_apply_are_refused_clearly() {
-    let (status, _, stderr) = run_to_end(CH00, &["--workers", "2"]);
+    let (status, _, stderr) = run_to_end(CH00, &["--workers", "2", "--port", "0"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--workers does not apply"), "{stderr}");
+    assert!(stderr.contains("Usage:"), "the usage follows:\n{stderr}");
 
     // Checked with the other arguments: one line, the usage, exit 2, nothing bound.
     let (status, _, stderr) = run_to_end(CH00, &["--model", "fork", "--port", "0"]);
@@ -246,4 +251,8 @@ fn options_that_do_not_apply_are_refused_clearly() {
     let (status, stdout, _) = run_to_end(CH00, &["--help"]);
     assert_eq!(status.code(), Some(0));
     assert!(stdout.contains("--model MODEL") && stdout.contains("--max-clients N"));
+    assert!(
+        !stdout.contains("--workers N"),
+        "--help offers no option that is refused:\n{stdout}"
+    );
 }
