@@ -219,6 +219,99 @@ fn when_every_slot_is_given_up_the_master_exits() {
     master.wait_for("every slot has been given up", TIMEOUT);
 }
 
+/// A connection handed to a worker that dies before taking it goes to a free worker at
+/// once, even when nothing else happens after the death. Here the killed worker's slot is
+/// given up (`--max-restarts 0`, and it dies within `--min-uptime`), so no replacement
+/// comes to wake the master, and no other client connects.
+#[test]
+fn a_connection_handed_to_a_worker_killed_before_taking_it_goes_to_the_free_worker_at_once() {
+    let (master, addr, forked) = start(2, &["--min-uptime", "600", "--max-restarts", "0"]);
+    let (id, pid) = forked[0];
+    let stuck = one_handed_to_a_stopped_worker(master.pid(), addr, pid, 2);
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9 the stopped worker");
+    master.wait_for(
+        &format!("worker {id} died before taking its connection"),
+        TIMEOUT,
+    );
+    master.wait_for("slot 1 is given up", TIMEOUT);
+    match stuck.next(TIMEOUT) {
+        Ok(response) => assert_eq!(answered_by(&response, &forked), (forked[1].1, forked[1].0)),
+        Err(e) => panic!(
+            "worker {} was free: the connection worker {id} never took should be its at \
+             once, not wait for another client: {e}",
+            forked[1].0
+        ),
+    }
+    no_defunct_children(master.pid());
+}
+
+/// A connection handed to a worker that dies before taking it, when no worker is left to
+/// take it: the slot is given up, so is every slot, and the master exits. The client is
+/// not left waiting on a connection nobody holds: it sees it closed.
+#[test]
+fn a_connection_no_worker_is_left_to_take_is_closed_when_the_master_gives_up() {
+    let (mut master, addr, forked) = start(1, &["--min-uptime", "600", "--max-restarts", "0"]);
+    let (id, pid) = forked[0];
+    let stuck = one_handed_to_a_stopped_worker(master.pid(), addr, pid, 1);
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9 the stopped worker");
+    master.wait_for(
+        &format!("worker {id} died before taking its connection"),
+        TIMEOUT,
+    );
+    let status = master.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(1), "{}", describe(status));
+    match stuck.next(TIMEOUT) {
+        Err(e) if e.contains("closed without an answer") => {}
+        other => panic!("the client should see its connection closed: {other:?}"),
+    }
+}
+
+/// The race of `/crash` with a second client, on a one-worker idle server: when the second
+/// connection is handed to the crashing worker just before it exits, it is rescued, and
+/// its replacement, forked as soon as the old worker said it was leaving, may already
+/// serve. The second client is answered, every time, without a third one to wake the
+/// master.
+#[test]
+fn a_request_racing_a_crash_is_answered_without_another_client() {
+    let (master, addr, _) = start(1, &["--min-uptime", "0"]);
+    let rescued = |master: &Chapter| master.count("died before taking its connection");
+    let mut tries = 0;
+    while rescued(&master) < 12 && tries < 300 {
+        tries += 1;
+        // The worker of this try serves: every try so far crashed one worker.
+        master.wait_for_n("(asked the master for", tries, TIMEOUT);
+        // /crash first, then the second request at once, as `curl /crash & curl /` does.
+        let mut crasher = connect(addr).expect("connect for /crash");
+        write_request(&mut crasher, "/crash", false).expect("send /crash");
+        let mut client = connect(addr).expect("connect beside /crash");
+        client
+            .set_read_timeout(Some(TIMEOUT))
+            .expect("a read timeout");
+        write_request(&mut client, "/", false).expect("send the request beside /crash");
+        let second = read_response(&mut client);
+        let crashed = read_response(&mut crasher);
+        assert!(
+            matches!(&crashed, Ok(r) if r.status == 500),
+            "try {tries}: /crash should get its 500: {crashed:?}"
+        );
+        match second {
+            Ok(response) => assert_eq!(response.status, 200, "try {tries}: {response:?}"),
+            Err(e) => panic!(
+                "try {tries}: the request beside /crash got no answer, and no other client \
+                 came ({} rescued so far): {e}",
+                rescued(&master)
+            ),
+        }
+    }
+    // About one try in two hands the second connection to the crashing worker; if none
+    // ever did, this test would have proved nothing.
+    assert!(
+        rescued(&master) > 0,
+        "in {tries} tries, no connection was handed to a crashing worker"
+    );
+    no_defunct_children(master.pid());
+}
+
 /// A worker that leaves within --min-uptime of its start is not replaced at once: if
 /// every request panics, replacing each leaving worker at once would fork a worker per
 /// request. Its exit counts as a crash, with the backoff and the give-up.
