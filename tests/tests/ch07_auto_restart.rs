@@ -56,10 +56,10 @@ fn busy_worker(addr: SocketAddr, forked: &[(u32, u32)]) -> (TcpStream, (u32, u32
     (held, (id, pid))
 }
 
-/// `/crash` to worker pid `pid`, which must answer it with a 500.
+/// `/crash` on `crasher`, a kept-alive connection to a worker, which must answer it with a
+/// 500.
 #[track_caller]
-fn crash(addr: SocketAddr, pid: u32) {
-    let mut crasher = connection_to(addr, pid);
+fn crash(mut crasher: TcpStream) {
     write_request(&mut crasher, "/crash", true).expect("send /crash");
     let response = read_response(&mut crasher).expect("the crashing request is answered");
     assert_eq!(response.status, 500, "{response:?}");
@@ -118,9 +118,13 @@ fn a_worker_killed_under_load_is_named_by_its_signal_and_replaced_at_once() {
 fn a_crash_fails_its_own_request_only_and_the_replacement_serves_before_the_old_worker_exits() {
     let (master, addr, forked) = start(2, &["--idle-timeout", "60", "--min-uptime", "0"]);
     let (mut held, (id, pid)) = busy_worker(addr, &forked);
+    // The connection for /crash is found before the load starts: with a second client
+    // connecting over and over, the two can fall into step and this one never reach the
+    // worker wanted.
+    let crasher = connection_to(addr, pid);
     let load = SteadyLoad::start(addr);
     load.wait_for_more(20);
-    crash(addr, pid);
+    crash(crasher);
     master.wait_for(
         &format!("worker {id} (pid {pid}) is leaving (its handler panicked)"),
         TIMEOUT,
@@ -419,7 +423,7 @@ fn a_leaving_worker_that_does_not_finish_in_time_is_killed() {
     ];
     let (master, addr, forked) = start(2, &args);
     let (mut held, (id, pid)) = busy_worker(addr, &forked);
-    crash(addr, pid);
+    crash(connection_to(addr, pid));
     master.wait_for(&format!("worker {id} (pid {pid}) is leaving"), TIMEOUT);
     master.wait_for(
         &format!("worker {id} (pid {pid}) is still there after --kill-timeout 0.5 s: SIGKILL"),
