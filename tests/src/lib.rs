@@ -23,6 +23,7 @@
 //! | [`tcp_sockets`] | the kernel's TCP table, as `ss -tan` shows it |
 //! | [`accept_queue`] | how many connections wait in a listening socket's accept queue |
 //! | [`SteadyLoad`] | one request after another from a thread, recording who answered each |
+//! | [`Answers`], [`one_handed_to_a_stopped_worker`] | requests answered in any order; a connection a round-robin master has handed to a worker that cannot take it |
 //! | [`defunct_children`], [`no_defunct_children`] | children exited but not reaped (`<defunct>` in `ps`) |
 
 use std::collections::BTreeMap;
