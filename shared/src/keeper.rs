@@ -270,10 +270,16 @@ impl Keeper {
     /// Waits for the next event, doing what falls due meanwhile: restarts whose wait is
     /// over, SIGKILL for leaving workers past `--kill-timeout`. Returns `None` once
     /// `until` has passed (a chapter's own timer, chapter 8's heartbeat).
+    ///
+    /// Before it waits, it hands every waiting connection to a free worker. Whatever the
+    /// last event was (a worker that died before taking its connection, a rejection, a
+    /// worker that joined), and whatever the chapter did after it, nothing that can be
+    /// served now waits for the next event: on an idle server, none may come.
     // ANCHOR: next_event
     pub fn next_event(&mut self, until: Option<Instant>) -> Option<Event> {
         loop {
             self.run_due();
+            self.handles.distribute(&self.cluster);
             let now = Instant::now();
             if until.is_some_and(|until| until <= now) {
                 return None;
@@ -343,7 +349,7 @@ impl Keeper {
             Event::Exit { id, .. } => return self.exited(id),
             Event::Signal(_) => {}
         }
-        self.handles.distribute(&self.cluster);
+        // What is waiting goes out in `next_event`, before the master waits again.
         None
     }
     // ANCHOR_END: handle

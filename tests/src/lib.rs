@@ -24,6 +24,7 @@
 //! | [`tcp_sockets`] | the kernel's TCP table, as `ss -tan` shows it |
 //! | [`accept_queue`] | how many connections wait in a listening socket's accept queue |
 //! | [`SteadyLoad`] | one request after another from a thread, recording who answered each |
+//! | [`Answers`], [`one_handed_to_a_stopped_worker`] | requests answered in any order; a connection a round-robin master has handed to a worker that cannot take it |
 //! | [`defunct_children`], [`no_defunct_children`] | children exited but not reaped (`<defunct>` in `ps`) |
 
 use std::collections::BTreeMap;
@@ -1346,6 +1347,87 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Requests sent at once, each on a new connection read by a thread of its own: the
+/// answers come in the order they arrive.
+pub struct Answers {
+    answers: std::sync::mpsc::Receiver<Result<HttpResponse, String>>,
+}
+
+impl Answers {
+    /// Sends `GET path` on `n` new connections to `addr`, one after another without waiting
+    /// for any answer. Each connection waits up to [`TIMEOUT`] for its answer.
+    #[track_caller]
+    pub fn send(addr: SocketAddr, n: usize, path: &str) -> Answers {
+        let (tx, answers) = std::sync::mpsc::channel();
+        for i in 0..n {
+            let mut stream = connect(addr).unwrap_or_else(|e| panic!("connect {i}: {e}"));
+            stream
+                .set_read_timeout(Some(TIMEOUT))
+                .expect("a read timeout");
+            write_request(&mut stream, path, false)
+                .unwrap_or_else(|e| panic!("send request {i}: {e}"));
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let answer = read_response(&mut stream).map_err(|e| match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                        format!("request {i}: no answer within {TIMEOUT:?}")
+                    }
+                    _ => format!("request {i}: closed without an answer ({e})"),
+                });
+                let _ = tx.send(answer);
+            });
+        }
+        Answers { answers }
+    }
+
+    /// The next answer to arrive, or why none did within `timeout`: `closed without an
+    /// answer` if the connection was closed, `no answer within` if it was left open.
+    pub fn next(&self, timeout: Duration) -> Result<HttpResponse, String> {
+        match self.answers.recv_timeout(timeout) {
+            Ok(answer) => answer,
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+}
+
+/// Stops worker `pid` (SIGSTOP), then sends one request per worker (`workers`, every one
+/// free) to the master at `addr`. A free worker gets one connection and is free again only
+/// once it acknowledges it, so each worker is handed one: the stopped one can neither take
+/// its connection nor acknowledge it, and the others answer theirs. Returns, once they
+/// have, and the master (`master_pid`) is seen holding its copy of the connection it
+/// handed to the stopped worker, the one answer still to come.
+#[track_caller]
+pub fn one_handed_to_a_stopped_worker(
+    master_pid: u32,
+    addr: SocketAddr,
+    pid: u32,
+    workers: usize,
+) -> Answers {
+    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).expect("SIGSTOP the worker");
+    assert!(
+        wait_until(TIMEOUT, || stopped(pid)),
+        "pid {pid} should be stopped"
+    );
+    let answers = Answers::send(addr, workers, "/");
+    for _ in 1..workers {
+        match answers.next(TIMEOUT) {
+            Ok(response) => assert_ne!(
+                parse_hello(&response.body).map(|(p, _)| p),
+                Some(pid),
+                "the stopped worker cannot answer: {response:?}"
+            ),
+            Err(e) => panic!("the running workers should answer: {e}"),
+        }
+    }
+    assert!(
+        wait_until(TIMEOUT, || tcp_connections_of(master_pid) == 1),
+        "the master should hold the connection handed to the stopped worker, and no other; \
+         it holds {}",
+        tcp_connections_of(master_pid)
+    );
+    answers
 }
 
 // ---------------------------------------------------------------------------------------

@@ -212,3 +212,40 @@ fn stopping_with_a_hung_worker_drains_the_others_and_kills_it_at_the_timeout() {
         "the healthy worker drained by itself: {lines:#?}"
     );
 }
+
+/// A zombie that was handed a connection and never took it: once it is killed, the
+/// connection goes to the other worker at once. The zombie's slot is given up (it dies
+/// within `--min-uptime`, with `--max-restarts 0`), so no replacement comes to wake the
+/// master, and no other client connects; only the other worker's pongs come.
+#[test]
+fn the_connection_a_zombie_never_took_goes_to_the_other_worker_once_it_is_killed() {
+    let args = [
+        "--heartbeat-ms",
+        "500",
+        "--kill-timeout",
+        "1",
+        "--min-uptime",
+        "600",
+        "--max-restarts",
+        "0",
+    ];
+    let (master, addr, forked) = Chapter::start_cluster(CH08, 2, &args);
+    let (id, pid) = forked[0];
+    let (other_id, other) = forked[1];
+    // A stopped worker misses its pings as a hung one does.
+    let stuck = one_handed_to_a_stopped_worker(master.pid(), addr, pid, 2);
+    master.wait_for(&format!("worker {id} (pid {pid}) is a zombie"), TIMEOUT);
+    master.wait_for(
+        &format!("worker {id} died before taking its connection"),
+        TIMEOUT,
+    );
+    master.wait_for("slot 1 is given up", TIMEOUT);
+    match stuck.next(TIMEOUT) {
+        Ok(response) => assert_eq!(answered_by(&response, &forked), (other, other_id)),
+        Err(e) => panic!(
+            "worker {other_id} was free: the connection worker {id} never took should be its \
+             at once: {e}"
+        ),
+    }
+    no_defunct_children(master.pid());
+}

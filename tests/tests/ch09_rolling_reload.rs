@@ -723,3 +723,34 @@ fn an_old_worker_finishes_the_request_it_holds() {
     assert_eq!(response.header("Connection"), Some("close"), "{response:?}");
     wait_drained(&master, &old);
 }
+
+/// An old worker that was handed a connection it never took, and is killed at
+/// `--kill-timeout` after its replacement already serves: the connection goes to the new
+/// worker at once. The reload is over by then and no other client connects, so nothing
+/// else wakes the master.
+#[test]
+fn a_connection_the_old_worker_never_took_goes_to_the_new_one_when_it_is_killed() {
+    let (master, addr, old) = start(1, &["--kill-timeout", "1"]);
+    let (id, pid) = old[0];
+    let stuck = one_handed_to_a_stopped_worker(master.pid(), addr, pid, 1);
+    master.signal(Signal::SIGUSR2);
+    master.wait_for("reload done: 1 worker replaced", TIMEOUT);
+    let new = master.wait_forked(2)[1];
+    master.wait_for(
+        &format!("worker {id} (pid {pid}) is still there after --kill-timeout 1 s: SIGKILL"),
+        TIMEOUT,
+    );
+    master.wait_for(
+        &format!("worker {id} died before taking its connection"),
+        TIMEOUT,
+    );
+    match stuck.next(TIMEOUT) {
+        Ok(response) => assert_eq!(answered_by(&response, &[new]), (new.1, new.0)),
+        Err(e) => panic!(
+            "worker {} serves: the connection worker {id} never took should be its at once: \
+             {e}",
+            new.0
+        ),
+    }
+    no_defunct_children(master.pid());
+}
