@@ -71,13 +71,30 @@ fn build_dirs() -> (PathBuf, PathBuf) {
     (target_dir, profile_dir)
 }
 
+/// Set only by `exercise verify`: a directory that holds the chapter binaries to start,
+/// built beforehand. `verify` builds each version of an exercise once and runs its tests
+/// later, from copies, while it builds the next; building here would build whatever the
+/// source holds by then. Unset, [`binary`] builds what it needs itself.
+pub const BINARIES_VAR: &str = "CHAPTER_TESTS_BINARIES";
+
 /// Builds `package` (whose binary has the same name) with the same profile and target dir
-/// as the running test, once per test process, and returns the binary's path.
+/// as the running test, once per test process, and returns the binary's path. Under
+/// `exercise verify`, returns the copy in [`BINARIES_VAR`] instead.
 ///
 /// `CARGO_BIN_EXE_<name>` only exists for a package's own binaries, and `cargo test -p
 /// chapter-tests` builds nothing else, so the harness asks cargo itself.
 #[track_caller]
 pub fn binary(package: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os(BINARIES_VAR) {
+        let path = Path::new(&dir).join(package);
+        if !path.exists() {
+            panic!(
+                "{BINARIES_VAR}: {package} was not built for this run (no {})",
+                path.display()
+            );
+        }
+        return path;
+    }
     static BUILT: Mutex<BTreeMap<String, Result<PathBuf, String>>> = Mutex::new(BTreeMap::new());
     // Holding the lock through the build makes parallel tests wait for one build.
     let mut built = lock(&BUILT);

@@ -5,7 +5,7 @@
 //! binary from a directory of their own, and "rebuild" it by replacing the file.
 
 use std::collections::BTreeSet;
-use std::io::{self, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -192,19 +192,20 @@ impl Install {
 
     /// Puts a fresh copy of the real binary at the path, and returns its inode.
     fn rebuild(&self) -> u64 {
-        self.replace(|new| std::fs::copy(binary(CH09), new).map(drop))
+        self.replace(&binary(CH09))
     }
 
     /// Puts a shell script at the path: a build that is broken in the way `body` says.
     fn break_with(&self, body: &str) -> u64 {
-        self.replace(|new| std::fs::write(new, format!("#!/bin/sh\n{body}\n")))
+        let script = self.dir.join("script");
+        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).expect("write the script");
+        self.replace(&script)
     }
 
-    /// Writes the new file beside the path and renames it over the path, as a build does.
-    fn replace(&self, write: impl FnOnce(&Path) -> io::Result<()>) -> u64 {
+    /// Copies `from` beside the path and renames it over the path, as a build does.
+    fn replace(&self, from: &Path) -> u64 {
         let new = self.dir.join("new");
-        write(&new).expect("write the new build");
-        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        copy_executable(from, &new);
         std::fs::rename(&new, &self.path).expect("rename the new build into place");
         inode(&self.path)
     }
@@ -213,7 +214,7 @@ impl Install {
     /// a copy of the real binary. A reload of it is still under way when a test acts.
     fn slow_build(&self) -> u64 {
         let real = self.dir.join("real");
-        std::fs::copy(binary(CH09), &real).expect("copy the binary");
+        copy_executable(&binary(CH09), &real);
         self.break_with(&format!("sleep 0.3; exec '{}' \"$@\"", real.display()))
     }
 
@@ -223,7 +224,7 @@ impl Install {
     /// the test calls [`Install::open_gate`].
     fn gated_build(&self) -> u64 {
         let real = self.dir.join("real");
-        std::fs::copy(binary(CH09), &real).expect("copy the binary");
+        copy_executable(&binary(CH09), &real);
         let gate = self.gate();
         if !gate.exists() {
             nix::unistd::mkfifo(&gate, Mode::S_IRUSR | Mode::S_IWUSR).expect("mkfifo");
@@ -301,6 +302,26 @@ impl Drop for Install {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Copies `from` to `to`, executable, with `cp`. The copy must not be written by this
+/// process: a test thread that forks meanwhile (any `Command::spawn`) would hold the
+/// writing fd until its child execs, and an exec of the copy in that moment fails with
+/// "Text file busy" (ETXTBSY). `cp`'s fds are its own.
+#[track_caller]
+fn copy_executable(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cp: {e}"));
+    assert!(
+        status.success(),
+        "cp {} {}: {status}",
+        from.display(),
+        to.display()
+    );
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
 /// The inode of the file at `path` (for `/proc/PID/exe`: of the program the process runs,
