@@ -224,6 +224,32 @@ fn at_max_clients_the_next_client_waits_its_turn() {
     }
 }
 
+/// Exercise ch00-reap: a child killed by a signal is collected like one that exited, and
+/// its place under `--max-clients` is free again. The only child of a server that takes
+/// one client at a time is killed with SIGKILL while it holds its client: the next client
+/// must be served.
+#[test]
+fn a_child_killed_by_a_signal_frees_its_place() {
+    let (server, addr) = start("process", &["--max-clients", "1"]);
+    let mut first = connect(addr).expect("connect");
+    write_request(&mut first, "/", true).expect("send");
+    read_response(&mut first).expect("an answer");
+    let kids = children(server.pid());
+    let [(child, true)] = kids[..] else {
+        panic!("one child, serving the first client: {kids:?}")
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child as i32), Signal::SIGKILL)
+        .expect("kill -9 the child");
+    let mut second = connect(addr).expect("connect");
+    second
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("set a timeout");
+    write_request(&mut second, "/", false).expect("send");
+    let response = read_response(&mut second)
+        .unwrap_or_else(|e| panic!("the killed child's place should be free: {e}"));
+    assert_eq!(response.status, 200, "{response:?}");
+}
+
 #[test]
 fn options_that_do_not_apply_are_refused_clearly() {
     let (status, _, stderr) = run_to_end(CH00, &["--workers", "2"]);

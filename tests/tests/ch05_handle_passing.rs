@@ -157,6 +157,32 @@ fn master_reports_the_spread_on_shutdown() {
     );
 }
 
+/// Exercise ch05-summary: a worker that cannot answer (stopped) does not hold up the
+/// shutdown. The master waits a moment for its answer, reports the one that answered,
+/// and stops both (the stopped one with SIGKILL, after the grace period).
+#[test]
+fn a_stuck_worker_does_not_hold_up_the_report() {
+    let (mut master, addr, forked) = start(2);
+    for i in 0..10 {
+        let response = http_get(addr).unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+    let [(answers, _), (stuck_id, stuck)] = forked[..] else {
+        panic!("two workers: {forked:?}")
+    };
+    pause(stuck);
+    master.signal(Signal::SIGTERM);
+    master.wait_for(&format!("worker {answers} accepted"), TIMEOUT);
+    let status = master.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(0), "the master exits 0 after SIGTERM");
+    assert_eq!(
+        master.count(&format!("worker {stuck_id} accepted")),
+        0,
+        "the stopped worker cannot have answered: {:#?}",
+        master.lines()
+    );
+}
+
 /// With eight idle workers on one socket, the kernel wakes every one of them for each
 /// connection; all but one find nothing (most often epoll sees that before returning,
 /// so the program never hears of it, but each wake-up is a context switch). With
