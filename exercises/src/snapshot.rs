@@ -24,6 +24,10 @@ const BINARIES_VAR: &str = "CHAPTER_TESTS_BINARIES";
 /// What the harness says when a test starts a binary the snapshot does not hold.
 pub const NOT_BUILT: &str = "was not built for this run";
 
+/// A test executable a cargo command is to build: the target arguments of its run
+/// (`test -p chapter-tests --test ch04_proxy`), and the target's name (`ch04_proxy`).
+type Wanted = (Vec<String>, String);
+
 /// A built version, in a directory of its own.
 pub struct Snapshot {
     pub dir: PathBuf,
@@ -32,9 +36,13 @@ pub struct Snapshot {
     tests: Vec<(Vec<String>, PathBuf, PathBuf)>,
 }
 
-/// The chapters (packages under `chapters/`) whose binaries the tests of `run` start: every
-/// chapter named in its test file. Unit tests start none.
-pub fn chapters_of(root: &Path, run: &TestRun) -> Vec<String> {
+/// The chapters (packages under `chapters/`) whose binaries the tests of `run` start: the
+/// chapters named in the bodies of the tests it runs (those `only` names, or those its
+/// filters select), or, if one of them names none (it starts its chapter through a
+/// constant or a helper), every chapter named in its test file. Unit tests start none. A
+/// test that starts a chapter this misses fails saying so ([`NOT_BUILT`]), and `verify`
+/// reports it as its own mistake.
+pub fn chapters_of(root: &Path, run: &TestRun, only: Option<&[String]>) -> Vec<String> {
     let crate::registry::Target::Test(file) = run.target else {
         return Vec::new();
     };
@@ -46,21 +54,73 @@ pub fn chapters_of(root: &Path, run: &TestRun) -> Vec<String> {
     let Ok(dir) = fs::read_dir(root.join("chapters")) else {
         return Vec::new();
     };
-    let mut found: Vec<String> = dir
+    let all: Vec<String> = dir
         .flatten()
         .filter_map(|entry| entry.file_name().to_str().map(str::to_string))
-        .filter(|name| text.contains(&format!("\"{name}\"")))
         .collect();
-    found.sort();
-    found
+    let named_in = |text: &str| -> BTreeSet<String> {
+        all.iter()
+            .filter(|name| text.contains(&format!("\"{name}\"")))
+            .cloned()
+            .collect()
+    };
+    let whole = || named_in(&text).into_iter().collect::<Vec<_>>();
+    let selected: Vec<&str> = match only {
+        Some(names) => names.iter().map(String::as_str).collect(),
+        None if run.filters.is_empty() => return whole(),
+        None => test_names(&text)
+            .into_iter()
+            .filter(|name| run.selects(name))
+            .collect(),
+    };
+    let mut found = BTreeSet::new();
+    for name in selected {
+        match test_body(&text, name).map(named_in) {
+            Some(chapters) if !chapters.is_empty() => found.extend(chapters),
+            _ => return whole(),
+        }
+    }
+    found.into_iter().collect()
 }
 
-/// Builds what `runs` need (the binaries of every chapter their test files start, and
-/// each test executable) and copies it into `dest`. Returns how the build went, and the
-/// snapshot if it built.
+/// The names of the `#[test]` functions in a test file.
+fn test_names(text: &str) -> Vec<&str> {
+    text.split("#[test]")
+        .skip(1)
+        .filter_map(|after| {
+            let rest = &after[after.find("fn ")? + 3..];
+            Some(&rest[..rest.find('(')?])
+        })
+        .collect()
+}
+
+/// The text of function `name` in `text`, from `fn name(` to its closing brace.
+fn test_body<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let start = text.find(&format!("fn {name}("))?;
+    let open = start + text[start..].find('{')?;
+    let mut depth = 0;
+    for (i, c) in text[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&text[start..open + i + 1]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Builds what `runs` need (the binaries of the chapters their tests start, see
+/// [`chapters_of`], and each test executable) and copies it into `dest`. Each run comes
+/// with the names of the tests it will run, or `None` for those its filters select.
+/// Returns how the build went, and the snapshot if it built.
 pub fn build(
     root: &Path,
-    runs: &[&TestRun],
+    runs: &[(&TestRun, Option<&[String]>)],
     dest: &Path,
 ) -> Result<(Build, Option<Snapshot>), String> {
     let _ = fs::remove_dir_all(dest);
@@ -69,28 +129,47 @@ pub fn build(
     for dir in [&bins, &tests_dir] {
         fs::create_dir_all(dir).map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
     }
-    let chapters: BTreeSet<String> = runs.iter().flat_map(|r| chapters_of(root, r)).collect();
-    let mut commands: Vec<Vec<String>> = Vec::new();
+    let chapters: BTreeSet<String> = runs
+        .iter()
+        .flat_map(|(run, only)| chapters_of(root, run, *only))
+        .collect();
+    // One cargo command for the binaries, and one per package for its test executables,
+    // each with the executables it is for.
+    let mut commands: Vec<(Vec<String>, Vec<Wanted>)> = Vec::new();
     if !chapters.is_empty() {
         let mut args = vec!["build".to_string()];
         for chapter in &chapters {
             args.extend(["-p".to_string(), chapter.clone()]);
         }
         args.push("--bins".into());
-        commands.push(args);
+        commands.push((args, Vec::new()));
     }
     let mut seen = BTreeSet::new();
-    // The test executable each command is for: the test file's name, or the library's.
-    let mut wanted: Vec<String> = vec![String::new(); commands.len()];
-    for run in runs {
-        let mut args = run.target_args();
-        if seen.insert(args.clone()) {
-            args.push("--no-run".into());
-            commands.push(args);
-            wanted.push(match run.target {
-                crate::registry::Target::Test(name) => name.to_string(),
-                crate::registry::Target::Lib => run.package.replace('-', "_"),
-            });
+    for (run, _) in runs {
+        let key = run.target_args();
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        let (flags, name) = match run.target {
+            crate::registry::Target::Test(name) => {
+                (vec!["--test".into(), name.into()], name.into())
+            }
+            crate::registry::Target::Lib => (vec!["--lib".into()], run.package.replace('-', "_")),
+        };
+        let package = vec!["test".to_string(), "-p".into(), run.package.into()];
+        match commands
+            .iter_mut()
+            .find(|(args, _)| args.starts_with(&package))
+        {
+            Some((args, wants)) => {
+                args.extend(flags);
+                wants.push((key, name));
+            }
+            None => {
+                let mut args = package;
+                args.extend(flags);
+                commands.push((args, vec![(key, name)]));
+            }
         }
     }
     let mut stderr = String::new();
@@ -98,8 +177,10 @@ pub fn build(
         dir: dest.to_path_buf(),
         tests: Vec::new(),
     };
-    for (mut args, wanted) in commands.into_iter().zip(wanted) {
-        let key: Vec<String> = args.iter().filter(|a| *a != "--no-run").cloned().collect();
+    for (mut args, wants) in commands {
+        if args[0] == "test" {
+            args.push("--no-run".into());
+        }
         args.extend([
             "-q".to_string(),
             "--message-format".into(),
@@ -125,9 +206,9 @@ pub fn build(
                 }
                 continue;
             }
-            if artifact.name != wanted {
+            let Some((key, _)) = wants.iter().find(|(_, name)| *name == artifact.name) else {
                 continue;
-            }
+            };
             let copy_to = tests_dir.join(format!("{}-{}", snapshot.tests.len(), artifact.name));
             copy(&artifact.executable, &copy_to)?;
             snapshot
@@ -302,10 +383,23 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let exercise = crate::registry::find("ch01-spawn").unwrap();
         assert_eq!(
-            chapters_of(&root, &exercise.tests[0]),
+            chapters_of(&root, &exercise.tests[0], None),
             ["ch01-random-port-fork"]
         );
         let unit = &crate::registry::find("ch01-percent").unwrap().tests[0];
-        assert!(chapters_of(&root, unit).is_empty());
+        assert!(chapters_of(&root, unit, None).is_empty());
+        // One test of a file that starts five chapters: the one its body names.
+        let fds = &crate::registry::find("ch02-recv").unwrap().tests[2];
+        assert_eq!(chapters_of(&root, fds, None), ["ch06-round-robin"]);
+        let whole = TestRun {
+            package: "chapter-tests",
+            target: crate::registry::Target::Test("exhaustion"),
+            filters: &[],
+        };
+        assert!(chapters_of(&root, &whole, None).len() >= 5);
+        // A test that starts its chapter through a constant: the whole file's.
+        let turns = ["sequential_connections_take_turns".to_string()];
+        let ch06 = &crate::registry::find("ch06-handoff").unwrap().tests[0];
+        assert_eq!(chapters_of(&root, ch06, Some(&turns)), ["ch06-round-robin"]);
     }
 }

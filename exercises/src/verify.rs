@@ -383,7 +383,17 @@ impl Verifier<'_> {
         }
         let clock = Instant::now();
         let dir = self.copy_dir("reference");
-        let built = snapshot::build(&self.ws.root, &runs, &dir);
+        // Each test target runs whole: it needs what every one of its tests starts.
+        let whole: Vec<TestRun> = runs
+            .iter()
+            .map(|run| TestRun {
+                package: run.package,
+                target: run.target,
+                filters: &[],
+            })
+            .collect();
+        let all: Vec<(&TestRun, Option<&[String]>)> = whole.iter().map(|r| (r, None)).collect();
+        let built = snapshot::build(&self.ws.root, &all, &dir);
         let seconds = clock.elapsed().as_secs_f64();
         let snapshot = match built {
             Ok((_, Some(snapshot))) => snapshot,
@@ -460,7 +470,7 @@ impl Verifier<'_> {
         // 1. The todo!() builds and fails the tests.
         let dir = self.copy_dir(&format!("{}-todo", e.name));
         let clock = Instant::now();
-        let runs: Vec<&TestRun> = e.tests.iter().collect();
+        let runs: Vec<(&TestRun, Option<&[String]>)> = e.tests.iter().map(|r| (r, None)).collect();
         let built = self
             .ws
             .start(e)
@@ -585,7 +595,10 @@ impl Verifier<'_> {
                 None => by_run.push((run, vec![test.name.clone()])),
             }
         }
-        let runs: Vec<&TestRun> = by_run.iter().map(|(r, _)| *r).collect();
+        let runs: Vec<(&TestRun, Option<&[String]>)> = by_run
+            .iter()
+            .map(|(run, names)| (*run, Some(names.as_slice())))
+            .collect();
         let (build, snapshot) = match snapshot::build(&self.ws.root, &runs, dir) {
             Ok(built) => built,
             Err(message) => return Prepared::Judged(Judged::Broken(message)),
