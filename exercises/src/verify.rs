@@ -256,14 +256,18 @@ pub fn verify(ws: &Workspace, chosen: &[&'static Exercise], steps: bool, jobs: u
         preflight(ws, row);
     }
     v.start_reference();
-    for i in 0..v.rows.len() {
+    // The exercises whose tests take longest are built first, so that their runs go on
+    // while the others build; the report keeps the table's order.
+    let mut order: Vec<usize> = (0..v.rows.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(black_box_versions(&v.rows[i])));
+    for (n, &i) in order.iter().enumerate() {
         if run::interrupted() {
             break;
         }
         if std::io::stderr().is_terminal() && !steps {
             tell!(
                 "[{}/{}] building {}...",
-                i + 1,
+                n + 1,
                 v.rows.len(),
                 v.rows[i].e.name
             );
@@ -329,6 +333,24 @@ pub fn verify(ws: &Workspace, chosen: &[&'static Exercise], steps: bool, jobs: u
         secs % 60
     );
     failed == 0
+}
+
+/// How many of a row's versions run black-box tests (which start processes and wait for
+/// them; unit tests take a moment): a rough measure of how long its tests take.
+fn black_box_versions(row: &Row) -> usize {
+    let starter = usize::from(row.e.tests.iter().any(TestRun::is_black_box));
+    let wrong = row
+        .wrong
+        .iter()
+        .filter(|answer| {
+            answer.caught_by.iter().any(|test| {
+                row.e
+                    .run_labelled(&test.label)
+                    .is_some_and(TestRun::is_black_box)
+            })
+        })
+        .count();
+    starter + wrong
 }
 
 /// What can be known before building anything.

@@ -277,9 +277,6 @@ fn a_child_killed_by_a_signal_frees_its_place() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child as i32), Signal::SIGKILL)
         .expect("kill -9 the child");
     let mut second = connect(addr).expect("connect");
-    second
-        .set_read_timeout(Some(TIMEOUT))
-        .expect("set a timeout");
     write_request(&mut second, "/", false).expect("send");
     let response = read_response(&mut second)
         .unwrap_or_else(|e| panic!("the killed child's place should be free: {e}"));
