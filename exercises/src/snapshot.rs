@@ -133,44 +133,42 @@ pub fn build(
         .iter()
         .flat_map(|(run, only)| chapters_of(root, run, *only))
         .collect();
-    // One cargo command for the binaries, and one per package for its test executables,
-    // each with the executables it is for.
-    let mut commands: Vec<(Vec<String>, Vec<Wanted>)> = Vec::new();
-    if !chapters.is_empty() {
-        let mut args = vec!["build".to_string()];
-        for chapter in &chapters {
-            args.extend(["-p".to_string(), chapter.clone()]);
-        }
-        args.push("--bins".into());
-        commands.push((args, Vec::new()));
+    // One `cargo build` for the chapter binaries and the test files (it builds those in
+    // test mode), and a `cargo test --no-run` per package whose unit tests run: cargo
+    // checks what is fresh once per call, so the fewer calls the better.
+    let mut build_args = vec!["build".to_string()];
+    for chapter in &chapters {
+        build_args.extend(["-p".to_string(), chapter.clone()]);
     }
+    if !chapters.is_empty() {
+        build_args.push("--bins".into());
+    }
+    let mut commands: Vec<(Vec<String>, Vec<Wanted>)> = Vec::new();
+    let mut files: Vec<Wanted> = Vec::new();
     let mut seen = BTreeSet::new();
     for (run, _) in runs {
         let key = run.target_args();
         if !seen.insert(key.clone()) {
             continue;
         }
-        let (flags, name) = match run.target {
+        match run.target {
             crate::registry::Target::Test(name) => {
-                (vec!["--test".into(), name.into()], name.into())
+                let package = ["-p".to_string(), run.package.to_string()];
+                if !build_args.windows(2).any(|w| w == package) {
+                    build_args.extend(package);
+                }
+                build_args.extend(["--test".to_string(), name.to_string()]);
+                files.push((key, name.to_string()));
             }
-            crate::registry::Target::Lib => (vec!["--lib".into()], run.package.replace('-', "_")),
-        };
-        let package = vec!["test".to_string(), "-p".into(), run.package.into()];
-        match commands
-            .iter_mut()
-            .find(|(args, _)| args.starts_with(&package))
-        {
-            Some((args, wants)) => {
-                args.extend(flags);
-                wants.push((key, name));
-            }
-            None => {
-                let mut args = package;
-                args.extend(flags);
-                commands.push((args, vec![(key, name)]));
+            crate::registry::Target::Lib => {
+                let args = ["test", "-p", run.package, "--lib", "--no-run"];
+                let name = run.package.replace('-', "_");
+                commands.push((args.map(String::from).to_vec(), vec![(key, name)]));
             }
         }
+    }
+    if build_args.len() > 1 {
+        commands.insert(0, (build_args, files));
     }
     let mut stderr = String::new();
     let mut snapshot = Snapshot {
@@ -178,9 +176,6 @@ pub fn build(
         tests: Vec::new(),
     };
     for (mut args, wants) in commands {
-        if args[0] == "test" {
-            args.push("--no-run".into());
-        }
         args.extend([
             "-q".to_string(),
             "--message-format".into(),
@@ -200,7 +195,7 @@ pub fn build(
             ));
         }
         for artifact in out.stdout.lines().filter_map(Artifact::parse) {
-            if args[0] == "build" {
+            if artifact.kind == "bin" {
                 if chapters.contains(&artifact.name) {
                     copy(&artifact.executable, &bins.join(&artifact.name))?;
                 }
@@ -291,6 +286,8 @@ impl Snapshot {
 struct Artifact {
     /// The target's name: the binary's, or the test file's.
     name: String,
+    /// The target's first kind: `bin`, `test`, `lib`...
+    kind: String,
     executable: PathBuf,
     /// The directory of the package's `Cargo.toml`, where cargo runs its tests.
     package_dir: PathBuf,
@@ -305,8 +302,11 @@ impl Artifact {
         let manifest = PathBuf::from(json_string(line, "manifest_path")?);
         // The first "name" of an artifact message is its target's.
         let target = &line[line.find("\"target\":")?..];
+        // `"kind":["bin"]`: the first string after it.
+        let kinds = &target[target.find("\"kind\":[")? + 8..];
         Some(Artifact {
             name: json_string(target, "name")?,
+            kind: kinds.split('"').nth(1)?.to_string(),
             executable,
             package_dir: manifest.parent()?.to_path_buf(),
         })
@@ -361,6 +361,7 @@ mod tests {
         let line = r#"{"reason":"compiler-artifact","package_id":"path+file:///w/tests#chapter-tests@0.1.0","manifest_path":"/w/tests/Cargo.toml","target":{"kind":["test"],"crate_types":["bin"],"name":"ch04_proxy","src_path":"/w/tests/tests/ch04_proxy.rs","edition":"2021","doc":false,"doctest":false,"test":true},"profile":{"opt_level":"0","test":true},"features":[],"filenames":["/w/target/debug/deps/ch04_proxy-1"],"executable":"/w/target/debug/deps/ch04_proxy-1","fresh":true}"#;
         let artifact = Artifact::parse(line).expect("an executable");
         assert_eq!(artifact.name, "ch04_proxy");
+        assert_eq!(artifact.kind, "test");
         assert_eq!(
             artifact.executable,
             Path::new("/w/target/debug/deps/ch04_proxy-1")
