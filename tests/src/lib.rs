@@ -18,6 +18,7 @@
 //! | [`parse_hello`] | which worker (pid, id) wrote a response body |
 //! | [`recv_timeout`] | read one IPC message, with a timeout |
 //! | [`pid_alive`], [`parent_pid`], [`fd_count`], [`stopped`], [`wait_until`] | look at processes |
+//! | [`pause`], [`resume`] | stop a process (SIGSTOP) and let it go on (SIGCONT) |
 //! | [`gets_from_threads`] | many clients at once, each request on a new connection |
 //! | [`Chapter::from_command`], [`on_path`] | start a program that is not a chapter (the book's Node.js programs) |
 //! | [`listening_inodes`], [`socket_inodes`] | which sockets listen on an address, and which a process holds |
@@ -72,13 +73,30 @@ fn build_dirs() -> (PathBuf, PathBuf) {
     (target_dir, profile_dir)
 }
 
+/// Set only by `exercise verify`: a directory that holds the chapter binaries to start,
+/// built beforehand. `verify` builds each version of an exercise once and runs its tests
+/// later, from copies, while it builds the next; building here would build whatever the
+/// source holds by then. Unset, [`binary`] builds what it needs itself.
+pub const BINARIES_VAR: &str = "CHAPTER_TESTS_BINARIES";
+
 /// Builds `package` (whose binary has the same name) with the same profile and target dir
-/// as the running test, once per test process, and returns the binary's path.
+/// as the running test, once per test process, and returns the binary's path. Under
+/// `exercise verify`, returns the copy in [`BINARIES_VAR`] instead.
 ///
 /// `CARGO_BIN_EXE_<name>` only exists for a package's own binaries, and `cargo test -p
 /// chapter-tests` builds nothing else, so the harness asks cargo itself.
 #[track_caller]
 pub fn binary(package: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os(BINARIES_VAR) {
+        let path = Path::new(&dir).join(package);
+        if !path.exists() {
+            panic!(
+                "{BINARIES_VAR}: {package} was not built for this run (no {})",
+                path.display()
+            );
+        }
+        return path;
+    }
     static BUILT: Mutex<BTreeMap<String, Result<PathBuf, String>>> = Mutex::new(BTreeMap::new());
     // Holding the lock through the build makes parallel tests wait for one build.
     let mut built = lock(&BUILT);
@@ -149,6 +167,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 // Running a chapter
 // ---------------------------------------------------------------------------------------
 
+/// The most lines kept from one output pipe; no test reads anywhere near as many.
+const MAX_LINES: usize = 100_000;
+
 /// The lines read so far from one of the child's output pipes.
 #[derive(Default)]
 struct Lines {
@@ -176,12 +197,22 @@ impl Lines {
                 buf.clear();
                 match reader.read_until(b'\n', &mut buf) {
                     Ok(0) | Err(_) => break,
+                    // A program that logs in an endless loop (a bug under test) must not
+                    // fill this process's memory: past the cap, lines are read and dropped.
+                    Ok(_) if lock(&filled.state).lines.len() >= MAX_LINES => {}
                     Ok(_) => {
                         let line = String::from_utf8_lossy(&buf)
                             .trim_end_matches(['\n', '\r'])
                             .to_string();
                         eprintln!("{label}| {line}");
-                        lock(&filled.state).lines.push(line);
+                        let mut state = lock(&filled.state);
+                        state.lines.push(line);
+                        if state.lines.len() == MAX_LINES {
+                            eprintln!(
+                                "{label}| ... (more than {MAX_LINES} lines: the rest is dropped)"
+                            );
+                        }
+                        drop(state);
                         filled.changed.notify_all();
                     }
                 }
@@ -963,6 +994,25 @@ pub fn parent_pid(pid: u32) -> Option<u32> {
 /// Is process `pid` stopped, by SIGSTOP say (state `T` in `/proc/PID/stat`)?
 pub fn stopped(pid: u32) -> bool {
     stat_fields(pid).is_some_and(|fields| fields.first().map(String::as_str) == Some("T"))
+}
+
+/// Stops process `pid` with SIGSTOP and waits until it is stopped: it runs no code, so a
+/// test can line up what it will find when it goes on (see [`resume`]).
+#[track_caller]
+pub fn pause(pid: u32) {
+    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP)
+        .unwrap_or_else(|e| panic!("SIGSTOP pid {pid}: {e}"));
+    assert!(
+        wait_until(TIMEOUT, || stopped(pid)),
+        "pid {pid} should be stopped after SIGSTOP"
+    );
+}
+
+/// Lets process `pid`, stopped by [`pause`], go on (SIGCONT).
+#[track_caller]
+pub fn resume(pid: u32) {
+    kill(Pid::from_raw(pid as i32), Signal::SIGCONT)
+        .unwrap_or_else(|e| panic!("SIGCONT pid {pid}: {e}"));
 }
 
 /// How many fds process `pid` has open (entries in `/proc/<pid>/fd`).

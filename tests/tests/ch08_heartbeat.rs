@@ -123,6 +123,51 @@ fn a_worker_slow_for_less_than_two_beats_is_not_killed() {
     );
 }
 
+/// Exercise ch08-missed: one or two missed beats are logged, not punished. A worker sleeps
+/// in a handler for two and a half beats: at least two beats come while it cannot answer,
+/// so the second finds a ping unanswered and logs one missed beat; fewer than the four a
+/// zombie needs (three missed in a row) can come. The first verdict on it must be that
+/// line, and it must live on.
+#[test]
+fn a_worker_that_misses_a_beat_or_two_is_not_killed() {
+    // Slow beats, as above: 250 ms between the end of the sleep and the beat that would
+    // make a third miss leave room for a busy machine.
+    const BEAT_MS: u64 = 500;
+    let beat = BEAT_MS.to_string();
+    let (master, addr, forked) = Chapter::start_cluster(CH08, 2, &["--heartbeat-ms", &beat]);
+    let mut stream = connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    write_request(
+        &mut stream,
+        &format!("/sleep?ms={}", BEAT_MS * 5 / 2),
+        false,
+    )
+    .expect("send the request");
+    let verdict = master.wait_for_line("a verdict on a worker", TIMEOUT, |l| {
+        l.contains("missed a heartbeat") || l.contains("is a zombie")
+    });
+    let response = read_response(&mut stream).expect("the slow request is answered");
+    let (id, pid) = *forked
+        .iter()
+        .find(|(id, pid)| {
+            response
+                .body
+                .starts_with(&format!("worker {id} (pid {pid}) slept"))
+        })
+        .unwrap_or_else(|| panic!("who slept? {response:?}"));
+    assert!(
+        verdict.contains(&format!("worker {id} missed a heartbeat (1 of 3 in a row)")),
+        "one missed beat is logged, not punished: {verdict}"
+    );
+    let window = Duration::from_millis(2 * BEAT_MS);
+    let killed = wait_until(window, || master.count("is a zombie") > 0);
+    assert!(!killed, "slow is not dead: {:#?}", master.lines());
+    assert!(pid_alive(pid), "worker {id} (pid {pid}) lives on");
+    assert_eq!(master.count("forked worker"), 2, "no worker was replaced");
+}
+
 /// One request for `path`, answered by one of `forked`: its body.
 #[track_caller]
 fn get_path(addr: SocketAddr, path: &str, forked: &[(u32, u32)]) -> String {
