@@ -56,3 +56,48 @@ class Master:
         except ProcessLookupError:
             pass
         self.proc.wait()
+
+
+def tcp_sockets(pid):
+    """The TCP sockets process `pid` holds, as a list of (state, queued): the kernel's
+    state name (LISTEN, ESTABLISHED, CLOSE_WAIT, ...) and, for a connection, the bytes it
+    has received that nobody has read yet; for a listening socket, the connections
+    waiting in its accept queue (the backlog). From /proc/PID/fd and /proc/net/tcp{,6}."""
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        m = re.fullmatch(r"socket:\[(\d+)\]", target)
+        if m:
+            inodes.add(int(m.group(1)))
+    names = {"0A": "LISTEN", "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
+             "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
+             "09": "LAST_ACK", "0B": "CLOSING"}
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if int(cols[9]) in inodes:
+                found.append((names.get(cols[3], cols[3]), int(cols[4].split(":")[1], 16)))
+    return found
+
+
+def tcp_connections(pid):
+    """The TCP connections process `pid` holds, listening sockets left out: see
+    tcp_sockets."""
+    return [(state, unread) for state, unread in tcp_sockets(pid) if state != "LISTEN"]
+
+
+def backlog(pid):
+    """How many connections wait in the accept queues of the sockets `pid` listens on."""
+    return sum(queued for state, queued in tcp_sockets(pid) if state == "LISTEN")

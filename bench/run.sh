@@ -1,19 +1,39 @@
 #!/usr/bin/env bash
-# Measures chapters 4-6 against Node.js's cluster (and nginx, when installed) in one run.
+# Measures chapters 4-6 against Node.js's cluster (and nginx, when installed), side by side.
 #
-#   bench/run.sh                 # 5 s per target, 2 workers, 50 connections
+#   bench/run.sh                 # 3 repetitions, 5 s per target, 2 workers, 50 connections
+#   bench/run.sh --reps 5
 #   DURATION=10 WORKERS=2 CONNECTIONS=50 bench/run.sh
 #
 # Every target answers "Hello world by <pid>" and is loaded the same way: a new connection
 # per request (that is what the master has to balance). The load comes from wrk when it is
 # installed (apt-get install wrk), otherwise from our own loadgen; the table says which.
 # Node.js targets run only when `node` is on PATH, nginx only when `nginx` is.
+#
+# One pass loads every target once, each chapter right beside its Node.js counterpart.
+# The script makes --reps passes; each starts one pair further down the list, and every
+# second pass runs Node.js first within each pair, so that no target always runs first,
+# or always after the same one, while the machine's state drifts. It prints every pass's
+# figure, the range per target, and each ratio taken within one pass, with its range:
+# quote ranges, not one pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-5}
 WORKERS=${WORKERS:-2}
 CONNECTIONS=${CONNECTIONS:-50}
+REPS=${REPS:-3}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --reps) REPS=${2:?--reps needs a number}; shift 2 ;;
+    --reps=*) REPS=${1#--reps=}; shift ;;
+    -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
+    *) echo "bench/run.sh: unknown argument '$1' (try --reps N)" >&2; exit 2 ;;
+  esac
+done
+case $REPS in
+  ''|*[!0-9]*|0) echo "bench/run.sh: --reps takes a whole number from 1, not '$REPS'" >&2; exit 2 ;;
+esac
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -74,16 +94,18 @@ run_node() { # run_node NAME ENV... FILE
   fi
 }
 
-run ch04-proxy $bin/ch04-proxy
-run ch05-handle-passing $bin/ch05-handle-passing
-run ch06-round-robin $bin/ch06-round-robin
+# The targets, in pairs that are compared: each chapter and its Node.js counterpart.
 if command -v node >/dev/null; then
-  run_node node-proxy node book/node/ch04-proxy.js
-  run_node node-shared-handle NODE_CLUSTER_SCHED_POLICY=none node book/node/cluster.js
-  run_node node-round-robin NODE_CLUSTER_SCHED_POLICY=rr node book/node/cluster.js
+  pairs=("ch04-proxy node-proxy" "ch05-handle-passing node-shared-handle" "ch06-round-robin node-round-robin")
+else
+  pairs=(ch04-proxy ch05-handle-passing ch06-round-robin)
 fi
-if command -v nginx >/dev/null; then
-  port=$(free_port)
+if command -v nginx >/dev/null; then pairs+=(nginx); fi
+targets=()
+for pair in "${pairs[@]}"; do read -ra two <<<"$pair"; targets+=("${two[@]}"); done
+
+run_nginx() { # run_nginx NAME
+  local port; port=$(free_port)
   cat >"$work/nginx.conf" <<CONF
 worker_processes $WORKERS;
 pid $work/nginx.pid;
@@ -97,34 +119,104 @@ CONF
   setsid nginx -c "$work/nginx.conf" -g 'daemon off;' >"$work/nginx.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-  rate[nginx]=$(load "http://127.0.0.1:$port/")
+  rate[$1]=$(load "http://127.0.0.1:$port/")
   stop
-fi
+}
 
-# The load client must not be the bottleneck: measure one target with both clients.
-if command -v wrk >/dev/null; then
-  port=$(free_port)
-  start loadgen-check $bin/ch05-handle-passing --port "$port" --workers "$WORKERS"
-  lg=$($bin/loadgen "http://127.0.0.1:$port/" -n $((DURATION * 4000)) -c "$CONNECTIONS" | awk '/requests\/s/ {for (i=1;i<=NF;i++) if ($i=="requests/s;") printf "%.0f", $(i-1)}')
+# measure TARGET PASS: one target, once; its rate goes to rate[TARGET.PASS].
+measure() {
+  local key=$1.$2
+  case $1 in
+    ch04-proxy) run "$key" $bin/ch04-proxy ;;
+    ch05-handle-passing) run "$key" $bin/ch05-handle-passing ;;
+    ch06-round-robin) run "$key" $bin/ch06-round-robin ;;
+    node-proxy) run_node "$key" node book/node/ch04-proxy.js ;;
+    node-shared-handle) run_node "$key" NODE_CLUSTER_SCHED_POLICY=none node book/node/cluster.js ;;
+    node-round-robin) run_node "$key" NODE_CLUSTER_SCHED_POLICY=rr node book/node/cluster.js ;;
+    nginx) run_nginx "$key" ;;
+  esac
+}
+
+# The load client must not be the bottleneck: in each pass, measure one target with both
+# clients (lg[PASS] beside rate[ch05-handle-passing.PASS]).
+declare -A lg
+check_client() { # check_client PASS
+  command -v wrk >/dev/null || return 0
+  local port; port=$(free_port)
+  start loadgen-check $bin/ch05-handle-passing --port "$port" --workers "$WORKERS" || return 0
+  lg[$1]=$($bin/loadgen "http://127.0.0.1:$port/" -n $((DURATION * 4000)) -c "$CONNECTIONS" | awk '/requests\/s/ {for (i=1;i<=NF;i++) if ($i=="requests/s;") printf "%.0f", $(i-1)}')
   stop
-fi
+}
 
-echo
-echo "$(nproc) CPUs, $WORKERS workers, load: $tool"
-printf '%-22s %10s\n' target 'requests/s'
-for name in ch04-proxy node-proxy ch05-handle-passing node-shared-handle ch06-round-robin node-round-robin nginx; do
-  [ -n "${rate[$name]:-}" ] && printf '%-22s %10s\n' "$name" "${rate[$name]}"
+n=${#pairs[@]}
+for pass in $(seq "$REPS"); do
+  # Pass 1 runs the pairs in the list's order, pass 2 starts at the second pair, and so on;
+  # in every second pass, Node.js goes first within each pair.
+  order=()
+  for i in $(seq 0 $((n - 1))); do
+    read -ra two <<<"${pairs[$(((i + pass - 1) % n))]}"
+    if [ $((pass % 2)) = 0 ] && [ ${#two[@]} = 2 ]; then two=("${two[1]}" "${two[0]}"); fi
+    order+=("${two[@]}")
+  done
+  echo "pass $pass of $REPS: ${order[*]}" >&2
+  for target in "${order[@]}"; do measure "$target" "$pass"; done
+  check_client "$pass"
 done
-ratio() { [ -n "${rate[$1]:-}" ] && [ -n "${rate[$2]:-}" ] && awk -v a="${rate[$1]}" -v b="${rate[$2]}" -v t="$3" 'BEGIN {printf "%-44s %5.2fx\n", t, a/b}'; }
+
+# range V...: "min – max" of the numbers given (or the one number), empty if none.
+range() {
+  [ $# -gt 0 ] || return 0
+  printf '%s\n' "$@" | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {if (lo == hi) print lo; else print lo " – " hi}'
+}
+
 echo
-ratio ch04-proxy node-proxy "ch04 proxy vs Node proxy master" || true
-ratio ch05-handle-passing nginx "ch05 handle passing vs nginx" || true
-ratio ch06-round-robin node-round-robin "ch06 round-robin vs Node round-robin" || true
-if [ -n "${lg:-}" ]; then
+echo "$(nproc) CPUs, $WORKERS workers, load: $tool; $REPS passes, the order rotated each pass"
+printf '%-22s' target
+for pass in $(seq "$REPS"); do printf ' %9s' "pass $pass"; done
+printf '   %s\n' 'range (requests/s)'
+for name in "${targets[@]}"; do
+  values=()
+  printf '%-22s' "$name"
+  for pass in $(seq "$REPS"); do
+    v=${rate[$name.$pass]:-}
+    printf ' %9s' "${v:--}"
+    [ -n "$v" ] && values+=("$v")
+  done
+  printf '   %s\n' "$(range "${values[@]}")"
+done
+
+# ratio A B TITLE: A's rate over B's, within each pass, and the range over the passes.
+ratio() {
+  local values=() pass a b r
+  printf '%-38s' "$3"
+  for pass in $(seq "$REPS"); do
+    a=${rate[$1.$pass]:-}; b=${rate[$2.$pass]:-}
+    if [ -n "$a" ] && [ -n "$b" ] && [ "$b" != 0 ]; then
+      r=$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", a / b}')
+      values+=("$r")
+      printf ' %8sx' "$r"
+    else
+      printf ' %9s' -
+    fi
+  done
+  [ ${#values[@]} -gt 0 ] && printf '   %sx' "$(range "${values[@]}")"
   echo
-  echo "load client check on ch05: wrk ${rate[ch05-handle-passing]} req/s, loadgen $lg req/s (same target, same settings)"
+}
+echo
+printf '%-38s' 'ratio, within one pass'
+for pass in $(seq "$REPS"); do printf ' %9s' "pass $pass"; done
+printf '   %s\n' range
+ratio ch04-proxy node-proxy "ch04 proxy / Node proxy master"
+ratio ch05-handle-passing nginx "ch05 handle passing / nginx"
+ratio ch06-round-robin node-round-robin "ch06 round-robin / Node round-robin"
+if [ ${#lg[@]} -gt 0 ]; then
+  echo
+  echo "load client check on ch05 (same target, same settings), per pass:"
+  for pass in $(seq "$REPS"); do
+    echo "  pass $pass: wrk ${rate[ch05-handle-passing.$pass]:--} req/s, loadgen ${lg[$pass]:--} req/s"
+  done
 fi
 if [ "$failed" = 1 ]; then
-  echo "some targets did not start (see above): their rows are missing" >&2
+  echo "some targets did not start (see above): their figures are missing" >&2
   exit 1
 fi

@@ -1,7 +1,7 @@
 // Chapter 9 in Node.js: the articles' rolling restart on SIGUSR2. One worker at
 // a time: disconnect it; when it has exited, fork its replacement; when that
 // one listens, the next worker's turn comes. A SIGUSR2 during a reload is
-// refused.
+// refused, a guard the articles' version does not have.
 //   PORT=8000 WORKERS=2 node book/node/ch09-reload.js
 //   kill -USR2 <master pid>; curl localhost:8000/version
 const cluster = require('node:cluster');

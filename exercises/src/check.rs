@@ -10,7 +10,7 @@ use crate::run::{self, Ended, Output};
 
 /// How long one test command may run. Every wait in the chapter tests has a deadline of
 /// its own (20 s at most), so only an endless loop in the code under test gets near this.
-fn timeout(run: &TestRun) -> Duration {
+pub fn timeout(run: &TestRun) -> Duration {
     match run.target {
         Target::Lib => Duration::from_secs(60),
         Target::Test(_) => Duration::from_secs(600),
@@ -108,18 +108,9 @@ impl Ran {
     }
 }
 
-/// Runs `run`'s tests: those its filters select, or exactly the tests `only` names.
-pub fn test(
-    root: &Path,
-    run: &TestRun,
-    only: Option<&[String]>,
-    echo: bool,
-) -> Result<Ran, String> {
-    test_until(root, run, only, echo, false)
-}
-
-/// [`test`]; with `first_failure`, stops at the first failed test (and reports only the
-/// tests that finished by then).
+/// Runs `run`'s tests: those its filters select, or exactly the tests `only` names; with
+/// `first_failure`, stops at the first failed test (and reports only the tests that
+/// finished by then).
 pub fn test_until(
     root: &Path,
     run: &TestRun,

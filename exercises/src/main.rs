@@ -13,6 +13,7 @@ mod region;
 mod registry;
 mod report;
 mod run;
+mod snapshot;
 mod verify;
 mod workspace;
 mod wrong;
@@ -38,7 +39,8 @@ usage: cargo run -q -p exercise -- COMMAND
   reset --all       the same for every started exercise
   verify [NAME...]  for teachers and CI: prove the reference passes, the todo!() fails,
                     every wrong answer in exercises/wrong/ is caught, and reset is exact
-                    (--steps: every build and test command, with its time)
+                    (--steps: every build and test command, with its time; --jobs N:
+                    N test runs side by side, default twice the CPUs, at most 8)
 ";
 
 /// What the command line asks for.
@@ -60,6 +62,8 @@ enum Command {
     Verify {
         chosen: Vec<&'static Exercise>,
         steps: bool,
+        /// How many test runs go side by side; `None`: [`verify::default_jobs`].
+        jobs: Option<usize>,
     },
 }
 
@@ -145,7 +149,19 @@ fn parse(words: &[&str]) -> Result<Command, String> {
         }
         ["verify", rest @ ..] => {
             let steps = rest.contains(&"--steps");
-            let names: Vec<&str> = rest.iter().copied().filter(|w| *w != "--steps").collect();
+            let mut jobs = None;
+            let mut names: Vec<&str> = Vec::new();
+            let mut words = rest.iter().copied().filter(|w| *w != "--steps");
+            while let Some(word) = words.next() {
+                if word != "--jobs" {
+                    names.push(word);
+                    continue;
+                }
+                match words.next().map(str::parse::<usize>) {
+                    Some(Ok(n)) if n > 0 => jobs = Some(n),
+                    _ => return Err("`--jobs` takes a number above 0, e.g. `--jobs 4`".into()),
+                }
+            }
             let chosen = match names.is_empty() {
                 true => EXERCISES.iter().collect(),
                 false => names
@@ -153,7 +169,11 @@ fn parse(words: &[&str]) -> Result<Command, String> {
                     .map(|name| exercise("verify", Some(name)))
                     .collect::<Result<Vec<_>, _>>()?,
             };
-            Ok(Command::Verify { chosen, steps })
+            Ok(Command::Verify {
+                chosen,
+                steps,
+                jobs,
+            })
         }
         [other, ..] => Err(format!(
             "there is no command '{other}'. The commands: list, start, check, hint, reset, \
@@ -188,9 +208,14 @@ fn main() -> ExitCode {
         Command::Hint { e, level } => hint(&ws, e, level),
         Command::Reset(e) => reset(&ws, e),
         Command::ResetAll => reset_all(&ws),
-        Command::Verify { chosen, steps } => {
+        Command::Verify {
+            chosen,
+            steps,
+            jobs,
+        } => {
             run::on_interrupt_stop();
-            Ok(verify::verify(&ws, &chosen, steps))
+            let jobs = jobs.unwrap_or_else(verify::default_jobs);
+            Ok(verify::verify(&ws, &chosen, steps, jobs))
         }
     };
     match outcome {
@@ -500,16 +525,20 @@ mod tests {
             parsed("verify ch01-spawn ch04-limit"),
             Ok(Command::Verify {
                 chosen: vec![ex("ch01-spawn"), ex("ch04-limit")],
-                steps: false
+                steps: false,
+                jobs: None
             })
         );
         assert_eq!(
-            parsed("verify --steps"),
+            parsed("verify --steps --jobs 3"),
             Ok(Command::Verify {
                 chosen: EXERCISES.iter().collect(),
-                steps: true
+                steps: true,
+                jobs: Some(3)
             })
         );
+        assert!(parsed("verify --jobs 0").is_err());
+        assert!(parsed("verify --jobs").is_err());
     }
 
     #[test]

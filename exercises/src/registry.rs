@@ -26,7 +26,8 @@ pub struct Exercise {
     /// What the `todo!()` asks for: what to write, not how. It becomes a format-string
     /// literal, so no quotes, braces, backslashes or newlines.
     pub todo: &'static str,
-    /// The hints `hint NAME` gives, one level at a time, from a nudge to nearly the answer.
+    /// The hints `hint NAME` gives, one level at a time: the idea, then the API to use and
+    /// the tests to read. A hint teaches; it never prints the reference code.
     pub hints: &'static [&'static str],
     /// The test commands `check NAME` runs, in order.
     pub tests: &'static [TestRun],
@@ -81,12 +82,16 @@ pub const EXERCISES: &[Exercise] = &[
              for its exit status. The parent cannot wait for one child to end: others are \
              still serving, and new clients are arriving. Several children may have ended \
              since the last look, and their SIGCHLDs can merge into one.",
-            "`waitpid(None, Some(WaitPidFlag::WNOHANG))` collects one exited child, or says \
-             `StillAlive` when none has exited; ask again until it does, and forget each \
-             collected pid in `children`, which the parent counts against --max-clients.",
-            "Loop: `StillAlive` returns; any other `Ok(status)` removes `status.pid()` from \
-             `children`; `Err(Errno::EINTR)` asks again; any other error (ECHILD: no \
-             children) returns.",
+            "nix's `waitpid`, asked about any child with the `WNOHANG` flag, collects one \
+             child that has ended, or says without waiting that none has \
+             (`WaitStatus::StillAlive`). `children` is what the parent counts against \
+             --max-clients: a child collected must leave it, whether it exited or was \
+             killed by a signal (`WaitStatus::pid` knows the pid of both).",
+            "Which errors of waitpid are worth asking again after, and which mean there is \
+             nothing left to collect? (`man waitpid`: EINTR, ECHILD.) The tests to read, in \
+             tests/tests/ch00_server_models.rs: `the_process_model_leaves_no_zombie`, \
+             `at_max_clients_the_next_client_waits_its_turn` and \
+             `a_child_killed_by_a_signal_frees_its_place`.",
         ],
         tests: &[black_box("ch00_server_models", &[])],
     },
@@ -102,21 +107,21 @@ pub const EXERCISES: &[Exercise] = &[
             "A worker is this same program, run again with the same arguments: `std::env` \
              knows both which program is running and its arguments. The copy learns that it \
              is a worker, and which one, from its environment (`WORKER_ID_VAR`), as a Node \
-             worker does from `NODE_UNIQUE_ID`.",
-            "Build a `std::process::Command` for `std::env::current_exe()?`, with \
-             `std::env::args_os().skip(1)` as its arguments and `WORKER_ID_VAR` set to \
-             `id`. With `with_channel`, make `Channel::pair()?` first: the master keeps the \
-             `Channel`, the worker inherits the `OwnedFd`, and that fd's number goes in \
-             `CHANNEL_FD_VAR`. Spawn it, and return `Worker { id, pid: child.id(), channel, \
-             _child: child }`.",
+             worker does from `NODE_UNIQUE_ID`; a chapter adds variables of its own \
+             (`env`).",
+            "`std::process::Command`, for the program `exe()` names. With `with_channel`, \
+             make the pair first (`Channel::pair`): the master keeps the `Channel`, the \
+             worker inherits the other end, and that fd's number goes in `CHANNEL_FD_VAR`. \
+             The `Worker` you return keeps the `Child`.",
             "Both ends of the pair are close-on-exec, so the worker would lose its end at \
-             exec. In an `unsafe` block (with a `// SAFETY:` comment), call \
-             `command.pre_exec(move || prepare_child(inherit, master))`, where `inherit` is \
-             the raw fd of the worker's end (an `Option<i32>`) and `master` is \
-             `std::process::id()`: `prepare_child` clears close-on-exec on that one fd, and \
-             makes the worker die with its master. After `spawn()`, let the master's copy \
-             of the worker's end drop: while the master holds it too, the worker's exit \
-             never reads as end-of-file.",
+             exec, and nothing yet makes a worker die with its master: `prepare_child` does \
+             both, in the child, between fork and exec (`CommandExt::pre_exec`, which is \
+             `unsafe`: say in a `// SAFETY:` comment why it is sound). It needs the \
+             master's pid: whose pid would the closure see? And mind who holds the worker's \
+             end afterwards: while the master keeps a copy, the worker's exit never reads \
+             as end-of-file. Tests to read: `each_channel_end_is_held_by_one_process` \
+             (tests/tests/ch02_ipc_messaging.rs) and `workers_die_with_a_killed_master` \
+             (tests/tests/ch01_random_port_fork.rs).",
         ],
         tests: &[
             black_box("ch01_random_port_fork", &[]),
@@ -126,6 +131,10 @@ pub const EXERCISES: &[Exercise] = &[
                     "master_and_workers_talk_both_ways",
                     "each_channel_end_is_held_by_one_process",
                 ],
+            ),
+            black_box(
+                "ch07_auto_restart",
+                &["a_slot_that_crashes_at_start_backs_off_then_is_given_up_while_the_other_serves"],
             ),
         ],
     },
@@ -142,9 +151,10 @@ pub const EXERCISES: &[Exercise] = &[
              10% of 2 CPUs is 0.2. Decide how to round, and what the fewest workers is.",
             "Round to the nearest whole worker (1.5 is 2, 1.2 is 1), and never return fewer \
              than 1: `--workers 10%` on a small machine still starts one worker. Integer \
-             division rounds down, so compute in `f64`.",
-            "`cpus as f64 * f64::from(percent) / 100.0`, then `.round()`, `as usize`, and \
-             `.max(1)`.",
+             division rounds down, so compute with floating point.",
+            "The unit test `args::tests::a_share_of_the_cpus` (shared/src/args.rs) lists \
+             the cases. `f64` has a method for each way of rounding, and `usize` one for a \
+             lower bound: which does each case need?",
         ],
         tests: &[
             shared_unit(&["args::"]),
@@ -164,13 +174,15 @@ pub const EXERCISES: &[Exercise] = &[
              send is one message. No framing (no newline, no length prefix): send the \
              text's bytes as they are, in one call. A file descriptor travels in that same \
              call, as ancillary data.",
-            "`nix::sys::socket::sendmsg::<()>(self.socket.as_raw_fd(), &iov, cmsgs, flags, \
-             None)`: `iov` is `[IoSlice::new(text.as_bytes())]`; `cmsgs` is empty, or \
-             `[ControlMessage::ScmRights(&fds)]`, with `fds` a slice of the one `RawFd`, \
-             when `fd` is `Some`.",
-            "Pass `MsgFlags::MSG_NOSIGNAL`: a send to a channel whose other end is gone \
-             must fail with EPIPE (the `?` turns it into `ChannelError::Closed`), not kill \
-             the process with SIGPIPE. Then `Ok(())`.",
+            "nix's `sendmsg` sends bytes and ancillary data in one call: the text in one \
+             `IoSlice`, and, when `fd` is `Some`, one `ControlMessage::ScmRights` holding \
+             its raw fd; with no fd, no control message at all.",
+            "A send can fail: the other end may be gone (EPIPE). Return the error (`?` \
+             turns an `Errno` into `ChannelError::Closed`): the caller decides what to do, \
+             and chapter 6's master hands the connection it could not send to another \
+             worker. `MSG_NOSIGNAL` asks for that error rather than a SIGPIPE. Tests to \
+             read: `channel::tests` in shared/src/channel.rs, `closed_and_too_large` and \
+             `an_fd_travels_with_its_message` among them.",
         ],
         tests: &[
             shared_unit(&["channel::"]),
@@ -187,25 +199,31 @@ pub const EXERCISES: &[Exercise] = &[
         todo: "receive the next message and any fd that came with it, or say why there is none",
         hints: &[
             "One `recvmsg` call reads one whole message, with any file descriptors sent \
-             with it. Give it a buffer of `MAX_MESSAGE` bytes and room for a few fds. Then \
-             sort out what came: nothing yet (only with `MSG_DONTWAIT`: `Ok(None)`), zero \
-             bytes, a message cut short, text that is not UTF-8, or a good message.",
-            "`recvmsg::<()>(fd, &mut iov, Some(&mut space), flags | \
-             MsgFlags::MSG_CMSG_CLOEXEC)`, with `iov` being `[IoSliceMut::new(&mut buf)]` \
-             and `space` being `cmsg_space!([RawFd; 4])`, in a loop: EINTR, again; EAGAIN, \
-             `Ok(None)`; other errors, `Err(e.into())`. Every fd in a \
-             `ControlMessageOwned::ScmRights` is now open in this process: wrap each at \
-             once in `OwnedFd::from_raw_fd` (`unsafe`, with a `// SAFETY:` comment), or it \
-             leaks. Keep the first; the others drop, which closes them.",
-            "Zero bytes and no fd: the peer hung up only if `self.hung_up()` says so \
-             (`ChannelError::Closed`); otherwise someone sent an empty packet \
-             (`ChannelError::Malformed`). `MSG_TRUNC` in the returned flags: \
-             `ChannelError::TooLarge(len)`. Then `buf.truncate(len)` and \
-             `String::from_utf8`: `Ok(Some(Message { text, fd }))`, or `Malformed`.",
+             with it. Then sort out what came: nothing yet (only without blocking: \
+             `Ok(None)`), zero bytes, a message cut short, fds that did not fit, text that \
+             is not UTF-8, or a good message.",
+            "nix's `recvmsg`, into a buffer of `MAX_MESSAGE` bytes (an `IoSliceMut`) with \
+             room for a few fds (`cmsg_space!`), and `MSG_CMSG_CLOEXEC` so that a received \
+             fd does not leak into programs started later. EINTR: again; EAGAIN only means \
+             nothing is there yet. Every fd in a `ControlMessageOwned::ScmRights` is open \
+             in this process from that moment: make each an `OwnedFd` at once (`unsafe`: \
+             say why it is sound), keep the first, let the others drop.",
+            "The flags say the rest. `MSG_CTRUNC`: the fds did not fit (most often the fd \
+             table is full); nix will not read such control data, but the message still \
+             counts, without its fd, and `close_received_fds` closes any that did fit. Zero \
+             bytes: a hang-up only if `hung_up` says so, otherwise an empty packet. \
+             `MSG_TRUNC`: too large. Tests to read: `channel::tests` in \
+             shared/src/channel.rs, and \
+             `ch06_a_worker_rejects_a_connection_whose_fd_was_cut_short` in \
+             tests/tests/exhaustion.rs.",
         ],
         tests: &[
             shared_unit(&["channel::"]),
             black_box("ch02_ipc_messaging", &[]),
+            black_box(
+                "exhaustion",
+                &["ch06_a_worker_rejects_a_connection_whose_fd_was_cut_short"],
+            ),
         ],
     },
     Exercise {
@@ -219,9 +237,11 @@ pub const EXERCISES: &[Exercise] = &[
         hints: &[
             "The server counts what it does. Which counter is requests answered, rather \
              than connections accepted? See `shared::server::Stats`.",
-            "Answer with a message to the master, not a log line: `server.send(...)`, with \
-             the text `served N`.",
-            "`server.send(&format!(\"served {}\", server.stats().served));`",
+            "Answer with a message to the master, not a log line: `server.send`, with the \
+             text the master expects, `served N`.",
+            "The test `worker_counts_what_it_served` (tests/tests/ch02_ipc_messaging.rs) \
+             sends three requests on one kept-alive connection, then asks: what must the \
+             answer say?",
         ],
         tests: &[black_box(
             "ch02_ipc_messaging",
@@ -240,12 +260,14 @@ pub const EXERCISES: &[Exercise] = &[
             "Three things, as a Node worker whose `listen()` failed does them: print the \
              error as an uncaught exception would (`Error: listen EADDRINUSE: ...`), let \
              the master know why this worker gives up, and end with a failure exit code.",
-            "`ListenError`'s `Display` already reads like Node's message: `log!` it after \
-             `Error: `. The master expects the message `error CODE ERRNO`: `e.code()` and \
-             `e.errno()`.",
-            "`log!(\"Error: {e}\");`, then `channel.send(&format!(\"error {} {}\", \
-             e.code(), e.errno()))?;`, and return `Ok(ExitCode::FAILURE)`, which is exit \
-             code 1.",
+            "`ListenError` already reads like Node's message (`node_message`), and knows \
+             its `code` and `errno`. The master expects the message `error CODE ERRNO` on \
+             the channel.",
+            "Node's worker dies of the uncaught error with exit code 1, and the master \
+             reads that code too. The test \
+             `one_worker_binds_the_port_and_the_others_get_eaddrinuse` \
+             (tests/tests/ch03_eaddrinuse.rs) checks the printed line, the master's report \
+             and the exit code.",
         ],
         tests: &[black_box("ch03_eaddrinuse", &[])],
     },
@@ -262,12 +284,15 @@ pub const EXERCISES: &[Exercise] = &[
              changes what bind does only if it is set before bind. `SO_REUSEADDR` lets a \
              restarted server bind while connections of its last run sit in TIME_WAIT; only \
              `SO_REUSEPORT` lets two live sockets share a port.",
-            "With socket2: `Socket::new(Domain::for_address(addr), Type::STREAM, \
-             Some(Protocol::TCP))?`, then `set_reuse_address(true)` always and \
-             `set_reuse_port(true)` when `reuse_port`, then `bind(&addr.into())` and \
-             `listen(BACKLOG)`.",
-            "End with `Ok(socket.into())`: a `socket2::Socket` turns into a std \
+            "std's `TcpListener::bind` does all the steps at once, with no room for options \
+             between them; socket2's `Socket` does each step on its own, and its setters \
+             are named after the options. A `socket2::Socket` turns into a std \
              `TcpListener`.",
+            "Which option is set always, and which only with `--reuseport on`? Tests to \
+             read, in tests/tests/ch03_eaddrinuse.rs: \
+             `one_worker_binds_the_port_and_the_others_get_eaddrinuse` (off), \
+             `reuseport_lets_every_worker_bind` (on) and \
+             `a_restarted_server_binds_its_port_despite_time_wait`.",
         ],
         tests: &[black_box("ch03_eaddrinuse", &[])],
     },
@@ -280,19 +305,22 @@ pub const EXERCISES: &[Exercise] = &[
         about: "the proxy's copy loop: read a chunk only once the last one is delivered, pass end-of-file on as a half-close",
         todo: "side `from` is readable or writable: move bytes between the two sides",
         hints: &[
-            "EPOLLOUT on side `from`: what the other side sent can go out now, so flush it. \
-             EPOLLIN or EPOLLHUP: side `from` has something, bytes or end-of-file. Read at \
-             most one chunk, and only once the previous chunk from that side has gone out: \
-             then a fast sender cannot fill the master's memory (backpressure).",
-            "Read into a 64 KiB array. `Ok(n)`: append it to `self.pending[from]` and \
-             `self.flush(from)?`. `Ok(0)`: side `from` is done (`self.done[from] = true`), \
-             but that is only a half-close: the other side may still have an answer to \
-             send. `WouldBlock`: nothing to read after all. `Interrupted`: again. EPOLLERR, \
-             or any other error: return `Err`, and the caller drops the pair.",
-            "At end-of-file, pass it on once nothing from that side is left to write: if \
-             `self.pending[from]` is empty, `self.sides[1 - \
-             from].shutdown(Shutdown::Write)` (flush does the same when it empties the \
-             buffer later). Return `Ok(())`.",
+            "EPOLLOUT on side `from`: side `from` can take bytes now, so what waits for it \
+             can go out. EPOLLIN or EPOLLHUP: side `from` has something, bytes or \
+             end-of-file. Read at most one chunk, and only once the previous chunk from \
+             that side has gone out: then a fast sender cannot fill the master's memory \
+             (backpressure).",
+            "A chunk goes into `self.pending[from]`, and `self.flush` sends it on. A read \
+             of 0 bytes is an end-of-file: note it in `self.done`; it is only a half-close, \
+             for the other side may still have an answer to send. `WouldBlock`: nothing to \
+             read after all; `Interrupted`: again; EPOLLERR, or any other error: return it, \
+             and the caller drops the pair.",
+            "The end-of-file must reach the other side too (`shutdown(Shutdown::Write)`), \
+             once nothing from this side is left to write, or a client that half-closes \
+             never sees its exchange end. And which buffer waits for a side that has become \
+             writable? Tests to read, in tests/tests/ch04_proxy.rs: \
+             `a_half_closed_client_still_gets_its_answer` and \
+             `pipelined_answers_arrive_whole_when_the_proxy_must_wait_to_write`.",
         ],
         tests: &[black_box("ch04_proxy", &[])],
     },
@@ -309,16 +337,26 @@ pub const EXERCISES: &[Exercise] = &[
              (`WouldBlock`). What was not written stays in `self.pending[from]` until epoll \
              says the socket is writable again. Lose it, or give up on the connection, and \
              an answer arrives cut short.",
-            "Loop while `self.pending[from]` is not empty: `self.sides[1 - \
-             from].write(&self.pending[from])`. `Ok(n)`: remove the first `n` bytes \
-             (`drain(..n)`). `WouldBlock`: return `Ok(())`; `update_interest` then asks for \
-             EPOLLOUT. `Interrupted`: again. Any other error: return it.",
+            "Write as long as something waits, and take out of `self.pending[from]` exactly \
+             what the socket took. `WouldBlock` is not an error: stop there, and \
+             `update_interest` asks epoll for EPOLLOUT. `Interrupted`: again. Any other \
+             error: return it.",
             "`write_all` will not do: on `WouldBlock` it stops with an error, and you \
-             cannot tell how much went. Once all is written and `self.done[from]`, pass the \
-             end-of-file on: `shutdown(Shutdown::Write)` on the other side. Return \
-             `Ok(())`.",
+             cannot tell how much went. Nor will trying again at once: that spins while the \
+             client does not read. Once everything is written and the side is `done`, pass \
+             its end-of-file on. Tests to read: \
+             `pipelined_answers_arrive_whole_when_the_proxy_must_wait_to_write` \
+             (tests/tests/ch04_proxy.rs) and \
+             `ch04_a_client_that_never_reads_makes_the_proxy_wait_not_spin` \
+             (tests/tests/exhaustion.rs).",
         ],
-        tests: &[black_box("ch04_proxy", &[])],
+        tests: &[
+            black_box("ch04_proxy", &[]),
+            black_box(
+                "exhaustion",
+                &["ch04_a_client_that_never_reads_makes_the_proxy_wait_not_spin"],
+            ),
+        ],
     },
     Exercise {
         name: "ch04-limit",
@@ -335,7 +373,9 @@ pub const EXERCISES: &[Exercise] = &[
             "Refusing means writing the `BUSY` answer (a 503) to the client at once, \
              without waiting for its request, and returning `true`: the caller then drops \
              the stream, which closes it. Otherwise return `false`.",
-            "`if open >= max { let _ = client.write_all(BUSY); return true; } false`",
+            "The test `max_connections_refuses_the_extra_client` \
+             (tests/tests/ch04_proxy.rs) holds three clients under `--max-connections 3` \
+             and checks the fourth, then frees a place and checks the next.",
         ],
         tests: &[black_box(
             "ch04_proxy",
@@ -354,17 +394,15 @@ pub const EXERCISES: &[Exercise] = &[
             "Bind the port once, in the master. A worker needs the socket itself, not its \
              address or its fd number: send the file descriptor over each worker's channel, \
              and the kernel gives the worker its own fd for the same socket. Then close the \
-             master's copy: the socket stays open, held by the workers. The master is ready \
-             once every worker says it accepts.",
-            "`net::listen(args.host, args.port)?`; `Cluster::new()?` and `cluster.fork()?` \
-             per worker; for each `id` in `cluster.ids()`, `cluster.send_with_fd(id, \
-             \"server\", listener.as_fd())?`; then `drop(listener)`, and log `sent the \
-             listening socket ...`. Each worker answers `listening` once it accepts on it.",
-            "The loop: `let event = cluster.next_event();` on `Event::Shutdown`, call \
-             `summarize(&mut cluster)` first; `if let Some(code) = \
-             cluster.ends_here(&event)`, return `Ok(code)`; count the `listening` messages, \
-             and when every worker has sent one, `log!(\"listening on http://{addr} \
-             (...)\")`: the ready line.",
+             master's copy: the socket stays open, held by the workers.",
+            "`net::listen` binds; `Cluster::send_with_fd` sends a message (`server`) with \
+             an fd to one worker; `cluster.ids()` names every worker. Dropping the master's \
+             `TcpListener` closes its fd, not the socket.",
+            "Log `sent the listening socket ADDR to N workers and closed ours`, which the \
+             tests wait for, and return the address. Tests to read, in \
+             tests/tests/ch05_handle_passing.rs: \
+             `the_master_holds_no_listening_socket_after_the_hand_off` and \
+             `every_worker_accepts_on_the_shared_socket`.",
         ],
         tests: &[black_box("ch05_handle_passing", &[])],
     },
@@ -381,11 +419,13 @@ pub const EXERCISES: &[Exercise] = &[
              TCP socket. Wrap it in the type for a listening socket, give it to the \
              server's event loop, and tell the master, which waits for every worker before \
              it says it is ready.",
-            "`TcpListener::from(fd)` takes over the `OwnedFd`; \
-             `server.add_listener_with(listener, exclusive)` starts accepting on it (with \
-             `EPOLLEXCLUSIVE` under `--exclusive on`).",
-            "On `Ok`, `server.send(\"listening\")`; on `Err`, `log!` the error (the master \
-             will not count this worker as ready).",
+            "`TcpListener` can be made from an `OwnedFd`; the server's `add_listener_with` \
+             starts accepting on it, with `EPOLLEXCLUSIVE` when `exclusive` asks for it \
+             (`--exclusive on`).",
+            "The master counts `listening` messages; a listener the server could not take \
+             is worth a log line, not a message. Tests to read: \
+             tests/tests/ch05_handle_passing.rs, \
+             `exclusive_wakes_one_worker_instead_of_all` among them.",
         ],
         tests: &[black_box("ch05_handle_passing", &[])],
     },
@@ -402,16 +442,20 @@ pub const EXERCISES: &[Exercise] = &[
              as events, and each line of the report needs the total, so log only once all \
              have answered (or a second has passed: a stuck worker must not stall the \
              shutdown).",
-            "`cluster.send(id, \"stats?\")` for each `id` in `cluster.ids()`; each worker \
-             answers `accepted N`. Collect them with \
-             `cluster.next_event_timeout(time_left)` until there is one per worker or the \
-             deadline has passed.",
-            "Then one line per worker: `log!(\"worker {id} accepted {n} of {total} \
-             connections ({share:.0}%)\")`, `total` being the sum of all the answers.",
+            "`stats?` to each worker; each answers `accepted N`. \
+             `Cluster::next_event_timeout` waits for the next event at most as long as it \
+             is told: collect until there is one answer per worker, or the second is over.",
+            "Then one line per worker, `worker I accepted X of T connections (P%)`, T being \
+             the total of all the answers. Tests to read, in \
+             tests/tests/ch05_handle_passing.rs: `master_reports_the_spread_on_shutdown` \
+             and `a_stuck_worker_does_not_hold_up_the_report`.",
         ],
         tests: &[black_box(
             "ch05_handle_passing",
-            &["master_reports_the_spread_on_shutdown"],
+            &[
+                "master_reports_the_spread_on_shutdown",
+                "a_stuck_worker_does_not_hold_up_the_report",
+            ],
         )],
     },
     Exercise {
@@ -423,14 +467,21 @@ pub const EXERCISES: &[Exercise] = &[
         about: "hand a waiting connection's fd to a free worker, and keep it until the worker acknowledges",
         todo: "send `conn` to worker `id`, and keep it until the worker answers",
         hints: &[
-            "The worker gets its own fd for the connection. The master keeps its copy until \
-             the worker acknowledges, so nothing is lost if the worker dies first; and if \
-             the send fails, the worker is gone, but the connection must not be lost \
-             either.",
-            "`cluster.send_with_fd(id, &format!(\"newconn {}\", self.key), conn.as_fd())`; on \
-             `Ok`, keep `conn` in `self.sent` under `id`.",
-            "On `Err`, log it and put `conn` back at the front of `self.waiting`; do not \
-             put the worker back on the free list.",
+            "Pair waiting connections with free workers for as long as there are both, not \
+             one per call: connections that arrived together must all go out now, for no \
+             other event may come. The worker gets its own fd for the connection; the \
+             master keeps its copy until the worker acknowledges, so that nothing is lost \
+             if the worker dies first.",
+            "`self.waiting` and `self.free` are queues (`VecDeque`), `self.sent` what each \
+             busy worker was sent. `cluster.send_with_fd` sends `newconn KEY` (the handle's \
+             key, `self.key`) with the connection's fd. Which of the two queues should the \
+             loop run on, so that no free worker is taken off its queue for nothing?",
+            "A send can fail: the worker died, and the master has not read its exit yet. \
+             Then the connection is not lost (it goes first to the next worker), and that \
+             worker is not picked again. Tests to read, in tests/tests/ch06_round_robin.rs: \
+             `a_connection_that_cannot_be_sent_to_a_dead_worker_goes_to_another`, \
+             `connections_accepted_together_all_go_out_at_once` and \
+             `a_connection_whose_worker_dies_before_taking_it_goes_to_another`.",
         ],
         tests: &[black_box("ch06_round_robin", &[])],
     },
@@ -448,8 +499,9 @@ pub const EXERCISES: &[Exercise] = &[
             "Keep what is left of each worker's turn in `self.left`, starting from its \
              weight in `self.weights` (1 if it has none), and count it down at each \
              acknowledgement.",
-            "With turns left, put the worker at the front of `self.free`; at zero, refill \
-             its turn and put it at the back.",
+            "A worker with turns left must be picked again next; one whose turn is over \
+             waits behind the others, with a new turn. Where in `self.free` does each go? \
+             Test to read: `weights_skew_the_turns` (tests/tests/ch06_round_robin.rs).",
         ],
         tests: &[black_box("ch06_round_robin", &["weights_skew_the_turns"])],
     },
@@ -466,11 +518,11 @@ pub const EXERCISES: &[Exercise] = &[
              will wait. A slot's first restart is immediate (its delay is zero); if that \
              worker dies too, the next waits policy.restart_delay; every one after that \
              waits policy.growth times longer, and never more than policy.max_delay.",
-            "Two cases: delay is zero (only the immediate first restart has happened), or it \
-             is not. Multiplying zero by 1.5 gives zero forever: the first case needs \
+            "Two cases: delay is zero (only the immediate first restart has happened), or \
+             it is not. Multiplying zero by 1.5 gives zero forever: the first case needs \
              policy.restart_delay itself.",
-            "match delay.is_zero() { true => policy.restart_delay, false => \
-             delay.mul_f64(policy.growth) }.min(policy.max_delay)",
+            "The unit tests `supervisor::tests` (shared/src/supervisor.rs) list the waits a \
+             slot sees. `Duration` can be multiplied by an `f64`, and compared.",
         ],
         tests: &[
             shared_unit(&["supervisor::"]),
@@ -489,13 +541,17 @@ pub const EXERCISES: &[Exercise] = &[
         about: "a worker that must go (a panic, too much memory) tells its master first, then finishes what it holds",
         todo: "tell the master why this worker is leaving, then drain",
         hints: &[
-            "Two things, in an order that matters: the master must stop handing this worker \
-             connections and start its replacement, and the worker must stop taking new \
-             connections but finish the ones it holds. Until the master hears, it still \
-             counts the worker as free.",
-            "The master expects the message `leaving WHY`; Server::drain does the rest and \
-             makes run() return once the last connection is done.",
-            "server.send(&format!(\"leaving {why}\")); then server.drain();",
+            "Two things: the master must hear why this worker goes, so that it hands it no \
+             more connections and starts its replacement at once; and the worker must take \
+             no new connection but finish those it holds.",
+            "The master's keeper understands one message from a leaving worker: \
+             `Keeper::message` in shared/src/keeper.rs shows its text. The server has two \
+             ways to end: read `Server::drain` and `Server::stop` in shared/src/server.rs, \
+             and pick the one that finishes what it holds.",
+            "The test to read: \
+             `a_crash_fails_its_own_request_only_and_the_replacement_serves_before_the_old_worker_exits` \
+             (tests/tests/ch07_auto_restart.rs) holds half a request on the worker that \
+             crashes, and checks who answers what, and when.",
         ],
         tests: &[black_box("ch07_auto_restart", &[])],
     },
@@ -508,15 +564,18 @@ pub const EXERCISES: &[Exercise] = &[
         about: "the missed-beat counter: a worker that leaves 3 pings in a row unanswered is a zombie",
         todo: "say whether worker id is a zombie; if not, count the ping about to be sent",
         hints: &[
-            "missed counts the pings sent to this worker since its last pong; pong() sets it \
-             back to 0. At a beat, a count of 1 or more means the last ping went unanswered \
-             for a whole interval: a missed beat. Judge first, then count the ping this beat \
-             sends.",
-            "At MISSED (3) the worker is a zombie: return true, and beat() does the rest. \
-             Otherwise, if it missed any, log it (the tests read `worker N missed a \
-             heartbeat (K of 3 in a row)`), add the ping to the count, and return false.",
-            "if *missed >= MISSED { return true; } if *missed > 0 { log!(\"worker {id} \
-             missed a heartbeat ({missed} of {MISSED} in a row)\"); } *missed += 1; false",
+            "missed counts the pings sent to this worker since its last pong; pong() sets \
+             it back to 0. At a beat, a count of 1 or more means the last ping went \
+             unanswered for a whole interval: a missed beat. Judge first, then count the \
+             ping this beat sends.",
+            "How many unanswered pings make a zombie? `MISSED` says. One only says the \
+             worker was slow for an interval; it is logged (the tests read `worker N missed \
+             a heartbeat (K of 3 in a row)`), not punished. A worker that is no zombie gets \
+             a ping at this beat: count it.",
+            "Tests to read, in tests/tests/ch08_heartbeat.rs: \
+             `a_hung_worker_is_killed_within_about_three_beats_and_replaced_while_the_other_serves` \
+             (not sooner, not later) and \
+             `a_worker_slow_for_less_than_two_beats_is_not_killed`.",
         ],
         tests: &[black_box("ch08_heartbeat", &[])],
     },
@@ -529,25 +588,24 @@ pub const EXERCISES: &[Exercise] = &[
         about: "the rolling reload's turn: the new worker serves, then the old one drains, then the next turn",
         todo: "move the reload on: drain the old worker once its replacement serves, then start the next turn, or end the reload",
         hints: &[
-            "step runs after every event of the master's loop. A turn is self.turn: the \
-             old worker, and the new one forked to replace it. Until the new one serves, \
-             nothing may happen to the old one: return, and the next event calls step \
-             again. Once it serves, the old one drains, and the next old worker's turn \
-             begins at once. When none is left, the reload is done.",
-            "keeper.serving(new) says whether the new worker serves (it has joined every \
-             round-robin handle: alive is not enough). keeper.drain(old, why) gives the new \
-             one the old one's slot and tells the old one to drain. keeper.replace(old) \
-             forks the next replacement: Ok(Some(new)) starts a turn, with a deadline \
-             listen_timeout from now; Ok(None) means that old worker is gone already, so \
-             skip it; Err means no worker can be forked, so stop. Loop while \
-             self.running: self.end and self.stop end the reload.",
-            "while self.running { if let Some(turn) = &self.turn { if \
-             !keeper.serving(turn.new) { return; } keeper.drain(turn.old, why); \
-             self.replaced += 1; self.turn = None; } let Some(old) = \
-             self.todo.pop_front() else { return self.end(keeper, done) }; match \
-             keeper.replace(old) { Ok(Some(new)) => self.turn = Some(Turn { old, new, \
-             deadline }), Ok(None) => log!(skipped), Err(e) => return self.stop(keeper, \
-             why) } }",
+            "step runs after every event of the master's loop, and goes as far as it can \
+             each time: after the event that makes a new worker serve, no other may come. A \
+             turn (`self.turn`) is an old worker and the new one forked to replace it. \
+             Until the new one serves, nothing happens to the old one. Once it serves, the \
+             old one drains, and the next turn begins in the same call; when no old worker \
+             is left, the reload ends.",
+            "`keeper.serving(new)`: it has joined every round-robin handle (alive is not \
+             enough). `keeper.drain(old, why)`: the new one takes the slot, the old one \
+             leaves. `keeper.replace(old)` forks the next replacement: `Ok(Some(new))` \
+             starts a turn, with a deadline `listen_timeout` from now; `Ok(None)`: that old \
+             worker is gone already, its turn is skipped; `Err`: no worker can be forked. \
+             `self.end` and `self.stop` end the reload.",
+            "A skipped turn goes on to the next; a fork that fails stops the reload, and \
+             the old worker whose turn it was serves on (the stop line counts it). Tests to \
+             read, in tests/tests/ch09_rolling_reload.rs: \
+             `a_reload_goes_as_far_as_it_can_at_each_event`, \
+             `a_fork_that_fails_mid_reload_stops_it_and_the_old_worker_serves_on` and \
+             `a_new_worker_that_dies_at_start_stops_the_reload_and_every_old_worker_serves_on`.",
         ],
         tests: &[black_box("ch09_rolling_reload", &[])],
     },
@@ -561,15 +619,17 @@ pub const EXERCISES: &[Exercise] = &[
         todo: "open this worker's own listening socket on `addr`, accept on it, and tell the master",
         hints: &[
             "Nothing arrives from the master but the address: the worker makes its own \
-             socket, as any server does. Other workers already listen on that port, so \
-             the bind succeeds only if every socket on it, this one too, asked to share \
-             the port before binding.",
-            "net::listen_with(addr.ip(), addr.port(), true)? makes the socket, sets \
-             SO_REUSEADDR and SO_REUSEPORT, binds and listens. Then log the ready line, \
-             `listening on http://ADDR`, with the address the socket really has \
-             (listener.local_addr()?).",
-            "server.add_listener(listener)?; then server.send(\"listening\"): the master \
-             prints its own ready line once every worker has said it. Return Ok(server).",
+             socket, as any server does. Other workers already listen on that port, so the \
+             bind succeeds only if every socket on it, this one too, asked to share the \
+             port before binding.",
+            "`net::listen_with` makes the socket, sets its options, binds and listens; its \
+             last argument asks for SO_REUSEPORT. Log the ready line, `listening on \
+             http://ADDR`, with the address the socket really has.",
+            "Give the socket to the server's loop, then tell the master (`listening`): it \
+             prints its own ready line once every worker has said it. Tests to read: \
+             tests/tests/ch10_reuseport.rs, \
+             `each_worker_listens_on_a_socket_of_its_own_and_the_master_on_none` among \
+             them.",
         ],
         tests: &[black_box("ch10_reuseport", &[])],
     },
@@ -586,13 +646,14 @@ pub const EXERCISES: &[Exercise] = &[
              The workers must still be able to bind beside it, so it has to ask to share \
              the port before it binds, with the same option their sockets use, and with \
              nothing that would let other programs in too.",
-            "socket2: Socket::new(Domain::for_address(addr), Type::STREAM, \
-             Some(Protocol::TCP))?, then set_reuse_port(true)? and bind(&addr.into())?. \
-             Return Ok(Reservation { socket }).",
+            "socket2's `Socket` does each step on its own: make it for the address's family \
+             (stream, TCP), set the one option, bind. The `Reservation` keeps the socket.",
             "No listen: a listening socket would join the workers' group and get its share \
              of connections that nobody accepts. And no SO_REUSEADDR: with it, any program \
              that sets only SO_REUSEADDR could bind the port beside a socket that never \
-             listens, then listen on it.",
+             listens, then listen on it. Test to read: \
+             `net::tests::a_reservation_holds_the_port_for_reuseport_listeners_only` \
+             (shared/src/net.rs).",
         ],
         tests: &[
             shared_unit(&["net::"]),
@@ -736,6 +797,35 @@ mod tests {
         }
     }
 
+    /// No hint hands out the reference: none holds a line of the reference region (code,
+    /// not comments, of some length), spaces aside.
+    #[test]
+    fn no_hint_prints_the_reference_code() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let squeeze = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+        for e in EXERCISES {
+            let text = std::fs::read_to_string(root.join(e.file)).unwrap();
+            let region = crate::region::find(&text, e.anchor).unwrap();
+            let code: Vec<String> = text[region.inner.clone()]
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.starts_with("//") && l.len() >= 16)
+                .map(squeeze)
+                .collect();
+            for (i, hint) in e.hints.iter().enumerate() {
+                let hint = squeeze(hint);
+                for line in &code {
+                    assert!(
+                        !hint.contains(line.as_str()),
+                        "{}: hint {} prints the reference line `{line}`",
+                        e.name,
+                        i + 1
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn commands_read_as_a_learner_types_them() {
         let e = find("ch01-spawn").unwrap();
@@ -744,7 +834,9 @@ mod tests {
             [
                 "cargo test -p chapter-tests --test ch01_random_port_fork",
                 "cargo test -p chapter-tests --test ch02_ipc_messaging -- \
-                 master_and_workers_talk_both_ways each_channel_end_is_held_by_one_process"
+                 master_and_workers_talk_both_ways each_channel_end_is_held_by_one_process",
+                "cargo test -p chapter-tests --test ch07_auto_restart -- \
+                 a_slot_that_crashes_at_start_backs_off_then_is_given_up_while_the_other_serves"
             ]
         );
         let unit = &find("ch01-percent").unwrap().tests[0];

@@ -97,10 +97,25 @@ pub fn cargo_until(
     // Options go before a `--`, if there is one.
     let at = full.iter().position(|a| a == "--").unwrap_or(full.len());
     full.splice(at..at, ["--color".to_string(), "never".to_string()]);
+    let mut command = Command::new(&cargo);
+    command.args(&full).current_dir(root);
+    let what = format!("cargo {}", args.join(" "));
+    run_until(command, &what, timeout, echo, first_failure)
+}
+
+/// Runs `command` (`what` names it in errors) as [`cargo_until`] runs cargo: its output
+/// collected, backtraces and colours off, stopped with everything under it after
+/// `timeout`, on Ctrl-C, and with `first_failure` at the first failed test. `verify`
+/// runs test binaries this way, without cargo.
+pub fn run_until(
+    mut command: Command,
+    what: &str,
+    timeout: Option<Duration>,
+    echo: bool,
+    first_failure: bool,
+) -> Result<Output, String> {
     let started = Instant::now();
-    let mut child = Command::new(&cargo)
-        .args(&full)
-        .current_dir(root)
+    let mut child = command
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -109,7 +124,7 @@ pub fn cargo_until(
         // how the command stops (see `stop`).
         .process_group(0)
         .spawn()
-        .map_err(|err| format!("cannot run `cargo {}`: {err}", args.join(" ")))?;
+        .map_err(|err| format!("cannot run `{what}`: {err}"))?;
     let failed = Arc::new(AtomicBool::new(false));
     let out = child
         .stdout
@@ -125,7 +140,7 @@ pub fn cargo_until(
                 }
             }
             Ok(None) => {}
-            Err(err) => return Err(format!("waiting for cargo failed: {err}")),
+            Err(err) => return Err(format!("waiting for `{what}` failed: {err}")),
         }
         if interrupted() {
             stop(child.id());
@@ -201,6 +216,27 @@ fn collect(
     })
 }
 
+/// Set while commands run side by side (`verify`): a command that is stopped then takes
+/// only its own orphans with it, not the others'.
+static SIDE_BY_SIDE: AtomicBool = AtomicBool::new(false);
+
+/// From now on, commands may run side by side, each on a thread of its own.
+pub fn side_by_side() {
+    SIDE_BY_SIDE.store(true, Ordering::SeqCst);
+}
+
+/// Kills every process re-parented to this one (see [`on_interrupt_stop`]), with its
+/// process group: once no command runs, whatever is left is a leftover.
+pub fn sweep_orphans() {
+    let me = std::process::id();
+    for pid in descendants(me) {
+        if parent_of(pid) == Some(me) {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
 /// Stops process `root` and every process under it, the chapter binaries a test started
 /// included (they run in process groups of their own, so killing cargo's group alone
 /// would leave them running). Everything is frozen first, so that no process can start
@@ -219,18 +255,29 @@ fn stop(root: u32) {
         }
         frozen.extend(new);
     }
+    // The process groups of what was frozen: a chapter's master and its workers share one.
+    let groups: Vec<u32> = frozen.iter().filter_map(|pid| group_of(*pid)).collect();
     for pid in &frozen {
         let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
     }
-    // Orphans re-parented to us (see `on_interrupt_stop`), with their process groups: a
-    // chapter's master and its workers share one.
+    // Orphans re-parented to us (see `on_interrupt_stop`), with their process groups. With
+    // other commands running beside this one, only those of this command's groups.
     let me = std::process::id();
+    let alone = !SIDE_BY_SIDE.load(Ordering::SeqCst);
     for pid in descendants(me) {
-        if parent_of(pid) == Some(me) {
+        let ours = alone || group_of(pid).is_some_and(|g| groups.contains(&g));
+        if parent_of(pid) == Some(me) && ours {
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
     }
+}
+
+/// The process group of `pid`, from `/proc/PID/stat`.
+fn group_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// Every process whose chain of parents leads to `root`, from `/proc`.

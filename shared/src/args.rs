@@ -26,6 +26,8 @@ pub struct Cli {
     about: &'static str,
     default_port: u16,
     many_ports: bool,
+    /// Why `--workers` is refused, for a program that has no workers (chapter 0).
+    no_workers: Option<&'static str>,
     extra: Vec<Opt>,
     checks: Vec<Check>,
 }
@@ -63,6 +65,7 @@ impl Cli {
             about,
             default_port: 8000,
             many_ports: false,
+            no_workers: None,
             extra: Vec::new(),
             checks: Vec::new(),
         }
@@ -78,6 +81,13 @@ impl Cli {
     /// master for each port), read back with [`Args::ports`].
     pub fn many_ports(mut self) -> Cli {
         self.many_ports = true;
+        self
+    }
+
+    /// For a program with no workers (chapter 0): `--workers` is left out of the help, and
+    /// refused with the other argument errors, saying `why`.
+    pub fn without_workers(mut self, why: &'static str) -> Cli {
+        self.no_workers = Some(why);
         self
     }
 
@@ -107,8 +117,16 @@ impl Cli {
 
     /// Adds a chapter-specific `--name on|off` (off by default), read back with
     /// [`Args::is_on`].
-    pub fn switch(self, name: &'static str, help: &'static str) -> Cli {
-        self.option::<Switch>(name, "on|off", help, "off")
+    pub fn switch(mut self, name: &'static str, help: &'static str) -> Cli {
+        self.extra.push(Opt {
+            name,
+            value: "on|off",
+            help,
+            default: "off",
+            // "--fast expects on|off, not 'yes'" says it all: no reason after it.
+            valid: |text| text.parse::<Switch>().map(drop).map_err(|_| String::new()),
+        });
+        self
     }
 
     /// Adds a check of the whole command line, run after every option has parsed: for
@@ -169,6 +187,9 @@ impl Cli {
             if !known {
                 return Err(format!("unknown argument '{word}'"));
             }
+            if let (Some(why), "--workers") = (self.no_workers, name) {
+                return Err(format!("--workers does not apply here: {why}"));
+            }
             let value = match inline.or_else(|| rest.next().cloned()) {
                 Some(value) => value,
                 None => return Err(format!("{name} needs a value")),
@@ -196,8 +217,9 @@ impl Cli {
                 }
                 _ => {
                     if let Some(opt) = self.extra.iter().find(|o| o.name == name) {
-                        (opt.valid)(&value).map_err(|why| {
-                            format!("{name} expects {}, not '{value}': {why}", opt.value)
+                        (opt.valid)(&value).map_err(|why| match why.is_empty() {
+                            true => format!("{name} expects {}, not '{value}'", opt.value),
+                            false => format!("{name} expects {}, not '{value}': {why}", opt.value),
                         })?;
                     }
                     for (extra, slot) in args.extra.iter_mut() {
@@ -215,8 +237,16 @@ impl Cli {
     }
 
     fn usage(&self) -> String {
+        let port = match self.many_ports {
+            false => "PORT",
+            true => "PORT[,PORT]",
+        };
+        let workers = match self.no_workers {
+            None => " [--workers N]",
+            Some(_) => "",
+        };
         let mut text = format!(
-            "Usage: {} [--host ADDR] [--port PORT] [--workers N] [--idle-timeout SECS]",
+            "Usage: {} [--host ADDR] [--port {port}]{workers} [--idle-timeout SECS]",
             self.name
         );
         for o in &self.extra {
@@ -243,23 +273,25 @@ impl Cli {
                 ),
             },
             (
-                "--workers N".into(),
-                format!(
-                    "how many workers, at most {MAX_WORKERS}, or a share of the CPUs like \
-                     50% (default {}, one per CPU)",
-                    num_cpus::get().min(MAX_WORKERS)
-                ),
-            ),
-            (
                 "--idle-timeout SECS".into(),
                 "drop a connection that sends nothing for this long (default 10)".into(),
             ),
         ];
+        if self.no_workers.is_none() {
+            let help = format!(
+                "how many workers, at most {MAX_WORKERS}, or a share of the CPUs like 50% \
+                 (default {}, one per CPU)",
+                num_cpus::get().min(MAX_WORKERS)
+            );
+            rows.insert(2, ("--workers N".into(), help));
+        }
         for o in &self.extra {
-            rows.push((
-                format!("{} {}", o.name, o.value),
-                format!("{} (default {})", o.help, o.default),
-            ));
+            // An option whose absence means "none" says so in its help instead.
+            let help = match o.default {
+                "" => o.help.to_string(),
+                default => format!("{} (default {default})", o.help),
+            };
+            rows.push((format!("{} {}", o.name, o.value), help));
         }
         for (flag, help) in rows {
             // A flag too long for its column gets its help on the next line.
@@ -429,11 +461,37 @@ mod tests {
         assert!(parse_words(&["--interval", "soon"])
             .unwrap_err()
             .contains("--interval expects SECS, not 'soon'"));
-        assert!(parse_words(&["--fast", "yes"])
-            .unwrap_err()
-            .contains("only on or off"));
+        // Said once: no ": only on or off" repeating what "on|off" said.
+        assert_eq!(
+            parse_words(&["--fast", "yes"]).unwrap_err(),
+            "--fast expects on|off, not 'yes'"
+        );
         let args = parse_words(&["--fast", "on"]).unwrap().unwrap();
         assert!(args.is_on("--fast"));
+    }
+
+    #[test]
+    fn the_help_agrees_with_itself() {
+        let usage = Cli::new("test", "a test")
+            .many_ports()
+            .option::<String>("--list", "A,B", "a list; without it, none", "")
+            .usage();
+        let first = usage.lines().next().unwrap();
+        assert!(first.contains("[--port PORT[,PORT]]"), "{usage}");
+        assert!(usage.contains("  --port PORT[,PORT] "), "{usage}");
+        assert!(!usage.contains("(default )"), "{usage}");
+        assert!(usage.contains("  --workers N "), "{usage}");
+    }
+
+    #[test]
+    fn a_program_without_workers_refuses_and_hides_workers() {
+        let cli = Cli::new("test", "a test").without_workers("there is one process");
+        let words: Vec<String> = ["--workers", "2"].iter().map(|w| w.to_string()).collect();
+        assert_eq!(
+            cli.parse_from(&words).unwrap_err(),
+            "--workers does not apply here: there is one process"
+        );
+        assert!(!cli.usage().contains("--workers"), "{}", cli.usage());
     }
 
     #[test]

@@ -366,6 +366,56 @@ mod tests {
         assert_eq!(text, "shared file");
     }
 
+    /// A peer that ignores the limit (ours never sends more): the message is reported as
+    /// too large, not handed on cut short, and the next one still arrives.
+    #[test]
+    fn a_message_over_the_limit_is_reported_not_cut_short() {
+        let (a, b) = Channel::pair().unwrap();
+        let big = vec![b'x'; MAX_MESSAGE + 1];
+        nix::sys::socket::setsockopt(&b, nix::sys::socket::sockopt::SndBuf, &(4 * MAX_MESSAGE))
+            .unwrap();
+        nix::sys::socket::send(b.as_raw_fd(), &big, MsgFlags::empty()).unwrap();
+        assert!(
+            matches!(a.recv(), Err(ChannelError::TooLarge(_))),
+            "a message over MAX_MESSAGE must be reported as too large"
+        );
+        Channel::from_fd(b).send("after").unwrap();
+        assert_eq!(a.recv().unwrap().text, "after");
+    }
+
+    /// Our protocol carries one fd per message; a peer that sends more gets the others
+    /// closed on arrival, not leaked. Two copies of a pipe's write end travel in one
+    /// message: once the message and our own copy are gone, the read end must see the
+    /// pipe closed.
+    #[test]
+    fn fds_beyond_the_first_are_closed_on_arrival() {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let (a, b) = Channel::pair().unwrap();
+        let (reader, writer) = std::io::pipe().unwrap();
+        let fds = [writer.as_raw_fd(), writer.as_raw_fd()];
+        sendmsg::<()>(
+            b.as_raw_fd(),
+            &[IoSlice::new(b"two")],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        drop(writer);
+        let message = a.recv().unwrap();
+        assert_eq!(message.text, "two");
+        assert!(message.fd.is_some(), "the first fd is the message's");
+        drop(message);
+        let mut watch = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+        poll(&mut watch, PollTimeout::ZERO).unwrap();
+        assert!(
+            watch[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLHUP)),
+            "a write end of the pipe is still open: the second fd of the message leaked"
+        );
+    }
+
     fn tempfile() -> std::fs::File {
         let path = std::env::temp_dir().join(format!("cfs-channel-{}", std::process::id()));
         let file = std::fs::OpenOptions::new()

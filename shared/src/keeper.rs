@@ -67,8 +67,41 @@ enum KillReason {
     NotWaitedFor,
 }
 
-/// Adds the options of a master that keeps its workers, with PM2's names beside ours.
+/// Adds the options of a master that keeps its workers, with PM2's names beside ours: the
+/// restart options of [`restart_options`], and how a leaving worker goes.
 pub fn options(cli: Cli) -> Cli {
+    restart_options(cli)
+        .option::<Seconds>(
+            "--kill-timeout",
+            "SECS",
+            "how long a leaving worker may take to finish before SIGKILL (PM2's kill_timeout)",
+            "5",
+        )
+        .option::<u64>(
+            "--max-rss",
+            "MB",
+            "a worker whose resident memory passes MB leaves and is replaced; 0 for no \
+             limit (PM2's max_memory_restart)",
+            "0",
+        )
+        .check(|args| {
+            if args.get::<Seconds>("--kill-timeout").0.is_zero() {
+                return Err(
+                    "--kill-timeout must be above 0, or a leaving worker would be \
+                     killed before it could finish anything"
+                        .into(),
+                );
+            }
+            if args.get::<u64>("--max-rss") > 1 << 20 {
+                return Err("--max-rss takes at most 1048576 MB (1 TB)".into());
+            }
+            Ok(())
+        })
+}
+
+/// Adds the options of [`policy`], for any master that restarts its workers (chapter 10's
+/// too, which has no round-robin and no leaving workers).
+pub fn restart_options(cli: Cli) -> Cli {
     cli.option::<Seconds>(
         "--restart-delay",
         "SECS",
@@ -89,19 +122,6 @@ pub fn options(cli: Cli) -> Cli {
          (PM2's max_restarts)",
         "10",
     )
-    .option::<Seconds>(
-        "--kill-timeout",
-        "SECS",
-        "how long a leaving worker may take to finish before SIGKILL (PM2's kill_timeout)",
-        "5",
-    )
-    .option::<u64>(
-        "--max-rss",
-        "MB",
-        "a worker whose resident memory passes MB leaves and is replaced; 0 for no \
-         limit (PM2's max_memory_restart)",
-        "0",
-    )
     .check(|args| {
         let delay = args.get::<Seconds>("--restart-delay");
         let cap = Policy::default().max_delay;
@@ -112,24 +132,14 @@ pub fn options(cli: Cli) -> Cli {
                 cap.as_secs()
             ));
         }
-        if args.get::<Seconds>("--kill-timeout").0.is_zero() {
-            return Err(
-                "--kill-timeout must be above 0, or a leaving worker would be \
-                        killed before it could finish anything"
-                    .into(),
-            );
-        }
         if args.get::<u32>("--max-restarts") > 1000 {
             return Err("--max-restarts takes at most 1000".into());
-        }
-        if args.get::<u64>("--max-rss") > 1 << 20 {
-            return Err("--max-rss takes at most 1048576 MB (1 TB)".into());
         }
         Ok(())
     })
 }
 
-/// The restart policy of [`options`].
+/// The restart policy of [`restart_options`].
 pub fn policy(args: &Args) -> Policy {
     Policy {
         restart_delay: args.get::<Seconds>("--restart-delay").0,
@@ -278,10 +288,16 @@ impl Keeper {
     /// Waits for the next event, doing what falls due meanwhile: restarts whose wait is
     /// over, SIGKILL for leaving workers past `--kill-timeout`. Returns `None` once
     /// `until` has passed (a chapter's own timer, chapter 8's heartbeat).
+    ///
+    /// Before it waits, it hands every waiting connection to a free worker. Whatever the
+    /// last event was (a worker that died before taking its connection, a rejection, a
+    /// worker that joined), and whatever the chapter did after it, nothing that can be
+    /// served now waits for the next event: on an idle server, none may come.
     // ANCHOR: next_event
     pub fn next_event(&mut self, until: Option<Instant>) -> Option<Event> {
         loop {
             self.run_due();
+            self.handles.distribute(&self.cluster);
             let now = Instant::now();
             if until.is_some_and(|until| until <= now) {
                 return None;
@@ -355,7 +371,7 @@ impl Keeper {
             Event::Exit { id, .. } => return self.exited(id),
             Event::Signal(_) => {}
         }
-        self.handles.distribute(&self.cluster);
+        // What is waiting goes out in `next_event`, before the master waits again.
         None
     }
     // ANCHOR_END: handle

@@ -189,6 +189,7 @@ impl RoundRobin {
     /// Pairs waiting connections with free workers, for as long as there are both.
     // ANCHOR: distribute
     pub fn distribute(&mut self, cluster: &Cluster) {
+        // ANCHOR: solution_ch06_handoff
         while !self.waiting.is_empty() {
             let Some(id) = self.free.pop_front() else {
                 return;
@@ -196,7 +197,6 @@ impl RoundRobin {
             let Some(conn) = self.waiting.pop_front() else {
                 return;
             };
-            // ANCHOR: solution_ch06_handoff
             match cluster.send_with_fd(id, &format!("newconn {}", self.key), conn.as_fd()) {
                 Ok(()) => {
                     self.sent.insert(id, conn);
@@ -208,8 +208,8 @@ impl RoundRobin {
                     self.waiting.push_front(conn);
                 }
             }
-            // ANCHOR_END: solution_ch06_handoff
         }
+        // ANCHOR_END: solution_ch06_handoff
     }
     // ANCHOR_END: distribute
 

@@ -18,12 +18,14 @@
 //! | [`parse_hello`] | which worker (pid, id) wrote a response body |
 //! | [`recv_timeout`] | read one IPC message, with a timeout |
 //! | [`pid_alive`], [`parent_pid`], [`fd_count`], [`stopped`], [`wait_until`] | look at processes |
+//! | [`pause`], [`resume`] | stop a process (SIGSTOP) and let it go on (SIGCONT) |
 //! | [`gets_from_threads`] | many clients at once, each request on a new connection |
 //! | [`Chapter::from_command`], [`on_path`] | start a program that is not a chapter (the book's Node.js programs) |
 //! | [`listening_inodes`], [`socket_inodes`] | which sockets listen on an address, and which a process holds |
 //! | [`tcp_sockets`] | the kernel's TCP table, as `ss -tan` shows it |
 //! | [`accept_queue`] | how many connections wait in a listening socket's accept queue |
 //! | [`SteadyLoad`] | one request after another from a thread, recording who answered each |
+//! | [`Answers`], [`one_handed_to_a_stopped_worker`] | requests answered in any order; a connection a round-robin master has handed to a worker that cannot take it |
 //! | [`defunct_children`], [`no_defunct_children`] | children exited but not reaped (`<defunct>` in `ps`) |
 //! | [`copy_executable`], [`write_script`] | put a program where a test runs it, without ETXTBSY |
 //! | [`refused_at_start`] | a master of chapters 7 to 9 on a port another program holds: one error line, exit 1, nothing left |
@@ -73,13 +75,30 @@ fn build_dirs() -> (PathBuf, PathBuf) {
     (target_dir, profile_dir)
 }
 
+/// Set only by `exercise verify`: a directory that holds the chapter binaries to start,
+/// built beforehand. `verify` builds each version of an exercise once and runs its tests
+/// later, from copies, while it builds the next; building here would build whatever the
+/// source holds by then. Unset, [`binary`] builds what it needs itself.
+pub const BINARIES_VAR: &str = "CHAPTER_TESTS_BINARIES";
+
 /// Builds `package` (whose binary has the same name) with the same profile and target dir
-/// as the running test, once per test process, and returns the binary's path.
+/// as the running test, once per test process, and returns the binary's path. Under
+/// `exercise verify`, returns the copy in [`BINARIES_VAR`] instead.
 ///
 /// `CARGO_BIN_EXE_<name>` only exists for a package's own binaries, and `cargo test -p
 /// chapter-tests` builds nothing else, so the harness asks cargo itself.
 #[track_caller]
 pub fn binary(package: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os(BINARIES_VAR) {
+        let path = Path::new(&dir).join(package);
+        if !path.exists() {
+            panic!(
+                "{BINARIES_VAR}: {package} was not built for this run (no {})",
+                path.display()
+            );
+        }
+        return path;
+    }
     static BUILT: Mutex<BTreeMap<String, Result<PathBuf, String>>> = Mutex::new(BTreeMap::new());
     // Holding the lock through the build makes parallel tests wait for one build.
     let mut built = lock(&BUILT);
@@ -198,6 +217,9 @@ fn make_executable(path: &Path) {
 // Running a chapter
 // ---------------------------------------------------------------------------------------
 
+/// The most lines kept from one output pipe; no test reads anywhere near as many.
+const MAX_LINES: usize = 100_000;
+
 /// The lines read so far from one of the child's output pipes.
 #[derive(Default)]
 struct Lines {
@@ -225,12 +247,22 @@ impl Lines {
                 buf.clear();
                 match reader.read_until(b'\n', &mut buf) {
                     Ok(0) | Err(_) => break,
+                    // A program that logs in an endless loop (a bug under test) must not
+                    // fill this process's memory: past the cap, lines are read and dropped.
+                    Ok(_) if lock(&filled.state).lines.len() >= MAX_LINES => {}
                     Ok(_) => {
                         let line = String::from_utf8_lossy(&buf)
                             .trim_end_matches(['\n', '\r'])
                             .to_string();
                         eprintln!("{label}| {line}");
-                        lock(&filled.state).lines.push(line);
+                        let mut state = lock(&filled.state);
+                        state.lines.push(line);
+                        if state.lines.len() == MAX_LINES {
+                            eprintln!(
+                                "{label}| ... (more than {MAX_LINES} lines: the rest is dropped)"
+                            );
+                        }
+                        drop(state);
                         filled.changed.notify_all();
                     }
                 }
@@ -1065,6 +1097,25 @@ pub fn stopped(pid: u32) -> bool {
     stat_fields(pid).is_some_and(|fields| fields.first().map(String::as_str) == Some("T"))
 }
 
+/// Stops process `pid` with SIGSTOP and waits until it is stopped: it runs no code, so a
+/// test can line up what it will find when it goes on (see [`resume`]).
+#[track_caller]
+pub fn pause(pid: u32) {
+    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP)
+        .unwrap_or_else(|e| panic!("SIGSTOP pid {pid}: {e}"));
+    assert!(
+        wait_until(TIMEOUT, || stopped(pid)),
+        "pid {pid} should be stopped after SIGSTOP"
+    );
+}
+
+/// Lets process `pid`, stopped by [`pause`], go on (SIGCONT).
+#[track_caller]
+pub fn resume(pid: u32) {
+    kill(Pid::from_raw(pid as i32), Signal::SIGCONT)
+        .unwrap_or_else(|e| panic!("SIGCONT pid {pid}: {e}"));
+}
+
 /// How many fds process `pid` has open (entries in `/proc/<pid>/fd`).
 #[track_caller]
 pub fn fd_count(pid: u32) -> usize {
@@ -1447,6 +1498,87 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Requests sent at once, each on a new connection read by a thread of its own: the
+/// answers come in the order they arrive.
+pub struct Answers {
+    answers: std::sync::mpsc::Receiver<Result<HttpResponse, String>>,
+}
+
+impl Answers {
+    /// Sends `GET path` on `n` new connections to `addr`, one after another without waiting
+    /// for any answer. Each connection waits up to [`TIMEOUT`] for its answer.
+    #[track_caller]
+    pub fn send(addr: SocketAddr, n: usize, path: &str) -> Answers {
+        let (tx, answers) = std::sync::mpsc::channel();
+        for i in 0..n {
+            let mut stream = connect(addr).unwrap_or_else(|e| panic!("connect {i}: {e}"));
+            stream
+                .set_read_timeout(Some(TIMEOUT))
+                .expect("a read timeout");
+            write_request(&mut stream, path, false)
+                .unwrap_or_else(|e| panic!("send request {i}: {e}"));
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let answer = read_response(&mut stream).map_err(|e| match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                        format!("request {i}: no answer within {TIMEOUT:?}")
+                    }
+                    _ => format!("request {i}: closed without an answer ({e})"),
+                });
+                let _ = tx.send(answer);
+            });
+        }
+        Answers { answers }
+    }
+
+    /// The next answer to arrive, or why none did within `timeout`: `closed without an
+    /// answer` if the connection was closed, `no answer within` if it was left open.
+    pub fn next(&self, timeout: Duration) -> Result<HttpResponse, String> {
+        match self.answers.recv_timeout(timeout) {
+            Ok(answer) => answer,
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+}
+
+/// Stops worker `pid` (SIGSTOP), then sends one request per worker (`workers`, every one
+/// free) to the master at `addr`. A free worker gets one connection and is free again only
+/// once it acknowledges it, so each worker is handed one: the stopped one can neither take
+/// its connection nor acknowledge it, and the others answer theirs. Returns, once they
+/// have, and the master (`master_pid`) is seen holding its copy of the connection it
+/// handed to the stopped worker, the one answer still to come.
+#[track_caller]
+pub fn one_handed_to_a_stopped_worker(
+    master_pid: u32,
+    addr: SocketAddr,
+    pid: u32,
+    workers: usize,
+) -> Answers {
+    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).expect("SIGSTOP the worker");
+    assert!(
+        wait_until(TIMEOUT, || stopped(pid)),
+        "pid {pid} should be stopped"
+    );
+    let answers = Answers::send(addr, workers, "/");
+    for _ in 1..workers {
+        match answers.next(TIMEOUT) {
+            Ok(response) => assert_ne!(
+                parse_hello(&response.body).map(|(p, _)| p),
+                Some(pid),
+                "the stopped worker cannot answer: {response:?}"
+            ),
+            Err(e) => panic!("the running workers should answer: {e}"),
+        }
+    }
+    assert!(
+        wait_until(TIMEOUT, || tcp_connections_of(master_pid) == 1),
+        "the master should hold the connection handed to the stopped worker, and no other; \
+         it holds {}",
+        tcp_connections_of(master_pid)
+    );
+    answers
 }
 
 // ---------------------------------------------------------------------------------------

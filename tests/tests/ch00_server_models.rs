@@ -162,8 +162,12 @@ fn ctrl_c_stops_the_server_and_leaves_no_process_behind() {
                 assert_eq!(status.code(), Some(0), "process: {status}");
                 server.wait_for("every connection process has exited", TIMEOUT);
             }
-            // No child to stop: Ctrl-C ends the process, as it ends `node server.js`.
-            _ => assert_eq!(describe(status), "signal 2", "{model}"),
+            // No child to stop: Ctrl-C ends the process, as it ends `node server.js`,
+            // once it has said so.
+            _ => {
+                assert_eq!(describe(status), "signal 2", "{model}");
+                server.wait_for("Ctrl-C (SIGINT): the server stops", TIMEOUT);
+            }
         }
         for kid in kids {
             assert!(
@@ -224,11 +228,71 @@ fn at_max_clients_the_next_client_waits_its_turn() {
     }
 }
 
+/// Exercise ch00-reap: children that end together are all collected at the next look.
+/// The server is stopped while five of its children end (their clients close): the five
+/// SIGCHLDs merge into one, as signals of a kind do while one is pending. Once the server
+/// runs again and has served one more client, none of the five may be left.
+#[test]
+fn children_that_end_together_are_all_collected_at_once() {
+    let (server, addr) = start("process", &[]);
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut stream = connect(addr).expect("connect to the server");
+        write_request(&mut stream, "/", true).expect("send a request");
+        read_response(&mut stream).expect("an answer");
+        held.push(stream);
+    }
+    let five: Vec<u32> = children(server.pid()).iter().map(|(pid, _)| *pid).collect();
+    assert_eq!(five.len(), 5, "a child per held client: {five:?}");
+    pause(server.pid());
+    drop(held);
+    assert!(
+        wait_until(TIMEOUT, || five.iter().all(|pid| !pid_alive(*pid))),
+        "the five children should end once their clients close"
+    );
+    resume(server.pid());
+    // Serving this client, the server has looked at least once since it woke up.
+    assert_eq!(get(addr).status, 200);
+    let left: Vec<u32> = children(server.pid())
+        .iter()
+        .map(|(pid, _)| *pid)
+        .filter(|pid| five.contains(pid))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "children that ended together are still there, zombies: {left:?}"
+    );
+}
+
+/// Exercise ch00-reap: a child killed by a signal is collected like one that exited, and
+/// its place under `--max-clients` is free again. The only child of a server that takes
+/// one client at a time is killed with SIGKILL while it holds its client: the next client
+/// must be served.
+#[test]
+fn a_child_killed_by_a_signal_frees_its_place() {
+    let (server, addr) = start("process", &["--max-clients", "1"]);
+    let mut first = connect(addr).expect("connect");
+    write_request(&mut first, "/", true).expect("send");
+    read_response(&mut first).expect("an answer");
+    let kids = children(server.pid());
+    let [(child, true)] = kids[..] else {
+        panic!("one child, serving the first client: {kids:?}")
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child as i32), Signal::SIGKILL)
+        .expect("kill -9 the child");
+    let mut second = connect(addr).expect("connect");
+    write_request(&mut second, "/", false).expect("send");
+    let response = read_response(&mut second)
+        .unwrap_or_else(|e| panic!("the killed child's place should be free: {e}"));
+    assert_eq!(response.status, 200, "{response:?}");
+}
+
 #[test]
 fn options_that_do_not_apply_are_refused_clearly() {
-    let (status, _, stderr) = run_to_end(CH00, &["--workers", "2"]);
+    let (status, _, stderr) = run_to_end(CH00, &["--workers", "2", "--port", "0"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--workers does not apply"), "{stderr}");
+    assert!(stderr.contains("Usage:"), "the usage follows:\n{stderr}");
 
     // Checked with the other arguments: one line, the usage, exit 2, nothing bound.
     let (status, _, stderr) = run_to_end(CH00, &["--model", "fork", "--port", "0"]);
@@ -246,4 +310,8 @@ fn options_that_do_not_apply_are_refused_clearly() {
     let (status, stdout, _) = run_to_end(CH00, &["--help"]);
     assert_eq!(status.code(), Some(0));
     assert!(stdout.contains("--model MODEL") && stdout.contains("--max-clients N"));
+    assert!(
+        !stdout.contains("--workers N"),
+        "--help offers no option that is refused:\n{stdout}"
+    );
 }

@@ -10,9 +10,9 @@ fn one_worker_binds_the_port_and_the_others_get_eaddrinuse() {
     let master = Chapter::start(CH03, &["--port", "0", "--workers", "3"]);
     // The summary comes once every worker has answered, so by then every ready line and
     // every error line has been written.
-    let summary = master.wait_for("worker(s) listening", TIMEOUT);
+    let summary = master.wait_for("failed to bind", TIMEOUT);
     assert!(
-        summary.contains("1 worker(s) listening"),
+        summary.contains("1 worker listening (worker "),
         "one worker wins: {summary}"
     );
     assert!(
@@ -71,9 +71,9 @@ fn reuseport_lets_every_worker_bind() {
         CH03,
         &["--reuseport", "on", "--port", "0", "--workers", "2"],
     );
-    let summary = master.wait_for("worker(s) listening", TIMEOUT);
+    let summary = master.wait_for("failed to bind", TIMEOUT);
     assert!(
-        summary.contains("2 worker(s) listening") && summary.contains("0 failed"),
+        summary.contains("2 workers listening (workers ") && summary.contains("0 failed"),
         "the master counts 2 listening, 0 failed: {summary}"
     );
     let ready = master.wait_ready(2);
@@ -120,9 +120,9 @@ fn a_restarted_server_binds_its_port_despite_time_wait() {
 
     let port = winner.addr.port().to_string();
     let second = Chapter::start(CH03, &["--port", &port, "--workers", "1"]);
-    let summary = second.wait_for("worker(s) listening", TIMEOUT);
+    let summary = second.wait_for("failed to bind", TIMEOUT);
     assert!(
-        summary.contains("1 worker(s) listening") && summary.contains("0 failed"),
+        summary.contains("1 worker listening (worker ") && summary.contains("0 failed"),
         "restarted on port {port} with a connection in TIME_WAIT there, the worker should \
          bind it (SO_REUSEADDR): {summary}\n{:#?}",
         second.lines()

@@ -157,6 +157,32 @@ fn master_reports_the_spread_on_shutdown() {
     );
 }
 
+/// Exercise ch05-summary: a worker that cannot answer (stopped) does not hold up the
+/// shutdown. The master waits a moment for its answer, reports the one that answered,
+/// and stops both (the stopped one with SIGKILL, after the grace period).
+#[test]
+fn a_stuck_worker_does_not_hold_up_the_report() {
+    let (mut master, addr, forked) = start(2);
+    for i in 0..10 {
+        let response = http_get(addr).unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+    let [(answers, _), (stuck_id, stuck)] = forked[..] else {
+        panic!("two workers: {forked:?}")
+    };
+    pause(stuck);
+    master.signal(Signal::SIGTERM);
+    master.wait_for(&format!("worker {answers} accepted"), TIMEOUT);
+    let status = master.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(0), "the master exits 0 after SIGTERM");
+    assert_eq!(
+        master.count(&format!("worker {stuck_id} accepted")),
+        0,
+        "the stopped worker cannot have answered: {:#?}",
+        master.lines()
+    );
+}
+
 /// With eight idle workers on one socket, the kernel wakes every one of them for each
 /// connection; all but one find nothing (most often epoll sees that before returning,
 /// so the program never hears of it, but each wake-up is a context switch). With
@@ -189,6 +215,60 @@ fn exclusive_wakes_one_worker_instead_of_all() {
 
 /// The voluntary context switches of 8 idle workers of chapter 5 (`--exclusive on|off`)
 /// while they take 200 connections one after another.
+/// Exercise ch05-adopt: what `--exclusive on` changes, seen in the kernel's own books.
+/// `/proc/PID/fdinfo` of a worker's epoll fd lists each fd it watches (`tfd`) with its
+/// event mask: the shared listening socket must be there with EPOLLEXCLUSIVE under
+/// `--exclusive on`, and without it under `off`.
+#[test]
+fn exclusive_on_registers_the_shared_socket_with_epollexclusive() {
+    const EPOLLEXCLUSIVE: u64 = 1 << 28;
+    for (exclusive, wanted) in [("on", true), ("off", false)] {
+        let (_master, addr, forked) = Chapter::start_cluster(CH05, 2, &["--exclusive", exclusive]);
+        let listening = listening_inodes(addr);
+        for (id, pid) in &forked {
+            let fds = fd_targets(&pid.to_string());
+            let socket = fds
+                .iter()
+                .find(|(_, target)| {
+                    listening
+                        .iter()
+                        .any(|inode| *target == format!("socket:[{inode}]"))
+                })
+                .map(|(fd, _)| *fd)
+                .unwrap_or_else(|| panic!("worker {id} holds no listening socket: {fds:?}"));
+            let masks: Vec<u64> = fds
+                .iter()
+                .filter(|(_, target)| target == "anon_inode:[eventpoll]")
+                .flat_map(|(fd, _)| {
+                    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+                        .unwrap_or_default();
+                    info.lines()
+                        .filter_map(|line| {
+                            let mut words = line.split_whitespace();
+                            (words.next()? == "tfd:").then_some(())?;
+                            let tfd: u32 = words.next()?.parse().ok()?;
+                            (words.next()? == "events:").then_some(())?;
+                            let mask = u64::from_str_radix(words.next()?, 16).ok()?;
+                            (tfd == socket).then_some(mask)
+                        })
+                        .collect::<Vec<u64>>()
+                })
+                .collect();
+            assert_eq!(
+                masks.len(),
+                1,
+                "worker {id} should watch the shared socket (fd {socket}) once: {masks:?}"
+            );
+            assert_eq!(
+                masks[0] & EPOLLEXCLUSIVE != 0,
+                wanted,
+                "--exclusive {exclusive}: worker {id} watches the socket with mask {:#x}",
+                masks[0]
+            );
+        }
+    }
+}
+
 fn wake_ups_for_200_connections(exclusive: &str) -> u64 {
     let (_master, addr, forked) = Chapter::start_cluster(CH05, 8, &["--exclusive", exclusive]);
     let total = || -> u64 { forked.iter().map(|(_, pid)| voluntary_switches(*pid)).sum() };

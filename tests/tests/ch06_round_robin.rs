@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use chapter_tests::*;
 use nix::sys::signal::{kill, Signal};
@@ -84,6 +85,65 @@ fn workers_hold_no_listening_socket() {
 /// What the load thread saw for each request: the pid that answered, or the error.
 type Seen = Result<u32, String>;
 
+/// Clients that each send one request now and wait for its answer on a thread of their
+/// own, for as long as the master takes to get it to a worker (up to the harness's
+/// timeout).
+struct Waiting {
+    answers: Arc<Mutex<Vec<Seen>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Waiting {
+    /// `n` clients, each connected and with its request sent when this returns.
+    #[track_caller]
+    fn send(addr: SocketAddr, n: usize) -> Waiting {
+        let answers: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let threads = (0..n)
+            .map(|i| {
+                let mut stream = connect(addr).expect("connect to the master");
+                stream
+                    .set_read_timeout(Some(TIMEOUT))
+                    .expect("a longer read timeout");
+                write_request(&mut stream, "/", false).expect("send a request");
+                let answers = Arc::clone(&answers);
+                std::thread::spawn(move || {
+                    let outcome = match read_response(&mut stream) {
+                        Ok(r) => parse_hello(&r.body).map(|(pid, _)| pid).ok_or(r.body),
+                        Err(e) => Err(format!("client {i}: {e}")),
+                    };
+                    answers.lock().expect("answers").push(outcome);
+                })
+            })
+            .collect();
+        Waiting { answers, threads }
+    }
+
+    /// What came back so far, in the order it came.
+    fn answered(&self) -> Vec<Seen> {
+        self.answers.lock().expect("answers").clone()
+    }
+
+    /// Waits until `n` clients have their answer (or their error), and returns them all.
+    #[track_caller]
+    fn wait_for(&self, n: usize) -> Vec<Seen> {
+        assert!(
+            wait_until(TIMEOUT, || self.answered().len() >= n),
+            "{n} clients should have their answer by now: {:?}",
+            self.answered()
+        );
+        self.answered()
+    }
+
+    /// Waits for every client to end, answered or not, and returns what each got.
+    fn join(self) -> Vec<Seen> {
+        for thread in self.threads {
+            thread.join().expect("a client thread panicked");
+        }
+        let answers = self.answers.lock().expect("answers").clone();
+        answers
+    }
+}
+
 #[test]
 fn a_killed_worker_costs_at_most_the_connection_it_was_serving() {
     let (master, addr, forked) = start(3, &[]);
@@ -148,35 +208,13 @@ fn a_connection_whose_worker_dies_before_taking_it_goes_to_another() {
     // Every worker is free, and each new connection goes to the front of the free line
     // while the one before it waits at the back (or is still busy): three connections
     // reach three different workers, so one of them is the stopped one.
-    let answers: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let readers: Vec<_> = (0..3)
-        .map(|i| {
-            let mut stream = connect(addr).expect("connect to the master");
-            stream
-                .set_read_timeout(Some(TIMEOUT))
-                .expect("a longer read timeout");
-            write_request(&mut stream, "/", false).expect("send a request");
-            let answers = Arc::clone(&answers);
-            std::thread::spawn(move || {
-                let outcome = match read_response(&mut stream) {
-                    Ok(r) => parse_hello(&r.body).map(|(pid, _)| pid).ok_or(r.body),
-                    Err(e) => Err(format!("request {i}: {e}")),
-                };
-                answers.lock().expect("answers").push(outcome);
-            })
-        })
-        .collect();
-    let answered = || answers.lock().expect("answers").clone();
-    assert!(
-        wait_until(TIMEOUT, || answered().len() >= 2),
-        "the two running workers should answer: {:?}",
-        answered()
-    );
+    let clients = Waiting::send(addr, 3);
+    clients.wait_for(2);
     assert_eq!(
-        answered().len(),
+        clients.answered().len(),
         2,
         "the stopped worker's client should still be waiting: {:?}",
-        answered()
+        clients.answered()
     );
 
     // The master still holds that connection: killing the worker hands it on.
@@ -185,10 +223,7 @@ fn a_connection_whose_worker_dies_before_taking_it_goes_to_another() {
         &format!("worker {victim_id} died before taking its connection"),
         TIMEOUT,
     );
-    for reader in readers {
-        reader.join().expect("a reader thread panicked");
-    }
-    let answers = answered();
+    let answers = clients.join();
     assert_eq!(answers.len(), 3);
     for answer in &answers {
         match answer {
@@ -196,6 +231,102 @@ fn a_connection_whose_worker_dies_before_taking_it_goes_to_another() {
             Err(e) => panic!("no connection may be lost: {e} (all: {answers:?})"),
         }
     }
+}
+
+/// Exercise ch06-handoff: a send that fails keeps its connection. Worker A takes a
+/// connection and acknowledges it, then dies before the master has read that; when the
+/// master does, it puts A back in line and hands it the connection that was waiting, and
+/// the send fails: A's end of the channel is closed, and its exit is not known yet. The
+/// connection must go to the next worker that is free.
+#[test]
+fn a_connection_that_cannot_be_sent_to_a_dead_worker_goes_to_another() {
+    let (master, addr, forked) = start(2, &[]);
+    let [(a_id, a), (_, b)] = forked[..] else {
+        panic!("two workers: {forked:?}")
+    };
+    // Both workers stopped: each is sent a connection it cannot take yet, and a third
+    // waits in the master, accepted, for one of them to be free.
+    pause(a);
+    pause(b);
+    let clients = Waiting::send(addr, 3);
+    let mut held = 0;
+    assert!(
+        wait_until(TIMEOUT, || {
+            held = tcp_connections_of(master.pid());
+            held == 3
+        }),
+        "the master should hold the three connections it accepted, not {held}"
+    );
+    // The master stopped too: it will find what happens next all at once.
+    pause(master.pid());
+    // A takes its connection: its acknowledgement waits in the master's channel, and its
+    // client gets an answer. Then A dies; its exit waits for the master too.
+    resume(a);
+    let first = clients.wait_for(1);
+    assert_eq!(first, [Ok(a)], "worker A answers its client");
+    kill(Pid::from_raw(a as i32), Signal::SIGKILL).expect("SIGKILL worker A");
+    assert!(
+        wait_until(TIMEOUT, || !pid_alive(a)),
+        "worker A (pid {a}) should be dead"
+    );
+    resume(master.pid());
+    resume(b);
+    let answers = clients.join();
+    assert!(
+        answers.iter().all(|answer| answer.is_ok()),
+        "no client may be lost: {answers:?}"
+    );
+    assert_eq!(
+        answers[1..],
+        [Ok(b), Ok(b)],
+        "worker B answers the other two clients: {answers:?}"
+    );
+    master.wait_for(
+        &format!("could not hand a connection to worker {a_id}"),
+        TIMEOUT,
+    );
+}
+
+/// Exercise ch06-handoff: connections accepted together go out together, each to a free
+/// worker, without waiting for another event. The worker at the front of the free line is
+/// stopped, so it never acknowledges what it is sent: had the master handed out one
+/// connection per event, the other two would wait for ever.
+#[test]
+fn connections_accepted_together_all_go_out_at_once() {
+    let (master, addr, forked) = start(3, &[]);
+    // Three requests in turn leave the free line in the order they were served.
+    let (_, order) = count_turns(addr, 3, &forked);
+    let pid_of = |id: u32| forked.iter().find(|w| w.0 == id).map(|w| w.1).unwrap();
+    let front = pid_of(order[0]);
+    pause(front);
+    // With the master stopped, three clients connect: they wait in the listening
+    // socket's queue, and reach the master as one event.
+    pause(master.pid());
+    let clients = Waiting::send(addr, 3);
+    let queue = listening_inodes(addr);
+    assert!(
+        wait_until(TIMEOUT, || accept_queue(queue[0]) == Some(3)),
+        "three connections should wait in the accept queue: {:?}",
+        accept_queue(queue[0])
+    );
+    resume(master.pid());
+    let two = clients.wait_for(2);
+    let others: BTreeSet<u32> = order[1..].iter().map(|id| pid_of(*id)).collect();
+    assert_eq!(
+        two.iter()
+            .cloned()
+            .collect::<Result<BTreeSet<u32>, String>>(),
+        Ok(others),
+        "the two running workers answer at once"
+    );
+    resume(front);
+    let answers = clients.join();
+    assert_eq!(answers.len(), 3);
+    assert_eq!(
+        answers[2],
+        Ok(front),
+        "the stopped worker answers once it runs"
+    );
 }
 
 #[test]

@@ -123,6 +123,51 @@ fn a_worker_slow_for_less_than_two_beats_is_not_killed() {
     );
 }
 
+/// Exercise ch08-missed: one or two missed beats are logged, not punished. A worker sleeps
+/// in a handler for two and a half beats: at least two beats come while it cannot answer,
+/// so the second finds a ping unanswered and logs one missed beat; fewer than the four a
+/// zombie needs (three missed in a row) can come. The first verdict on it must be that
+/// line, and it must live on.
+#[test]
+fn a_worker_that_misses_a_beat_or_two_is_not_killed() {
+    // Slow beats, as above: 250 ms between the end of the sleep and the beat that would
+    // make a third miss leave room for a busy machine.
+    const BEAT_MS: u64 = 500;
+    let beat = BEAT_MS.to_string();
+    let (master, addr, forked) = Chapter::start_cluster(CH08, 2, &["--heartbeat-ms", &beat]);
+    let mut stream = connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    write_request(
+        &mut stream,
+        &format!("/sleep?ms={}", BEAT_MS * 5 / 2),
+        false,
+    )
+    .expect("send the request");
+    let verdict = master.wait_for_line("a verdict on a worker", TIMEOUT, |l| {
+        l.contains("missed a heartbeat") || l.contains("is a zombie")
+    });
+    let response = read_response(&mut stream).expect("the slow request is answered");
+    let (id, pid) = *forked
+        .iter()
+        .find(|(id, pid)| {
+            response
+                .body
+                .starts_with(&format!("worker {id} (pid {pid}) slept"))
+        })
+        .unwrap_or_else(|| panic!("who slept? {response:?}"));
+    assert!(
+        verdict.contains(&format!("worker {id} missed a heartbeat (1 of 3 in a row)")),
+        "one missed beat is logged, not punished: {verdict}"
+    );
+    let window = Duration::from_millis(2 * BEAT_MS);
+    let killed = wait_until(window, || master.count("is a zombie") > 0);
+    assert!(!killed, "slow is not dead: {:#?}", master.lines());
+    assert!(pid_alive(pid), "worker {id} (pid {pid}) lives on");
+    assert_eq!(master.count("forked worker"), 2, "no worker was replaced");
+}
+
 /// One request for `path`, answered by one of `forked`: its body.
 #[track_caller]
 fn get_path(addr: SocketAddr, path: &str, forked: &[(u32, u32)]) -> String {
@@ -223,4 +268,41 @@ fn a_port_held_by_another_program_ends_the_start_at_once_with_one_error_line() {
     let busy = other.local_addr().expect("its address").port();
     refused_at_start(CH08, &busy.to_string(), busy);
     refused_at_start(CH08, &format!("0,{busy}"), busy);
+}
+
+/// A zombie that was handed a connection and never took it: once it is killed, the
+/// connection goes to the other worker at once. The zombie's slot is given up (it dies
+/// within `--min-uptime`, with `--max-restarts 0`), so no replacement comes to wake the
+/// master, and no other client connects; only the other worker's pongs come.
+#[test]
+fn the_connection_a_zombie_never_took_goes_to_the_other_worker_once_it_is_killed() {
+    let args = [
+        "--heartbeat-ms",
+        "500",
+        "--kill-timeout",
+        "1",
+        "--min-uptime",
+        "600",
+        "--max-restarts",
+        "0",
+    ];
+    let (master, addr, forked) = Chapter::start_cluster(CH08, 2, &args);
+    let (id, pid) = forked[0];
+    let (other_id, other) = forked[1];
+    // A stopped worker misses its pings as a hung one does.
+    let stuck = one_handed_to_a_stopped_worker(master.pid(), addr, pid, 2);
+    master.wait_for(&format!("worker {id} (pid {pid}) is a zombie"), TIMEOUT);
+    master.wait_for(
+        &format!("worker {id} died before taking its connection"),
+        TIMEOUT,
+    );
+    master.wait_for("slot 1 is given up", TIMEOUT);
+    match stuck.next(TIMEOUT) {
+        Ok(response) => assert_eq!(answered_by(&response, &forked), (other, other_id)),
+        Err(e) => panic!(
+            "worker {other_id} was free: the connection worker {id} never took should be its \
+             at once: {e}"
+        ),
+    }
+    no_defunct_children(master.pid());
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use chapter_tests::*;
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 
 const CH09: &str = "ch09-rolling-reload";
@@ -191,19 +192,20 @@ impl Install {
 
     /// Puts a fresh copy of the real binary at the path, and returns its inode.
     fn rebuild(&self) -> u64 {
-        self.replace(|new| copy_executable(&binary(CH09), new))
+        self.replace(&binary(CH09))
     }
 
     /// Puts a shell script at the path: a build that is broken in the way `body` says.
     fn break_with(&self, body: &str) -> u64 {
-        self.replace(|new| write_script(new, &format!("#!/bin/sh\n{body}\n")))
+        let script = self.dir.join("script");
+        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).expect("write the script");
+        self.replace(&script)
     }
 
-    /// Writes the new file beside the path (from a child process: see `copy_executable`)
-    /// and renames it over the path, as a build does.
-    fn replace(&self, write: impl FnOnce(&Path)) -> u64 {
+    /// Copies `from` beside the path and renames it over the path, as a build does.
+    fn replace(&self, from: &Path) -> u64 {
         let new = self.dir.join("new");
-        write(&new);
+        copy_executable(from, &new);
         std::fs::rename(&new, &self.path).expect("rename the new build into place");
         inode(&self.path)
     }
@@ -226,6 +228,70 @@ impl Install {
             "exec '{}' \"$@\" --port 0,{extra}",
             real.display()
         ))
+    }
+
+    /// Puts a build at the path that waits at a gate before it starts: a script that
+    /// says it waits (a file, see [`Install::wait_at_gate`]), reads a line from a named
+    /// pipe, then runs a copy of the real binary. A worker forked from it serves only once
+    /// the test calls [`Install::open_gate`].
+    fn gated_build(&self) -> u64 {
+        let real = self.dir.join("real");
+        copy_executable(&binary(CH09), &real);
+        let gate = self.gate();
+        if !gate.exists() {
+            nix::unistd::mkfifo(&gate, Mode::S_IRUSR | Mode::S_IWUSR).expect("mkfifo");
+        }
+        let _ = std::fs::remove_file(self.waiting());
+        self.break_with(&format!(
+            ": > '{}'; read line < '{}'; exec '{}' \"$@\"",
+            self.waiting().display(),
+            gate.display(),
+            real.display()
+        ))
+    }
+
+    fn gate(&self) -> PathBuf {
+        self.dir.join("gate")
+    }
+
+    fn waiting(&self) -> PathBuf {
+        self.dir.join("waiting")
+    }
+
+    /// Waits until a worker started from [`Install::gated_build`] waits at the gate: the
+    /// shell runs the script, so the file at the path may be replaced now.
+    #[track_caller]
+    fn wait_at_gate(&self) {
+        assert!(
+            wait_until(TIMEOUT, || self.waiting().exists()),
+            "no worker came to the gate"
+        );
+    }
+
+    /// Lets the workers waiting at the gate of [`Install::gated_build`] go on; waits
+    /// for one to be there first.
+    #[track_caller]
+    fn open_gate(&self) {
+        // Without O_NONBLOCK, opening a pipe to write would wait for a reader for ever;
+        // with it, the open fails until a worker waits at the gate.
+        let open = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(self.gate())
+        };
+        let mut gate = None;
+        assert!(
+            wait_until(TIMEOUT, || {
+                gate = open().ok();
+                gate.is_some()
+            }),
+            "no worker waits at the gate: {:?}",
+            open().err()
+        );
+        gate.expect("the gate is open")
+            .write_all(b"go\n")
+            .expect("write to the gate");
     }
 
     /// Starts the installed program as in [`Chapter::start_cluster`].
@@ -711,6 +777,126 @@ fn sigterm_during_a_reload_stops_every_worker() {
     );
 }
 
+/// A kept-alive connection to worker pid `pid` on which half a request has been sent: the
+/// worker owes it an answer, so it cannot finish draining until the rest comes.
+/// Connections go to the workers in turn, so a few tries find one.
+#[track_caller]
+fn half_request_to(addr: SocketAddr, pid: u32) -> TcpStream {
+    for _ in 0..20 {
+        let mut stream = connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(TIMEOUT))
+            .expect("read timeout");
+        write_request(&mut stream, "/", true).expect("send a request");
+        let response = read_response(&mut stream).expect("an answer");
+        if parse_hello(&response.body).map(|(p, _)| p) == Some(pid) {
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n")
+                .expect("half a request");
+            return stream;
+        }
+    }
+    panic!("20 connections and none went to pid {pid}");
+}
+
+/// The line that ends a reload, done or stopped.
+#[track_caller]
+fn end_of_reload(master: &Chapter) -> String {
+    master.wait_for_line("the end of the reload", TIMEOUT, |l| {
+        l.contains("reload done") || l.contains("reload stopped")
+    })
+}
+
+/// Exercise ch09-step: after each event the reload goes as far as it can, not one step.
+/// Here nothing else happens to move it on: no client asks anything, and old worker 1
+/// cannot exit, for it holds a client that has sent half a request. Worker 2 is killed
+/// while worker 1's replacement starts, and is restarted at once from a good build. When
+/// worker 1's replacement serves, that one event drains worker 1, skips worker 2's turn
+/// (it is gone already), and ends the reload.
+#[test]
+fn a_reload_goes_as_far_as_it_can_at_each_event() {
+    let install = Install::new("at-once");
+    let args = [
+        "--kill-timeout",
+        "60",
+        "--idle-timeout",
+        "60",
+        "--listen-timeout",
+        "60",
+    ];
+    let (master, addr, old) = install.start(2, &args);
+    let [(id1, pid1), (id2, pid2)] = old[..] else {
+        panic!("two workers: {old:?}")
+    };
+    let mut held = half_request_to(addr, pid1);
+    install.gated_build();
+    master.signal(Signal::SIGUSR2);
+    let (new1, _) = master.wait_forked(3)[2];
+    install.wait_at_gate();
+    // Worker 2 dies; its slot restarts it from the program now at the path, a good build.
+    install.rebuild();
+    kill(Pid::from_raw(pid2 as i32), Signal::SIGKILL).expect("kill -9 worker 2");
+    let restarted = master.wait_forked(4)[3];
+    let serves = wait_until(TIMEOUT, || {
+        parse_hello(&get(addr).body).map(|(pid, _)| pid) == Some(restarted.1)
+    });
+    assert!(serves, "worker 2's restart {restarted:?} should serve");
+    // Worker 1's replacement starts now, and serves.
+    install.open_gate();
+    let end = end_of_reload(&master);
+    assert!(
+        end.contains("reload done: 1 worker replaced"),
+        "once worker {new1} serves, the reload should end at once: {end}"
+    );
+    assert_eq!(
+        master.count(&format!(
+            "worker {id2} is gone already: its turn is skipped"
+        )),
+        1,
+        "{:#?}",
+        master.lines()
+    );
+    assert!(
+        pid_alive(pid1),
+        "worker {id1} still owes its client an answer"
+    );
+    held.write_all(b"\r\n").expect("the rest of the request");
+    let response = read_response(&mut held).expect("the held request is answered");
+    assert_eq!(answered_by(&response, &old), (pid1, id1));
+    wait_drained(&master, &old[..1]);
+}
+
+/// Exercise ch09-step: a fork that fails in the middle of a reload stops it there. The
+/// program is gone from the disk (a build in progress, say) when the second turn begins:
+/// worker 1 has been replaced, worker 2 serves on, and the log says why. Once the program
+/// is back, the next reload goes through.
+#[test]
+fn a_fork_that_fails_mid_reload_stops_it_and_the_old_worker_serves_on() {
+    let install = Install::new("no-fork");
+    let (master, addr, old) = install.start(2, &["--listen-timeout", "60"]);
+    install.gated_build();
+    master.signal(Signal::SIGUSR2);
+    let new1 = master.wait_forked(3)[2];
+    // Worker 1's replacement runs already, waiting at the gate; nothing is left at the
+    // path for the next one.
+    install.wait_at_gate();
+    std::fs::remove_file(&install.path).expect("remove the program");
+    install.open_gate();
+    let end = end_of_reload(&master);
+    assert!(
+        end.contains("reload stopped: no worker could be forked")
+            && end.contains("1 of 2 workers replaced, the other 1 serve on"),
+        "{end}"
+    );
+    wait_drained(&master, &old[..1]);
+    assert_eq!(master.count("forked worker"), 3, "{:#?}", master.lines());
+    let now = [new1, old[1]];
+    each_answers(addr, &now);
+    // The program is back: the next reload replaces both.
+    install.rebuild();
+    reload(&master, 2, &now);
+}
+
 /// Keeps `held` waiting for the rest of its request while its worker is replaced: the old
 /// worker answers it before it exits, with `Connection: close`.
 #[test]
@@ -824,5 +1010,36 @@ fn a_reload_whose_new_worker_asks_for_a_busy_port_stops_and_the_old_workers_serv
     install.rebuild();
     let new = reload(&master, 2, &old);
     each_answers(addr, &new);
+    no_defunct_children(master.pid());
+}
+
+/// An old worker that was handed a connection it never took, and is killed at
+/// `--kill-timeout` after its replacement already serves: the connection goes to the new
+/// worker at once. The reload is over by then and no other client connects, so nothing
+/// else wakes the master.
+#[test]
+fn a_connection_the_old_worker_never_took_goes_to_the_new_one_when_it_is_killed() {
+    let (master, addr, old) = start(1, &["--kill-timeout", "1"]);
+    let (id, pid) = old[0];
+    let stuck = one_handed_to_a_stopped_worker(master.pid(), addr, pid, 1);
+    master.signal(Signal::SIGUSR2);
+    master.wait_for("reload done: 1 worker replaced", TIMEOUT);
+    let new = master.wait_forked(2)[1];
+    master.wait_for(
+        &format!("worker {id} (pid {pid}) is still there after --kill-timeout 1 s: SIGKILL"),
+        TIMEOUT,
+    );
+    master.wait_for(
+        &format!("worker {id} died before taking its connection"),
+        TIMEOUT,
+    );
+    match stuck.next(TIMEOUT) {
+        Ok(response) => assert_eq!(answered_by(&response, &[new]), (new.1, new.0)),
+        Err(e) => panic!(
+            "worker {} serves: the connection worker {id} never took should be its at once: \
+             {e}",
+            new.0
+        ),
+    }
     no_defunct_children(master.pid());
 }

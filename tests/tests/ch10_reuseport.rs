@@ -46,7 +46,14 @@ fn own_listener(pid: u32, addr: SocketAddr) -> u64 {
 /// slot S, ...` once the new worker's socket is open, and forked it just before.
 #[track_caller]
 fn replacement_in_slot(master: &Chapter, slot: usize) -> (u32, u32) {
-    let line = master.wait_for(&format!("listens in slot {slot},"), TIMEOUT);
+    nth_replacement_in_slot(master, slot, 1)
+}
+
+/// Like [`replacement_in_slot`], for the `n`th worker to replace one in slot `slot`.
+#[track_caller]
+fn nth_replacement_in_slot(master: &Chapter, slot: usize, n: usize) -> (u32, u32) {
+    let lines = master.wait_for_n(&format!("listens in slot {slot},"), n, TIMEOUT);
+    let line = &lines[n - 1];
     let id: u32 = line
         .split_once("] worker ")
         .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
@@ -269,6 +276,44 @@ fn the_port_stays_reserved_while_no_worker_listens() {
     replacement_in_slot(&master, 2);
     assert_eq!(listening_inodes(addr).len(), 2);
     assert_eq!(get(addr).status, 200);
+}
+
+/// Chapter 7's restart options hold here too. With `--min-uptime 60`, every death counts
+/// as a death at start, whatever the machine's load: the first restart comes at once, the
+/// second after `--restart-delay`, and a third death in a row is beyond `--max-restarts`.
+#[test]
+fn the_restart_options_of_chapter_7_are_honoured() {
+    let options = [
+        "--min-uptime",
+        "60",
+        "--max-restarts",
+        "2",
+        "--restart-delay",
+        "0.25",
+    ];
+    let (master, addr, forked) = Chapter::start_cluster(CH10, 2, &options);
+    let (_, mut victim) = forked[0];
+    for (n, expected) in [
+        (1, "slot 1: a new worker in 0 ms"),
+        (2, "slot 1: a new worker in 250 ms"),
+    ] {
+        signal(victim, Signal::SIGKILL);
+        let said = master.wait_for_n("slot 1: ", n, TIMEOUT);
+        assert!(
+            said[n - 1].contains(expected),
+            "expected '{expected}': {said:#?}"
+        );
+        (_, victim) = nth_replacement_in_slot(&master, 1, n);
+    }
+    signal(victim, Signal::SIGKILL);
+    master.wait_for("slot 1: 3 crashes at start in a row; giving up", TIMEOUT);
+    // Slot 2 still serves, so the master goes on.
+    assert_eq!(get(addr).status, 200);
+    assert!(
+        master.count("a new worker in") == 2 && pid_alive(master.pid()),
+        "no restart after giving up, and the master stays: {:#?}",
+        master.lines()
+    );
 }
 
 #[test]

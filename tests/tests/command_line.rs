@@ -57,6 +57,12 @@ fn on_off_options_take_only_on_or_off() {
         "--exclusive",
     );
     refused("ch03-eaddrinuse", &["--reuseport", "yes"], "--reuseport");
+    // Said once, not "expects on|off, not 'yes': only on or off".
+    let (_, _, stderr) = run_to_end("ch03-eaddrinuse", &["--port", "0", "--reuseport", "yes"]);
+    assert!(
+        stderr.starts_with("ch03-eaddrinuse: --reuseport expects on|off, not 'yes'\n"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -291,5 +297,47 @@ fn reload_options_are_checked_before_any_fork() {
     let (_, help, _) = run_to_end("ch09-rolling-reload", &["--help"]);
     for option in ["--listen-timeout", "listen_timeout", "--crash-from-start"] {
         assert!(help.contains(option), "--help names {option}:\n{help}");
+    }
+}
+
+/// Chapter 10's master restarts workers by chapter 7's rules, and takes its options.
+#[test]
+fn restart_options_of_chapter_10_are_listed_and_checked() {
+    let (_, help, _) = run_to_end("ch10-reuseport", &["--help"]);
+    for option in ["--restart-delay", "--min-uptime", "--max-restarts"] {
+        assert!(help.contains(option), "--help names {option}:\n{help}");
+    }
+    refused(
+        "ch10-reuseport",
+        &["--max-restarts", "5000"],
+        "--max-restarts takes at most",
+    );
+    refused(
+        "ch10-reuseport",
+        &["--min-uptime", "soon"],
+        "--min-uptime expects SECS",
+    );
+}
+
+/// What `--help` offers agrees with itself: the usage line and the option rows name the
+/// same forms, and no row shows an empty default.
+#[test]
+fn help_agrees_with_itself() {
+    for package in [
+        "ch06-round-robin",
+        "ch07-auto-restart",
+        "ch08-heartbeat",
+        "ch09-rolling-reload",
+    ] {
+        let (_, help, _) = run_to_end(package, &["--help"]);
+        let usage = help.lines().next().unwrap_or_default();
+        assert!(
+            usage.contains("[--port PORT[,PORT]]") && help.contains("  --port PORT[,PORT] "),
+            "{package}: the usage line and the --port row should agree:\n{help}"
+        );
+        assert!(
+            !help.contains("(default )"),
+            "{package}: an empty default:\n{help}"
+        );
     }
 }

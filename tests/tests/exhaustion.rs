@@ -371,6 +371,34 @@ fn a_client_that_never_reads_cannot_grow_a_worker() {
     get(addr);
 }
 
+/// Exercise ch04-flush: chapter 4's proxy in front of a client that pipelines requests and
+/// never reads the answers. Writing to it soon fails with EAGAIN: the proxy keeps what it
+/// could not write, waits for epoll to say the socket takes more (it never does here), and
+/// meanwhile holds no more than a chunk per direction, uses no CPU, and serves everyone else.
+#[test]
+fn ch04_a_client_that_never_reads_makes_the_proxy_wait_not_spin() {
+    let master = Chapter::start(
+        "ch04-proxy",
+        &["--port", "0", "--workers", "1", "--idle-timeout", "30"],
+    );
+    let addr = master.wait_master_ready();
+    let forked = master.wait_forked(1);
+    answered_by(&get(addr), &forked);
+    let before = rss_bytes(master.pid());
+    let mut stream = connect_small_window(addr);
+    let sent = write_until_blocked(&mut stream, &pipelined(1_000_000));
+    let grown = rss_bytes(master.pid()).saturating_sub(before);
+    assert!(
+        grown < 8 << 20,
+        "the proxy grew by {} KiB for one client that sent {} KiB and read nothing",
+        grown >> 10,
+        sent >> 10
+    );
+    settles(master.pid(), "the proxy with a client that does not read");
+    answered_by(&get(addr), &forked);
+    drop(stream);
+}
+
 /// A client that fills the worker's output, half-closes (or asks to close) and then never
 /// reads: the worker must not spin on it, and must close it after the idle timeout. (This
 /// is the recipe that used to spin a worker. With backpressure, the worker stops reading

@@ -1,7 +1,8 @@
 //! Chapter 0, the prologue: three ways for one server to serve many clients at once.
 //!
 //! - `--model process`: a new process for every connection (`fork`), as the first Unix
-//!   servers and Apache's prefork did.
+//!   servers did. (Apache's prefork forks a pool in advance instead, each process
+//!   accepting in a loop.)
 //! - `--model thread`: a new thread for every connection, each blocking on its socket.
 //! - `--model event`: one thread and one `epoll` for every connection, as nginx and
 //!   Node.js do. This is the worker loop every later chapter uses.
@@ -14,6 +15,7 @@
 mod backoff;
 mod blocking;
 mod process;
+mod stop;
 mod thread;
 
 use std::process::ExitCode;
@@ -32,12 +34,16 @@ const MAX_CLIENTS_LIMIT: usize = 30_000;
 
 // ANCHOR: main
 fn main() -> ExitCode {
-    refuse_workers();
     let args = Cli::new(
         "ch00-server-models",
         "Chapter 0: one server, three models: a process per connection, a thread per \
          connection, or one event loop.\nThere are no workers to count here: --workers is \
          refused (chapter 1 adds them).",
+    )
+    // Every chapter's command line takes `--workers`, but this one has no workers: say so
+    // rather than accept a number and ignore it.
+    .without_workers(
+        "each model is one server process (use --model; --max-clients caps the connections)",
     )
     .option::<Model>(
         "--model",
@@ -67,12 +73,12 @@ fn serve(args: &Args) -> Outcome {
             process::serve(listener, max_clients, args.idle_timeout)
         }
         Model::Thread => {
-            process::default_signals();
+            stop::log_then_end_on_signals()?;
             log!("listening on http://{addr} (a thread per connection, at most {max_clients})");
             thread::serve(listener, max_clients, args.idle_timeout)
         }
         Model::Event => {
-            process::default_signals();
+            stop::log_then_end_on_signals()?;
             log!("listening on http://{addr} (one thread, one event loop)");
             event_loop(listener, args)
         }
@@ -128,18 +134,6 @@ fn check(args: &Args) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Every chapter's command line takes `--workers`, but this one has no workers: say so
-/// rather than accept a number and ignore it.
-fn refuse_workers() {
-    if given("--workers") {
-        eprintln!(
-            "ch00-server-models: --workers does not apply here: each model is one server \
-             process (use --model; --max-clients caps the connections)"
-        );
-        std::process::exit(2);
-    }
 }
 
 /// Whether option `name` is on the command line, as `--name VALUE` or `--name=VALUE`.

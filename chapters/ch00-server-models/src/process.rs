@@ -207,7 +207,10 @@ fn reap(children: &mut HashSet<Pid>) {
 /// and every one reaped before the parent exits.
 // ANCHOR: stop_children
 fn stop_children(children: &mut HashSet<Pid>) {
-    log!("stopping {} connection processes", children.len());
+    match children.len() {
+        1 => log!("stopping 1 connection process"),
+        n => log!("stopping {n} connection processes"),
+    }
     for child in children.iter() {
         let _ = kill(*child, Signal::SIGTERM);
     }

@@ -79,10 +79,15 @@ fn master(args: &Args) -> Outcome {
 /// The master's summary, once every worker has answered.
 // ANCHOR: report
 fn report(listening: &[u32], failed: &[(u32, String)]) {
-    let ids = |ids: &mut dyn Iterator<Item = u32>| {
-        ids.map(|id| id.to_string()).collect::<Vec<_>>().join(", ")
+    // "worker 2", "workers 2, 3".
+    let named = |ids: &[u32]| {
+        let list = ids.iter().map(u32::to_string).collect::<Vec<_>>();
+        match ids.len() {
+            1 => format!("worker {}", list.join(", ")),
+            _ => format!("workers {}", list.join(", ")),
+        }
     };
-    // One group per reason, in the order they came: "with EADDRINUSE (worker 2, 3)".
+    // One group per reason, in the order they came: "with EADDRINUSE (workers 2, 3)".
     let mut reasons: Vec<&str> = Vec::new();
     for (_, code) in failed {
         if !reasons.contains(&code.as_str()) {
@@ -92,18 +97,21 @@ fn report(listening: &[u32], failed: &[(u32, String)]) {
     let why = reasons
         .iter()
         .map(|reason| {
-            let mut who = failed
+            let who: Vec<u32> = failed
                 .iter()
                 .filter(|(_, c)| c == reason)
-                .map(|(id, _)| *id);
-            format!("{reason} (worker {})", ids(&mut who))
+                .map(|(id, _)| *id)
+                .collect();
+            format!("{reason} ({})", named(&who))
         })
         .collect::<Vec<_>>()
         .join(", ");
+    let serving = match listening.len() {
+        0 => "no worker listening".to_string(),
+        n => format!("{} listening ({})", log::workers(n), named(listening)),
+    };
     log!(
-        "{} worker(s) listening (worker {}); {} failed to bind{}",
-        listening.len(),
-        ids(&mut listening.iter().copied()),
+        "{serving}; {} failed to bind{}",
         failed.len(),
         match why.is_empty() {
             true => String::new(),

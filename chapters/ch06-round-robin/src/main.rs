@@ -34,7 +34,8 @@ fn main() -> ExitCode {
     .option::<Weights>(
         "--weights",
         "W1,W2,...",
-        "weighted round-robin: worker i gets Wi connections per turn (exercise ch06-weights)",
+        "weighted round-robin: worker i gets Wi connections per turn, a worker not listed 1 \
+         (default: 1 each; exercise ch06-weights)",
         "",
     )
     .check(|args| {

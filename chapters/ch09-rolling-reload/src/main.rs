@@ -199,7 +199,11 @@ impl Reload {
                     self.turn = Some(Turn { old, new, deadline });
                 }
                 Ok(None) => log!("worker {old} is gone already: its turn is skipped"),
-                Err(e) => return self.stop(keeper, format!("no worker could be forked: {e}")),
+                // No worker can be forked: the reload stops with this one's turn undone.
+                Err(e) => {
+                    self.todo.push_front(old);
+                    return self.stop(keeper, format!("no worker could be forked: {e}"));
+                }
             }
         }
         // ANCHOR_END: solution_ch09_step

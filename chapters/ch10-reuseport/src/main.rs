@@ -16,23 +16,26 @@ use std::time::{Duration, Instant};
 use shared::args::{Args, Cli};
 use shared::channel::Message;
 use shared::cluster::{self, Cluster, Event, Outcome};
+use shared::keeper;
 use shared::log;
 use shared::net;
 use shared::server::Server;
 use shared::spawn;
-use shared::supervisor::{Policy, Supervisor, Verdict};
+use shared::supervisor::{Supervisor, Verdict};
 
 /// The environment variable that tells a worker which address to listen on: the master
 /// has reserved it, so with `--port 0` every worker gets the same port.
 const ADDR_VAR: &str = "CLUSTER_REUSEPORT_ADDR";
 
 fn main() -> ExitCode {
-    let args = Cli::new(
+    let cli = Cli::new(
         "ch10-reuseport",
         "Chapter 10: every worker listens on the same port with a socket of its own \
-         (SO_REUSEPORT); the kernel spreads the connections, the master only supervises.",
-    )
-    .parse();
+         (SO_REUSEPORT); the kernel spreads the connections, the master only supervises: \
+         it restarts a worker that dies, by chapter 7's rules.",
+    );
+    // Chapter 7's restart options; there is no leaving worker to time or memory to watch.
+    let args = keeper::restart_options(cli).parse();
     // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
     cluster::master_or_worker(&args, master, worker)
 }
@@ -46,7 +49,7 @@ fn master(args: &Args) -> Outcome {
     log!("reserved {addr} (bound, not listening); every worker listens on it itself");
     let env = [(ADDR_VAR, addr.to_string())];
     let mut cluster = Cluster::new()?;
-    let mut supervisor = Supervisor::new(args.workers, Policy::default());
+    let mut supervisor = Supervisor::new(args.workers, keeper::policy(args));
     for slot in supervisor.slots() {
         let id = cluster.fork_with_env(&env)?;
         supervisor.started(slot, id, Instant::now());
