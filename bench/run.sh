@@ -208,6 +208,7 @@ for pass in $(seq "$REPS"); do printf ' %9s' "pass $pass"; done
 printf '   %s\n' range
 ratio ch04-proxy node-proxy "ch04 proxy / Node proxy master"
 ratio ch05-handle-passing nginx "ch05 handle passing / nginx"
+ratio ch05-handle-passing node-shared-handle "ch05 handle passing / Node shared"
 ratio ch06-round-robin node-round-robin "ch06 round-robin / Node round-robin"
 if [ ${#lg[@]} -gt 0 ]; then
   echo
