@@ -194,7 +194,9 @@ fn a_pong_from_a_thread_of_its_own_hides_a_hung_loop() {
     let (_hung, (id, pid)) = send_stuck(&master, addr, "/hang", "/hang: spinning", &forked);
     // Wait until it has spun for five beats' worth of CPU time, so at least five beats
     // have passed: the worker is stuck, and the master, hearing its thread, suspects
-    // nothing.
+    // nothing. (On a machine loaded far past its CPUs, the pong thread itself may wait
+    // longer than a beat to run, and the master then logs a missed beat; what the thread
+    // hides is the hang, so the test asks only that the worker is never judged a zombie.)
     let spun = Duration::from_millis(5 * BEAT_MS);
     let before = cpu_time(pid);
     assert!(
@@ -202,12 +204,12 @@ fn a_pong_from_a_thread_of_its_own_hides_a_hung_loop() {
         "worker {id} (pid {pid}) should spin"
     );
     assert_eq!(
-        master.count(&format!("worker {id} missed")),
+        master.count("is a zombie"),
         0,
-        "the thread answers every ping: {:#?}",
+        "the thread answers the pings, so the spinning worker is never judged a zombie: \
+         {:#?}",
         master.lines()
     );
-    assert_eq!(master.count("is a zombie"), 0, "{:#?}", master.lines());
     assert!(pid_alive(pid), "the hung worker is left alone");
 }
 
