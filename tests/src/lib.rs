@@ -24,7 +24,7 @@
 //! | [`listening_inodes`], [`socket_inodes`] | which sockets listen on an address, and which a process holds |
 //! | [`tcp_sockets`] | the kernel's TCP table, as `ss -tan` shows it |
 //! | [`accept_queue`] | how many connections wait in a listening socket's accept queue |
-//! | [`SteadyLoad`] | one request after another from a thread, recording who answered each |
+//! | [`SteadyLoad`] | requests one after another from one or more client threads, recording who answered each |
 //! | [`Answers`], [`one_handed_to_a_stopped_worker`] | requests answered in any order; a connection a round-robin master has handed to a worker that cannot take it |
 //! | [`defunct_children`], [`no_defunct_children`] | children exited but not reaped (`<defunct>` in `ps`) |
 //! | [`copy_executable`], [`write_script`] | put a program where a test runs it, without ETXTBSY |
@@ -312,19 +312,24 @@ pub struct Chapter {
     status: Option<ExitStatus>,
 }
 
+/// The command that runs `package`'s binary as a master with `args`: without the worker
+/// variables, whatever the test's own environment holds, the binary is a master.
+#[track_caller]
+fn master_command(package: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(binary(package));
+    command
+        .args(args)
+        .env_remove(shared::spawn::WORKER_ID_VAR)
+        .env_remove(shared::spawn::CHANNEL_FD_VAR);
+    command
+}
+
 impl Chapter {
     /// Starts `package`'s binary as a master with `args`, in a process group of its own
     /// (its workers join it).
     #[track_caller]
     pub fn start(package: &str, args: &[&str]) -> Chapter {
-        let mut command = Command::new(binary(package));
-        // Without these variables the binary is a master, whatever the test's own
-        // environment holds.
-        command
-            .args(args)
-            .env_remove(shared::spawn::WORKER_ID_VAR)
-            .env_remove(shared::spawn::CHANNEL_FD_VAR);
-        Chapter::spawn(package, command)
+        Chapter::spawn(package, master_command(package, args))
     }
 
     /// Starts `package`'s binary as worker 1 with `args`, the test playing its master:
@@ -362,11 +367,7 @@ impl Chapter {
     /// the limit.
     #[track_caller]
     pub fn start_limited(package: &str, args: &[&str], max_fds: u64) -> Chapter {
-        let mut command = Command::new(binary(package));
-        command
-            .args(args)
-            .env_remove(shared::spawn::WORKER_ID_VAR)
-            .env_remove(shared::spawn::CHANNEL_FD_VAR);
+        let mut command = master_command(package, args);
         // SAFETY: runs in the child between fork and exec; setrlimit is async-signal-safe
         // and the closure allocates nothing.
         unsafe {
@@ -407,11 +408,7 @@ impl Chapter {
     /// runs, gets no such help.
     #[track_caller]
     pub fn start_in_session(package: &str, args: &[&str]) -> Chapter {
-        let mut command = Command::new(binary(package));
-        command
-            .args(args)
-            .env_remove(shared::spawn::WORKER_ID_VAR)
-            .env_remove(shared::spawn::CHANNEL_FD_VAR);
+        let mut command = master_command(package, args);
         // SAFETY: runs in the child between fork and exec; setsid is async-signal-safe and
         // the closure allocates nothing. The child is no group leader yet (spawn_in below
         // skips process_group for it), so setsid succeeds.
@@ -1388,39 +1385,41 @@ pub fn no_defunct_children(master: u32) {
 /// (a status other than 200 counts as wrong, with its body).
 pub type Reply = Result<u32, String>;
 
-/// A client that sends one request after another, each on a new connection, from a thread
-/// of its own, until it is stopped or dropped: the "steady load" under which workers are
-/// killed and replaced.
+/// Clients that each send one request after another, each on a new connection (wrk's
+/// `Connection: close`), each from a thread of its own, until stopped or dropped: the
+/// "steady load" under which workers are killed and replaced. Every reply is recorded
+/// with the client port of its connection (0 if it never connected).
 pub struct SteadyLoad {
-    replies: Arc<Mutex<Vec<Reply>>>,
+    replies: Arc<Mutex<Vec<(u16, Reply)>>>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl SteadyLoad {
-    /// Starts asking `addr` for `/`.
+    /// Starts one client asking `addr` for `/`.
     pub fn start(addr: SocketAddr) -> SteadyLoad {
-        let replies: Arc<Mutex<Vec<Reply>>> = Arc::default();
+        SteadyLoad::clients(addr, 1)
+    }
+
+    /// Starts `n` clients asking `addr` for `/`, side by side.
+    pub fn clients(addr: SocketAddr, n: usize) -> SteadyLoad {
+        let replies: Arc<Mutex<Vec<(u16, Reply)>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (replies, stop) = (Arc::clone(&replies), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let reply = match http_get(addr) {
-                        Ok(r) if r.status == 200 => {
-                            parse_hello(&r.body).map(|(pid, _)| pid).ok_or(r.body)
-                        }
-                        Ok(r) => Err(format!("status {}: {}", r.status, r.body)),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    lock(&replies).push(reply);
-                }
+        let threads = (0..n)
+            .map(|_| {
+                let (replies, stop) = (Arc::clone(&replies), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let reply = one_request(addr);
+                        lock(&replies).push(reply);
+                    }
+                })
             })
-        };
+            .collect();
         SteadyLoad {
             replies,
             stop,
-            thread: Some(thread),
+            threads,
         }
     }
 
@@ -1431,6 +1430,11 @@ impl SteadyLoad {
 
     /// Every reply so far, in order.
     pub fn replies(&self) -> Vec<Reply> {
+        lock(&self.replies).iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    /// Every reply so far, in order, with the client port of its connection.
+    pub fn replies_by_port(&self) -> Vec<(u16, Reply)> {
         lock(&self.replies).clone()
     }
 
@@ -1451,7 +1455,7 @@ impl SteadyLoad {
     pub fn wait_for_pid(&self, pid: u32) -> usize {
         let mut at = None;
         let found = wait_until(TIMEOUT, || {
-            at = lock(&self.replies).iter().position(|r| *r == Ok(pid));
+            at = lock(&self.replies).iter().position(|(_, r)| *r == Ok(pid));
             at.is_some()
         });
         match (found, at) {
@@ -1472,11 +1476,28 @@ impl SteadyLoad {
 
     fn halt(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            // A request in flight ends within the client's 5 s timeouts.
+        // A request in flight ends within the client's 5 s timeouts.
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
+}
+
+/// One `GET /` on a new connection, as [`http_get`] sends it: the client port, and the pid
+/// that answered or what went wrong.
+fn one_request(addr: SocketAddr) -> (u16, Reply) {
+    let mut stream = match connect(addr) {
+        Ok(stream) => stream,
+        Err(e) => return (0, Err(e.to_string())),
+    };
+    let port = stream.local_addr().map_or(0, |a| a.port());
+    let reply =
+        match write_request(&mut stream, "/", false).and_then(|()| read_response(&mut stream)) {
+            Ok(r) if r.status == 200 => parse_hello(&r.body).map(|(pid, _)| pid).ok_or(r.body),
+            Ok(r) => Err(format!("status {}: {}", r.status, r.body)),
+            Err(e) => Err(e.to_string()),
+        };
+    (port, reply)
 }
 
 impl Drop for SteadyLoad {

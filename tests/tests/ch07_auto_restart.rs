@@ -5,8 +5,6 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chapter_tests::*;
@@ -117,74 +115,6 @@ fn a_worker_killed_under_load_is_named_by_its_signal_and_replaced_at_once() {
     no_defunct_children(master.pid());
 }
 
-/// Clients that each send one request after another, every one on a new connection
-/// (wrk's `Connection: close`), and record, for each, the client's port and who answered.
-struct PortedLoad {
-    replies: Arc<Mutex<Vec<(u16, Reply)>>>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl PortedLoad {
-    fn start(addr: SocketAddr, clients: usize) -> PortedLoad {
-        let replies: Arc<Mutex<Vec<(u16, Reply)>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..clients)
-            .map(|_| {
-                let (replies, stop) = (Arc::clone(&replies), Arc::clone(&stop));
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::SeqCst) {
-                        let mut stream = match connect(addr) {
-                            Ok(stream) => stream,
-                            Err(e) => {
-                                replies
-                                    .lock()
-                                    .expect("replies")
-                                    .push((0, Err(e.to_string())));
-                                continue;
-                            }
-                        };
-                        let port = stream.local_addr().map_or(0, |a| a.port());
-                        let reply = write_request(&mut stream, "/", false)
-                            .and_then(|()| read_response(&mut stream))
-                            .map_err(|e| e.to_string())
-                            .and_then(|r| parse_hello(&r.body).map(|(pid, _)| pid).ok_or(r.body));
-                        replies.lock().expect("replies").push((port, reply));
-                    }
-                })
-            })
-            .collect();
-        PortedLoad {
-            replies,
-            stop,
-            threads,
-        }
-    }
-
-    fn replies(&self) -> Vec<(u16, Reply)> {
-        self.replies.lock().expect("replies").clone()
-    }
-
-    fn stop(mut self) -> Vec<(u16, Reply)> {
-        self.halt();
-        self.replies()
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // A request in flight ends within the client's 5 s timeouts.
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for PortedLoad {
-    fn drop(&mut self) {
-        self.halt();
-    }
-}
-
 /// The client ports of the TCP connections process `pid` holds.
 fn client_ports_held_by(pid: u32) -> BTreeSet<u16> {
     let mine = socket_inodes(pid);
@@ -202,7 +132,7 @@ fn client_ports_held_by(pid: u32) -> BTreeSet<u16> {
 #[test]
 fn under_kill_9_every_connection_the_master_still_held_is_answered() {
     let (master, addr, forked) = start(2, &[]);
-    let load = PortedLoad::start(addr, 8);
+    let load = SteadyLoad::clients(addr, 8);
     assert!(
         wait_until(TIMEOUT, || load.replies().len() >= 100),
         "the load should get answers"
@@ -232,13 +162,11 @@ fn under_kill_9_every_connection_the_master_still_held_is_answered() {
     );
     let (_, new_pid) = master.wait_forked(3)[2];
     assert!(
-        wait_until(TIMEOUT, || load
-            .replies()
-            .iter()
-            .any(|(_, r)| *r == Ok(new_pid))),
+        wait_until(TIMEOUT, || load.replies().contains(&Ok(new_pid))),
         "the replacement should serve"
     );
-    let replies = load.stop();
+    let replies = load.replies_by_port();
+    drop(load);
     let lost: Vec<&(u16, Reply)> = replies
         .iter()
         .filter(|(port, reply)| held.contains(port) && reply.is_err())
