@@ -6,9 +6,25 @@
 //! Workers inherit the master's stdout, so all processes write to the same terminal; each
 //! line is written with a single `write` so lines from different processes do not mix.
 
+use std::error::Error;
 use std::fmt;
 use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What a chapter's `master` and `worker` functions return: an exit code, or an error for
+/// [`exit_code`] to report.
+pub type Outcome = Result<ExitCode, Box<dyn Error>>;
+
+/// This process's worker id, once it knows it is a worker; 0 in a master.
+static WORKER: AtomicU32 = AtomicU32::new(0);
+
+/// From now on this process's lines say `worker ID` instead of `master`: called as soon
+/// as a process learns it is a worker (chapter 1's `master_or_worker`).
+pub fn speak_as_worker(id: u32) {
+    WORKER.store(id, Ordering::SeqCst);
+}
 
 /// Prints one log line: `HH:MM:SS.mmm role[pid] message`.
 ///
@@ -22,11 +38,11 @@ macro_rules! log {
     };
 }
 
-/// Who is speaking: `master`, or `worker 3` in a worker started by [`crate::spawn`].
+/// Who is speaking: `master`, or `worker 3` once [`speak_as_worker`] was called.
 fn role() -> String {
-    match crate::spawn::worker_id() {
-        Some(id) => format!("worker {id}"),
-        None => "master".to_string(),
+    match WORKER.load(Ordering::SeqCst) {
+        0 => "master".to_string(),
+        id => format!("worker {id}"),
     }
 }
 
@@ -63,9 +79,7 @@ fn clock() -> String {
 
 /// Turns what a chapter's `master` or `worker` returned into the process's exit code,
 /// logging the error, if any, in words a learner can act on.
-pub fn exit_code(
-    result: Result<std::process::ExitCode, Box<dyn std::error::Error>>,
-) -> std::process::ExitCode {
+pub fn exit_code(result: Outcome) -> ExitCode {
     match result {
         Ok(code) => code,
         // Ctrl-C during start-up: a requested stop, not a failure.
@@ -74,11 +88,11 @@ pub fn exit_code(
                 .is_some_and(|e| e.kind() == std::io::ErrorKind::Interrupted) =>
         {
             crate::log!("{e}");
-            std::process::ExitCode::SUCCESS
+            ExitCode::SUCCESS
         }
         Err(e) => {
             crate::log!("error: {e}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

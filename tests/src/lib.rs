@@ -43,10 +43,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ch02_ipc_messaging::channel::{Channel, ChannelError, Message};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use shared::channel::{Channel, ChannelError, Message};
 
 /// How long a test waits for something that should take a fraction of a second. Generous,
 /// because tests run in parallel on a small machine; a passing test never waits this long.
@@ -319,8 +319,8 @@ fn master_command(package: &str, args: &[&str]) -> Command {
     let mut command = Command::new(binary(package));
     command
         .args(args)
-        .env_remove(shared::spawn::WORKER_ID_VAR)
-        .env_remove(shared::spawn::CHANNEL_FD_VAR);
+        .env_remove(ch01_random_port_fork::spawn::WORKER_ID_VAR)
+        .env_remove(ch02_ipc_messaging::worker::CHANNEL_FD_VAR);
     command
 }
 
@@ -341,8 +341,8 @@ impl Chapter {
         let mut command = Command::new(binary(package));
         command
             .args(args)
-            .env(shared::spawn::WORKER_ID_VAR, "1")
-            .env(shared::spawn::CHANNEL_FD_VAR, fd.to_string());
+            .env(ch01_random_port_fork::spawn::WORKER_ID_VAR, "1")
+            .env(ch02_ipc_messaging::worker::CHANNEL_FD_VAR, fd.to_string());
         // SAFETY: runs in the child between fork and exec, where only async-signal-safe
         // calls are allowed: fcntl is one, and the closure allocates nothing. It clears
         // close-on-exec on the worker's end of the channel in this child only, so the

@@ -7,8 +7,8 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
+use ch02_ipc_messaging::channel::Channel;
 use chapter_tests::*;
-use shared::channel::Channel;
 
 const CH02: &str = "ch02-ipc-messaging";
 

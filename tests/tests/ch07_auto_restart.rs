@@ -615,8 +615,8 @@ impl Copy {
         let mut command = std::process::Command::new(&self.path);
         command
             .args(["--port", "0", "--workers", &workers.to_string()])
-            .env_remove(shared::spawn::WORKER_ID_VAR)
-            .env_remove(shared::spawn::CHANNEL_FD_VAR);
+            .env_remove(ch01_random_port_fork::spawn::WORKER_ID_VAR)
+            .env_remove(ch02_ipc_messaging::worker::CHANNEL_FD_VAR);
         let master = Chapter::from_command(&format!("{CH07} (a copy)"), command);
         let addr = master.wait_master_ready();
         let forked = master.wait_forked(workers);

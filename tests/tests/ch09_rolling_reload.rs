@@ -301,8 +301,8 @@ impl Install {
         command
             .args(["--port", "0", "--workers", &workers.to_string()])
             .args(extra)
-            .env_remove(shared::spawn::WORKER_ID_VAR)
-            .env_remove(shared::spawn::CHANNEL_FD_VAR);
+            .env_remove(ch01_random_port_fork::spawn::WORKER_ID_VAR)
+            .env_remove(ch02_ipc_messaging::worker::CHANNEL_FD_VAR);
         let master = Chapter::from_command(&format!("{CH09} (a copy)"), command);
         let addr = master.wait_master_ready();
         let forked = master.wait_forked(workers);

@@ -7,10 +7,11 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
+use ch01_random_port_fork::spawn::WORKER_ID_VAR;
+use ch02_ipc_messaging::worker::CHANNEL_FD_VAR;
 use chapter_tests::*;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use shared::spawn::{CHANNEL_FD_VAR, WORKER_ID_VAR};
 
 /// Runs `package` with `args`, expects exit code 2 with `expected` in its stderr, and no
 /// worker forked.

@@ -22,11 +22,11 @@ use std::process::ExitCode;
 
 use std::str::FromStr;
 
+use ch00_server_models::server::Server;
 use shared::args::{Args, Cli};
-use shared::cluster::Outcome;
 use shared::log;
+use shared::log::Outcome;
 use shared::net;
-use shared::server::Server;
 
 /// The most clients `--max-clients` may allow: far beyond what this prologue measures,
 /// and still below Linux's default limit on process ids (`/proc/sys/kernel/pid_max`).

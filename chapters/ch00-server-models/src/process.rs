@@ -26,8 +26,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe2, ForkResult, Pid};
-use shared::cluster::Outcome;
 use shared::log;
+use shared::log::Outcome;
 
 use crate::backoff::{self, Backoff, PAUSE};
 use crate::blocking;

@@ -11,7 +11,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use shared::cluster::Outcome;
+use shared::log::Outcome;
 
 use crate::backoff::{self, Backoff, PAUSE};
 use crate::blocking;

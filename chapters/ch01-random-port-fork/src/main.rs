@@ -7,11 +7,12 @@
 
 use std::process::ExitCode;
 
+use ch00_server_models::server::Server;
+use ch01_random_port_fork::cluster::{self, Cluster, Outcome};
+use ch01_random_port_fork::net::listen_random;
 use shared::args::{Args, Cli};
-use shared::cluster::{self, Cluster, Outcome};
 use shared::log;
 use shared::net;
-use shared::server::Server;
 
 // ANCHOR: main
 fn main() -> ExitCode {
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
 fn master(args: &Args) -> Outcome {
     log!("master started; forking {} workers", args.workers);
     // No IPC yet: this master can start its workers and stop them, nothing more.
-    let mut cluster: Cluster = Cluster::without_channels()?;
+    let mut cluster: Cluster = Cluster::new()?;
     for _ in 0..args.workers {
         cluster.fork()?;
     }
@@ -49,7 +50,7 @@ fn master(args: &Args) -> Outcome {
 fn worker(id: u32, args: &Args) -> Outcome {
     // Every worker picks its own port. Nothing is shared yet, so nothing can clash.
     let listener = match args.port {
-        0 => net::listen_random(args.host)?,
+        0 => listen_random(args.host)?,
         port => net::listen(args.host, port)?,
     };
     log!("listening on http://{}", listener.local_addr()?);

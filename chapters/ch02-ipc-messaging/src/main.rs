@@ -7,13 +7,13 @@
 
 use std::process::ExitCode;
 
+use ch00_server_models::server::Server;
+use ch01_random_port_fork::net::listen_random;
+use ch02_ipc_messaging::channel::Message;
+use ch02_ipc_messaging::cluster::{self, Cluster, Event, Outcome};
+use ch02_ipc_messaging::worker::{self, Messages};
 use shared::args::{Args, Cli};
-use shared::channel::Message;
-use shared::cluster::{self, Cluster, Event, Outcome};
 use shared::log;
-use shared::net;
-use shared::server::Server;
-use shared::spawn;
 
 fn main() -> ExitCode {
     let args = Cli::new(
@@ -60,8 +60,8 @@ fn master(args: &Args) -> Outcome {
 fn worker(id: u32, args: &Args) -> Outcome {
     // The inherited end of the socketpair, whose fd number the master put in
     // CLUSTER_CHANNEL_FD, as Node's child finds NODE_CHANNEL_FD.
-    let channel = spawn::channel_from_env()?;
-    let listener = net::listen_random(args.host)?;
+    let channel = worker::channel_from_env()?;
+    let listener = listen_random(args.host)?;
     let port = listener.local_addr()?.port();
     log!("listening on http://{}", listener.local_addr()?);
     // The channel joins the same event loop as the HTTP sockets: one thread serves both.

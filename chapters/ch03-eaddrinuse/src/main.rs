@@ -8,12 +8,12 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use ch00_server_models::server::Server;
+use ch02_ipc_messaging::cluster::{self, Cluster, Event, Outcome};
+use ch02_ipc_messaging::worker;
+use ch03_eaddrinuse::net;
 use shared::args::{Args, Cli};
-use shared::cluster::{self, Cluster, Event, Outcome};
 use shared::log;
-use shared::net;
-use shared::server::Server;
-use shared::spawn;
 
 fn main() -> ExitCode {
     let args = Cli::new(
@@ -123,7 +123,7 @@ fn report(listening: &[u32], failed: &[(u32, String)]) {
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Outcome {
-    let channel = spawn::channel_from_env()?;
+    let channel = worker::channel_from_env()?;
     // The first message from the master says where to listen.
     let order = channel.recv()?;
     let addr: SocketAddr = order

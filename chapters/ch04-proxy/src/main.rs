@@ -13,13 +13,14 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
+use ch00_server_models::server::Server;
+use ch02_ipc_messaging::cluster::{self, Cluster, Event, Outcome};
+use ch02_ipc_messaging::worker;
+use ch02_ipc_messaging::worker::Messages;
+use ch03_eaddrinuse::net;
 use nix::sys::resource::{getrlimit, Resource};
 use shared::args::{Args, Cli};
-use shared::cluster::{self, Cluster, Event, Outcome};
 use shared::log;
-use shared::net;
-use shared::server::Server;
-use shared::spawn;
 
 fn main() -> ExitCode {
     let args = Cli::new(
@@ -131,7 +132,7 @@ fn fd_budget() -> usize {
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Outcome {
-    let channel = spawn::channel_from_env()?;
+    let channel = worker::channel_from_env()?;
     // Port 0: the kernel picks a free private port; the master learns it over IPC.
     let listener = net::listen(args.host, 0)?;
     let addr = listener.local_addr()?;

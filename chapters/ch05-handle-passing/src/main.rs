@@ -15,13 +15,14 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use ch00_server_models::server::Server;
+use ch02_ipc_messaging::channel::Message;
+use ch02_ipc_messaging::cluster::{self, Cluster, Event, Outcome};
+use ch02_ipc_messaging::worker;
+use ch02_ipc_messaging::worker::Messages;
+use ch03_eaddrinuse::net;
 use shared::args::{Args, Cli};
-use shared::channel::Message;
-use shared::cluster::{self, Cluster, Event, Outcome};
 use shared::log;
-use shared::net;
-use shared::server::Server;
-use shared::spawn;
 
 fn main() -> ExitCode {
     let args = Cli::new(
@@ -161,7 +162,7 @@ fn summarize(cluster: &mut Cluster) {
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Outcome {
-    let channel = spawn::channel_from_env()?;
+    let channel = worker::channel_from_env()?;
     let exclusive = args.is_on("--exclusive");
     let ask = args.is_on("--shared-handle");
     let mut reported = (0, 0);

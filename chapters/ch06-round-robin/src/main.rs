@@ -16,13 +16,14 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::str::FromStr;
 
+use ch00_server_models::server::Server;
+use ch02_ipc_messaging::channel::Message;
+use ch02_ipc_messaging::cluster::{self, Cluster, Event, Outcome};
+use ch02_ipc_messaging::worker;
+use ch02_ipc_messaging::worker::Messages;
+use ch06_round_robin::round_robin::{self, Handles, Heard};
 use shared::args::{Args, Cli};
-use shared::channel::Message;
-use shared::cluster::{self, Cluster, Event, Outcome};
 use shared::log;
-use shared::round_robin::{self, Handles, Heard};
-use shared::server::Server;
-use shared::spawn;
 
 fn main() -> ExitCode {
     let args = Cli::new(
@@ -122,7 +123,7 @@ impl Weights {
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Outcome {
-    let channel = spawn::channel_from_env()?;
+    let channel = worker::channel_from_env()?;
     let server = Server::new(id, args.idle_timeout)?
         .on_message(channel, on_message)?
         // After a rejection for want of fds: one of our connections has closed (or a

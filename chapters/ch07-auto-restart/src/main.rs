@@ -15,13 +15,13 @@
 use std::cell::RefCell;
 use std::process::ExitCode;
 
+use ch02_ipc_messaging::cluster::{self, Outcome};
+use ch02_ipc_messaging::worker;
+use ch07_auto_restart::graceful;
+use ch07_auto_restart::keeper::{self, Keeper};
 use shared::args::{Args, Cli};
-use shared::cluster::{self, Outcome};
-use shared::graceful;
 use shared::http::{self, Request, Response};
-use shared::keeper::{self, Keeper};
 use shared::log;
-use shared::spawn;
 
 fn main() -> ExitCode {
     let cli = Cli::new(
@@ -60,7 +60,7 @@ fn master(args: &Args) -> Outcome {
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Outcome {
     fail_at_start(args);
-    let channel = spawn::channel_from_env()?;
+    let channel = worker::channel_from_env()?;
     let handler = triggers(id, args.get("--max-rss"));
     graceful::serve(id, args, channel, handler, |_, message| {
         log!("unexpected message '{}'", message.text)

@@ -16,14 +16,15 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use ch02_ipc_messaging::channel::Channel;
+use ch02_ipc_messaging::cluster::{self, Event, Outcome};
+use ch02_ipc_messaging::worker;
+use ch02_ipc_messaging::worker::Messages;
+use ch07_auto_restart::graceful;
+use ch07_auto_restart::keeper::{self, Keeper};
 use shared::args::{Args, Cli};
-use shared::channel::Channel;
-use shared::cluster::{self, Event, Outcome};
-use shared::graceful;
 use shared::http::{self, Request, Response};
-use shared::keeper::{self, Keeper};
 use shared::log;
-use shared::spawn;
 
 /// How many pings in a row a worker may leave unanswered before it is a zombie.
 const MISSED: u32 = 3;
@@ -158,7 +159,7 @@ fn zombie(id: u32, missed: &mut u32) -> bool {
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Outcome {
-    let channel = spawn::channel_from_env()?;
+    let channel = worker::channel_from_env()?;
     let from_thread = args.is_on("--pong-from-thread");
     if from_thread {
         pong_from_thread(channel.clone(), args.get("--heartbeat-ms"));

@@ -17,14 +17,14 @@ use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use ch02_ipc_messaging::cluster::{self, Event, Exited, Outcome};
+use ch02_ipc_messaging::worker;
+use ch07_auto_restart::graceful;
+use ch07_auto_restart::keeper::{self, Keeper};
 use nix::sys::signal::Signal;
 use shared::args::{Args, Cli, Seconds};
-use shared::cluster::{self, Event, Exited, Outcome};
-use shared::graceful;
 use shared::http::{self, Request, Response};
-use shared::keeper::{self, Keeper};
 use shared::log;
-use shared::spawn;
 
 /// What `/version` answers. Change it, rebuild, and send the master SIGUSR2.
 // ANCHOR: version
@@ -288,7 +288,7 @@ impl Reload {
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Outcome {
     broken_build(args);
-    let channel = spawn::channel_from_env()?;
+    let channel = worker::channel_from_env()?;
     graceful::serve(id, args, channel, answers(id), |_, message| {
         log!("unexpected message '{}'", message.text)
     })

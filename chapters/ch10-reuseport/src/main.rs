@@ -3,8 +3,10 @@
 //!
 //! No fd crosses the IPC channel and the master accepts nothing. It keeps the port
 //! reserved (bound, never listening), starts the workers, and starts a new one in the
-//! place of any that dies (`shared::supervisor`); the new worker opens a socket of its own
+//! place of any that dies (chapter 7's supervisor); the new worker opens a socket of its own
 //! and joins the group.
+
+mod reserve;
 
 use std::collections::{BTreeSet, HashMap};
 use std::error::Error;
@@ -13,15 +15,16 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use ch00_server_models::server::Server;
+use ch02_ipc_messaging::channel::Message;
+use ch02_ipc_messaging::cluster::{self, Cluster, Event, Outcome};
+use ch02_ipc_messaging::worker;
+use ch02_ipc_messaging::worker::Messages;
+use ch03_eaddrinuse::net;
+use ch07_auto_restart::keeper;
+use ch07_auto_restart::supervisor::{Supervisor, Verdict};
 use shared::args::{Args, Cli};
-use shared::channel::Message;
-use shared::cluster::{self, Cluster, Event, Outcome};
-use shared::keeper;
 use shared::log;
-use shared::net;
-use shared::server::Server;
-use shared::spawn;
-use shared::supervisor::{Supervisor, Verdict};
 
 /// The environment variable that tells a worker which address to listen on: the master
 /// has reserved it, so with `--port 0` every worker gets the same port.
@@ -44,7 +47,7 @@ fn main() -> ExitCode {
 fn master(args: &Args) -> Outcome {
     // The master binds the port but never listens on it: no queue, no connection ever
     // lands here. It keeps the port ours, for the workers and for their replacements.
-    let reserved = net::reserve(args.host, args.port)?;
+    let reserved = reserve::reserve(args.host, args.port)?;
     let addr = reserved.local_addr()?;
     log!("reserved {addr} (bound, not listening); every worker listens on it itself");
     let env = [(ADDR_VAR, addr.to_string())];
@@ -155,7 +158,7 @@ fn report(
 
 // ANCHOR: worker
 fn worker(id: u32, args: &Args) -> Outcome {
-    let channel = spawn::channel_from_env()?;
+    let channel = worker::channel_from_env()?;
     let addr: SocketAddr = std::env::var(ADDR_VAR)
         .ok()
         .and_then(|a| a.parse().ok())

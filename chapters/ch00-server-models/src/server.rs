@@ -1,8 +1,11 @@
 //! The worker's HTTP server: one thread, one event loop, many connections.
 //!
-//! Explained in chapter 1 (the event loop) and chapter 2 (the IPC channel in the same loop);
-//! chapter 7 drains it, and chapter 9 lets a drain linger for a last request
-//! (`Server::drain_lingering`).
+//! Built in the prologue, as its event-loop model; chapter 1 runs one per worker. Later
+//! chapters add to the same loop through its few openings: chapter 2 watches its IPC
+//! channel ([`Server::watch`]), chapter 6 hands it connections accepted elsewhere
+//! ([`Server::adopt_connection`]), chapter 7 closes it gracefully ([`Server::drain`], Node's
+//! `server.close()`) and chapter 9 lets a drain linger for a last request
+//! ([`Server::drain_lingering`]).
 //!
 //! A Node process runs all its JavaScript on one thread: libuv waits on epoll for any
 //! socket that is ready, runs the callback for it, and goes back to waiting. That is what
@@ -11,8 +14,8 @@
 //! worker, its IPC channel included, and chapter 8 relies on exactly that.
 //!
 //! The loop watches three kinds of things: listening sockets (accept new connections),
-//! connections (read requests, write responses), and the IPC channel (messages from the
-//! master, handed to the chapter's [`Server::on_message`] callback).
+//! connections (read requests, write responses), and one more fd a chapter may give it
+//! (chapter 2's IPC channel), whose callback runs when it is readable.
 //!
 //! Nothing a client does can make the loop spin or its memory grow without bound: a
 //! connection is read only while its unsent answers stay under [`OUTPUT_LIMIT`], epoll
@@ -24,7 +27,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
@@ -32,9 +35,8 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{accept4, SockFlag};
 
-use crate::channel::{Channel, ChannelError, Message};
-use crate::http::{self, Parsed, Request, Response, MAX_BODY, MAX_HEAD};
-use crate::log;
+use shared::http::{self, Parsed, Request, Response, MAX_BODY, MAX_HEAD};
+use shared::log;
 
 /// A connection whose unsent answers reach this many bytes is not read any further
 /// until the client takes some: a client that sends requests and never reads the answers
@@ -49,7 +51,6 @@ const INPUT_LIMIT: usize = MAX_HEAD + MAX_BODY;
 const RETRY_WHEN_OUT_OF_FDS: Duration = Duration::from_secs(1);
 
 type Handler = Box<dyn FnMut(&Request) -> Response>;
-type OnMessage = Box<dyn FnMut(&mut Server, Message)>;
 type Callback = Box<dyn FnMut(&mut Server)>;
 
 struct Timer {
@@ -58,7 +59,8 @@ struct Timer {
     callback: Option<Callback>,
 }
 
-const CHANNEL: u64 = 0;
+/// The token of the one fd a chapter may add with [`Server::watch`].
+const WATCHED: u64 = 0;
 
 /// Counters a chapter can print or report to its master.
 #[derive(Debug, Default, Clone, Copy)]
@@ -108,7 +110,7 @@ struct OutOfFds {
     retry: Instant,
 }
 
-/// A worker's event loop. Build it, add listeners and (optionally) the IPC channel, run.
+/// A worker's event loop. Build it, add listeners (and, from chapter 2, the IPC channel), run.
 pub struct Server {
     epoll: Epoll,
     sources: HashMap<u64, Source>,
@@ -116,8 +118,8 @@ pub struct Server {
     worker: u32,
     idle_timeout: Duration,
     handler: Option<Handler>,
-    channel: Option<Channel>,
-    on_message: Option<OnMessage>,
+    /// What to do when the fd added with [`Server::watch`] is readable.
+    on_readable: Option<Callback>,
     on_fds_freed: Option<Callback>,
     on_crash: Option<Callback>,
     timers: Vec<Timer>,
@@ -140,12 +142,11 @@ impl Server {
         Ok(Server {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             sources: HashMap::new(),
-            next_token: CHANNEL + 1,
+            next_token: WATCHED + 1,
             worker,
             idle_timeout,
             handler: None,
-            channel: None,
-            on_message: None,
+            on_readable: None,
             on_fds_freed: None,
             on_crash: None,
             timers: Vec::new(),
@@ -164,22 +165,19 @@ impl Server {
         self
     }
 
-    /// Watches the IPC channel: each message goes to `on_message`, which gets the server
-    /// itself to act on it (reply, add a listener or a connection, stop). When the channel
-    /// closes, the master is gone, and [`Server::run`] returns.
-    // ANCHOR: watch_channel
-    pub fn on_message(
+    /// Watches one more fd besides the sockets (chapter 2's IPC channel): each time it is
+    /// readable, `on_readable` runs on the loop's thread and gets the server itself to act
+    /// on what it reads. The callback must own what keeps `fd` open.
+    pub fn watch(
         mut self,
-        channel: Channel,
-        on_message: impl FnMut(&mut Server, Message) + 'static,
+        fd: BorrowedFd<'_>,
+        on_readable: impl FnMut(&mut Server) + 'static,
     ) -> io::Result<Server> {
-        let event = EpollEvent::new(EpollFlags::EPOLLIN, CHANNEL);
-        self.epoll.add(channel.as_fd(), event)?;
-        self.channel = Some(channel);
-        self.on_message = Some(Box::new(on_message));
+        self.epoll
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, WATCHED))?;
+        self.on_readable = Some(Box::new(on_readable));
         Ok(self)
     }
-    // ANCHOR_END: watch_channel
 
     /// Calls `callback` every `every`, on the loop's thread, between events.
     pub fn every(mut self, every: Duration, callback: impl FnMut(&mut Server) + 'static) -> Server {
@@ -203,7 +201,7 @@ impl Server {
     /// a 500: a chapter that survives its handlers' panics (chapter 7) tells its master
     /// and drains, as a Node worker does from `process.on('uncaughtException')`. Without
     /// it, a panic in the handler unwinds out of [`Server::run`], as it would anywhere.
-    pub(crate) fn on_crash(mut self, callback: impl FnMut(&mut Server) + 'static) -> Server {
+    pub fn on_crash(mut self, callback: impl FnMut(&mut Server) + 'static) -> Server {
         self.on_crash = Some(Box::new(callback));
         self
     }
@@ -238,7 +236,7 @@ impl Server {
     /// caller time to acknowledge it first, as Node's worker acks a `newconn` before
     /// serving it, so the master hears "taken" before the client can hear the answer.
     // ANCHOR: adopt_connection
-    pub(crate) fn adopt_connection(&mut self, stream: TcpStream) -> io::Result<()> {
+    pub fn adopt_connection(&mut self, stream: TcpStream) -> io::Result<()> {
         stream.set_nonblocking(true)?;
         self.watch_connection(stream).map(|_| ())
     }
@@ -262,19 +260,6 @@ impl Server {
         self.sources.insert(token, Source::Conn(conn));
         self.open += 1;
         Ok(token)
-    }
-
-    /// Sends a message to the master. Errors are logged: a worker whose master is gone
-    /// will see the channel close and stop.
-    pub fn send(&self, text: &str) {
-        match &self.channel {
-            Some(channel) => {
-                if let Err(e) = channel.send(text) {
-                    log!("could not send '{text}' to the master: {e}");
-                }
-            }
-            None => log!("no IPC channel to send '{text}' on"),
-        }
     }
 
     /// The counters so far.
@@ -333,7 +318,7 @@ impl Server {
     /// fails without an answer; a client that is using its connection sends that request
     /// within milliseconds. A connection still idle after `linger` is closed.
     // ANCHOR: drain_lingering
-    pub(crate) fn drain_lingering(&mut self, linger: Duration) {
+    pub fn drain_lingering(&mut self, linger: Duration) {
         if !self.draining {
             self.linger_until = Some(Instant::now() + linger);
         }
@@ -357,7 +342,7 @@ impl Server {
     }
 
     /// Whether [`Server::drain`] was called.
-    pub(crate) fn is_draining(&self) -> bool {
+    pub fn is_draining(&self) -> bool {
         self.draining
     }
 
@@ -379,7 +364,8 @@ impl Server {
         Ok(token)
     }
 
-    /// Runs the event loop until the channel closes or [`Server::stop`] is called.
+    /// Runs the event loop until [`Server::stop`] is called (from chapter 2 on, also when the
+    /// master's channel closes).
     // ANCHOR: run
     pub fn run(mut self) -> io::Result<()> {
         let mut events = vec![EpollEvent::empty(); 256];
@@ -407,7 +393,7 @@ impl Server {
             };
             for event in &events[..ready] {
                 match event.data() {
-                    CHANNEL => self.read_channel(),
+                    WATCHED => self.readable(),
                     token => self.ready(token, event.events()),
                 }
                 if !self.running {
@@ -440,36 +426,13 @@ impl Server {
         }
     }
 
-    // ANCHOR: read_channel
-    fn read_channel(&mut self) {
-        loop {
-            let Some(channel) = &self.channel else { return };
-            match channel.try_recv() {
-                Ok(Some(message)) => {
-                    // Take the callback out while it runs, so it can borrow the server.
-                    if let Some(mut on_message) = self.on_message.take() {
-                        on_message(self, message);
-                        self.on_message = Some(on_message);
-                    }
-                }
-                Ok(None) => return,
-                Err(ChannelError::Closed) => {
-                    log!("IPC channel closed: the master is gone, so this worker exits");
-                    self.stop();
-                    return;
-                }
-                Err(e @ (ChannelError::Malformed(_) | ChannelError::TooLarge(_))) => {
-                    log!("{e}");
-                }
-                Err(e) => {
-                    log!("{e}; this worker exits");
-                    self.stop();
-                    return;
-                }
-            }
+    fn readable(&mut self) {
+        // Taken out while it runs, so it can borrow the server.
+        if let Some(mut on_readable) = self.on_readable.take() {
+            on_readable(self);
+            self.on_readable = Some(on_readable);
         }
     }
-    // ANCHOR_END: read_channel
 
     fn ready(&mut self, token: u64, flags: EpollFlags) {
         match self.sources.get(&token) {
@@ -529,7 +492,7 @@ impl Server {
     /// listeners until a connection closes (or, if none does, a second passes). Logs once
     /// per episode. Chapter 6's worker calls it when a connection from its master arrives
     /// without its fd.
-    pub(crate) fn short_of_fds(&mut self, why: &str) {
+    pub fn short_of_fds(&mut self, why: &str) {
         let now = Instant::now();
         if self.out_of_fds.is_none() {
             log!("out of fds ({why}); no new connections until one closes");

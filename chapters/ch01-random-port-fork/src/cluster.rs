@@ -1,15 +1,16 @@
 //! The master's side of a cluster: start workers, hear what they say and when they exit,
 //! and stop them all on Ctrl-C or SIGTERM.
 //!
-//! Explained in chapter 1 (fork, exit, shutdown) and chapter 2 (messages); chapter 6 adds
-//! a socket of its own to the same loop, and chapter 9 a signal ([`Cluster::on_signal`]).
+//! Explained in chapter 1 (fork, exit, shutdown). Chapter 2 watches each worker's IPC
+//! channel in the same loop (a worker's own fd, [`Link`]); chapter 6 adds a socket of its
+//! own ([`Cluster::watch`]), and chapter 9 a signal ([`Cluster::on_signal`]).
 //!
-//! Node's master is an event emitter: `cluster.on('message')`, `cluster.on('exit')`, all
+//! Node's master is an event emitter: `cluster.on('exit')`, `cluster.on('message')`, all
 //! driven by one libuv loop. Ours is one loop too: [`Cluster::next_event`] waits in epoll
-//! on every worker's IPC channel at once and hands back one [`Event`] at a time, so a
-//! chapter's `master` reads top to bottom. Two things cannot be waited for in epoll, and
-//! each gets a small helper thread that queues its event and wakes the loop through a
-//! pipe: a worker's exit (`waitpid` blocks), and Ctrl-C (the `ctrlc` crate).
+//! and hands back one [`Event`] at a time, so a chapter's `master` reads top to bottom. Two
+//! things cannot be waited for in epoll, and each gets a small helper thread that queues
+//! its event and wakes the loop through a pipe: a worker's exit (`waitpid` blocks), and
+//! Ctrl-C (the `ctrlc` crate).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -27,11 +28,12 @@ use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, 
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{pipe2, Pid};
 
-use crate::channel::{Channel, ChannelError, Message};
-use crate::log;
-use crate::spawn::{spawn_worker, Worker};
+use shared::log;
 
-pub use crate::spawn::{master_or_worker, Outcome};
+use crate::spawn::{spawn_worker, Inherit, Worker};
+
+pub use crate::spawn::master_or_worker;
+pub use shared::log::Outcome;
 
 /// Something that happened, for the master to act on.
 #[derive(Debug)]
@@ -40,14 +42,11 @@ pub enum Event {
     Shutdown,
     /// A signal the chapter asked for with [`Cluster::on_signal`] (chapter 9's SIGUSR2).
     Signal(Signal),
-    /// Worker `id` sent a message.
-    Message { id: u32, message: Message },
-    /// Worker `id` sent something that is not a valid message; it was dropped.
-    BadMessage { id: u32, error: ChannelError },
     /// Worker `id` (pid `pid`) exited or was killed.
     Exit { id: u32, pid: u32, status: Exited },
     /// An fd the chapter added with [`Cluster::watch`] is readable; the number is the
-    /// token it was added with.
+    /// token it was added with. A worker's own fd ([`Link`]) comes as
+    /// `Ready(WORKER_FDS + id)`.
     Ready(u64),
 }
 
@@ -68,11 +67,18 @@ impl std::fmt::Display for Exited {
 }
 
 /// The epoll tokens the cluster keeps for itself. A chapter's own tokens
-/// ([`Cluster::watch`]) must stay below [`FIRST_CHANNEL`].
+/// ([`Cluster::watch`]) must stay below [`WORKER_FDS`].
 const WAKE: u64 = u64::MAX;
-const SIGNALS: u64 = u64::MAX - 1;
-/// Worker `id`'s channel is watched with token `FIRST_CHANNEL + id`.
-pub const FIRST_CHANNEL: u64 = 1 << 32;
+const SIGNALS: u64 = u64::MAX - 2;
+/// Worker `id`'s own fd ([`Link`]) is watched with token `WORKER_FDS + id`.
+pub const WORKER_FDS: u64 = 1 << 32;
+
+/// What ties a worker to its master besides its exit (chapter 2's IPC channel): the fd the
+/// worker inherits, and the master's own end, which the loop watches for it.
+pub struct Link<'a> {
+    pub theirs: Inherit,
+    pub ours: BorrowedFd<'a>,
+}
 
 /// The master's view of its workers.
 pub struct Cluster {
@@ -88,7 +94,6 @@ pub struct Cluster {
     pending: VecDeque<Event>,
     /// Set by the Ctrl-C handler: a master still forking its workers stops forking.
     stopping: Arc<AtomicBool>,
-    with_channel: bool,
     next_id: u32,
 }
 
@@ -111,18 +116,8 @@ impl EventSender {
 }
 
 impl Cluster {
-    /// A cluster whose workers each get an IPC channel (chapter 2 onwards).
+    /// A master with no workers yet.
     pub fn new() -> io::Result<Self> {
-        Self::build(true)
-    }
-
-    /// A cluster whose workers get no channel: the master can only start and stop them
-    /// (chapter 1).
-    pub fn without_channels() -> io::Result<Self> {
-        Self::build(false)
-    }
-
-    fn build(with_channel: bool) -> io::Result<Self> {
         // Where this program is, learned now: workers re-run what is at that path.
         crate::spawn::exe()?;
         let (queue_in, queue) = mpsc::channel();
@@ -154,7 +149,6 @@ impl Cluster {
             signals: None,
             pending: VecDeque::new(),
             stopping,
-            with_channel,
             next_id: 1,
         })
     }
@@ -163,11 +157,12 @@ impl Cluster {
     /// returns its id.
     // ANCHOR: fork
     pub fn fork(&mut self) -> io::Result<u32> {
-        self.fork_with_env(&[])
+        self.fork_with(&[], None)
     }
 
-    /// [`Cluster::fork`], with extra environment variables for the worker.
-    pub fn fork_with_env(&mut self, env: &[(&str, String)]) -> io::Result<u32> {
+    /// [`Cluster::fork`], with extra environment variables for the worker and, with a
+    /// `link`, an fd it inherits and the master's end to watch (chapter 2).
+    pub fn fork_with(&mut self, env: &[(&str, String)], link: Option<Link>) -> io::Result<u32> {
         // Ctrl-C while the workers are still starting: start no more. The error ends
         // the master, and dropping the cluster stops the workers already started.
         if self.stopping.load(Ordering::SeqCst) {
@@ -177,19 +172,23 @@ impl Cluster {
             ));
         }
         let id = self.next_id;
-        let worker = spawn_worker(id, self.with_channel, env).map_err(explain_spawn_error)?;
+        let (theirs, ours) = match link {
+            Some(Link { theirs, ours }) => (Some(theirs), Some(ours)),
+            None => (None, None),
+        };
+        let worker = spawn_worker(id, theirs, env).map_err(explain_spawn_error)?;
         self.next_id += 1;
         log!("forked worker {id} (pid {})", worker.pid);
-        self.watch_worker(&worker)?;
+        self.watch_worker(&worker, ours)?;
         self.workers.insert(id, worker);
         Ok(id)
     }
     // ANCHOR_END: fork
 
-    /// Listens to a new worker: its channel joins the master's epoll, and a helper thread
-    /// waits for its exit.
+    /// Listens to a new worker: its own fd, if it has one, joins the master's epoll, and a
+    /// helper thread waits for its exit.
     // ANCHOR: watch_worker
-    fn watch_worker(&self, worker: &Worker) -> io::Result<()> {
+    fn watch_worker(&self, worker: &Worker, ours: Option<BorrowedFd>) -> io::Result<()> {
         let (id, pid) = (worker.id, worker.pid);
         // A worker we cannot watch is stopped and reaped here, or it would be a zombie.
         let give_up = |e: io::Error| {
@@ -197,10 +196,10 @@ impl Cluster {
             reap(pid);
             explain_spawn_error(e)
         };
-        if let Some(channel) = &worker.channel {
-            let token = FIRST_CHANNEL + u64::from(worker.id);
+        if let Some(fd) = ours {
+            let token = WORKER_FDS + u64::from(worker.id);
             self.epoll
-                .add(channel.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
+                .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
                 .map_err(|e| give_up(e.into()))?;
         }
         let events = self.sender.clone();
@@ -247,9 +246,9 @@ impl Cluster {
     // ANCHOR_END: next_event
 
     /// One `epoll_wait`, and everything it found queued in `pending`. Within one wait,
-    /// messages go before exits and before the chapter's own sockets: a worker's last
-    /// words are heard before its death, and an acknowledgement before the next
-    /// connection it frees the worker for.
+    /// the workers' own fds go before exits and before the chapter's own sockets: from
+    /// chapter 2 on, a worker's last words are heard before its death, and an
+    /// acknowledgement before the next connection it frees the worker for.
     fn wait(&mut self, timeout: EpollTimeout) {
         let mut ready = [EpollEvent::empty(); 64];
         let n = match self.epoll.wait(&mut ready, timeout) {
@@ -260,60 +259,27 @@ impl Cluster {
                 0
             }
         };
-        let mut messages = Vec::new();
+        let mut workers = Vec::new();
         let mut sockets = Vec::new();
         for token in ready[..n].iter().map(EpollEvent::data) {
             match token {
                 WAKE => drain(&self.wake),
-                SIGNALS => self.read_signals(&mut messages),
-                t if t >= FIRST_CHANNEL => {
-                    self.read_channel((t - FIRST_CHANNEL) as u32, &mut messages)
-                }
+                SIGNALS => self.read_signals(&mut workers),
+                t if t >= WORKER_FDS => workers.push(Event::Ready(t)),
                 t => sockets.push(Event::Ready(t)),
             }
         }
-        let mut others = Vec::new();
-        while let Ok(event) = self.queue.try_recv() {
-            if let Event::Exit { id, .. } = event {
-                // Whatever the worker wrote before it died is still in its channel.
-                self.read_channel(id, &mut messages);
-            }
-            others.push(event);
-        }
-        self.pending.extend(messages);
+        let others: Vec<Event> = self.queue.try_iter().collect();
+        self.pending.extend(workers);
         self.pending.extend(others);
         self.pending.extend(sockets);
-    }
-
-    /// Every message waiting on worker `id`'s channel. A closed channel leaves epoll (the
-    /// worker's exit comes as an event of its own); a malformed message is reported.
-    fn read_channel(&self, id: u32, into: &mut Vec<Event>) {
-        let Some(channel) = self.channel(id) else {
-            return;
-        };
-        loop {
-            match channel.try_recv() {
-                Ok(Some(message)) => into.push(Event::Message { id, message }),
-                Ok(None) => return,
-                Err(ChannelError::Closed) => {
-                    let _ = self.epoll.delete(channel.as_fd());
-                    return;
-                }
-                Err(ChannelError::Io(e)) => {
-                    log!("reading worker {id}'s channel failed: {e}; no more messages from it");
-                    let _ = self.epoll.delete(channel.as_fd());
-                    return;
-                }
-                Err(error) => into.push(Event::BadMessage { id, error }),
-            }
-        }
     }
 
     /// Bookkeeping every chapter needs: forget a worker once it has exited, and log it,
     /// as Node's cluster emits `exit`.
     fn note(&mut self, event: &Event) {
         if let Event::Exit { id, pid, status } = event {
-            // Dropping the worker closes our end of its channel, which leaves epoll.
+            // Its fds close with it, and leave epoll.
             self.workers.remove(id);
             log!("worker {id} (pid {pid}) {status}");
         }
@@ -321,16 +287,16 @@ impl Cluster {
 
     /// Adds one of the chapter's own fds to the master's loop: when it is readable,
     /// [`Cluster::next_event`] returns [`Event::Ready`]`(token)`. `token` must be below
-    /// [`FIRST_CHANNEL`]. The fd stays watched until `Cluster::unwatch` or its close.
+    /// [`WORKER_FDS`]. The fd stays watched until `Cluster::unwatch` or its close.
     pub fn watch(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
-        assert!(token < FIRST_CHANNEL, "token {token} is the cluster's own");
+        assert!(token < WORKER_FDS, "token {token} is the cluster's own");
         self.epoll
             .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))?;
         Ok(())
     }
 
-    /// Stops watching an fd added with [`Cluster::watch`].
-    pub(crate) fn unwatch(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+    /// Stops watching an fd added with [`Cluster::watch`], or a worker's own fd.
+    pub fn unwatch(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         self.epoll.delete(fd)?;
         Ok(())
     }
@@ -369,32 +335,6 @@ impl Cluster {
                     into.push(Event::Signal(signal));
                 }
             }
-        }
-    }
-
-    /// Worker `id`'s channel.
-    fn channel(&self, id: u32) -> Option<&Channel> {
-        self.workers.get(&id).and_then(|w| w.channel.as_ref())
-    }
-
-    /// Sends a text message to worker `id`.
-    pub fn send(&self, id: u32, text: &str) -> Result<(), ChannelError> {
-        match self.channel(id) {
-            Some(channel) => channel.send(text),
-            None => Err(ChannelError::Closed),
-        }
-    }
-
-    /// Sends a text message with a file descriptor attached to worker `id` (chapter 5).
-    pub fn send_with_fd(
-        &self,
-        id: u32,
-        text: &str,
-        fd: BorrowedFd<'_>,
-    ) -> Result<(), ChannelError> {
-        match self.channel(id) {
-            Some(channel) => channel.send_with_fd(text, fd),
-            None => Err(ChannelError::Closed),
         }
     }
 

@@ -41,12 +41,13 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::args::{Args, Cli, Seconds};
-use crate::cluster::{Cluster, Event};
-use crate::log;
-use crate::log::serve;
-use crate::net::ListenError;
-use crate::round_robin::{Handles, Heard};
+use ch02_ipc_messaging::cluster::{Cluster, Event};
+use ch06_round_robin::round_robin::{Handles, Heard};
+use shared::args::{Args, Cli, Seconds};
+use shared::log;
+use shared::log::serve;
+use shared::net::ListenError;
+
 use crate::supervisor::{Policy, Supervisor, Verdict};
 
 /// The environment variable that tells a worker which slot it fills (1 to N).

@@ -1,37 +1,28 @@
 //! Starting a worker: re-run this same binary, and tell the copy it is a worker.
 //!
-//! Explained in chapter 1 (re-executing instead of a bare `fork`) and chapter 2 (handing
-//! the worker its end of the IPC channel); chapter 9's reload relies on [`exe`], the
-//! program's path, so that a new worker runs the program on disk now.
+//! Explained in chapter 1: re-executing instead of a bare `fork`, and a worker that dies
+//! with its master. Chapter 2 hands the worker an fd to inherit, its end of the IPC
+//! channel; chapter 9's reload relies on [`exe`], the program's path, so that a new worker
+//! runs the program on disk now.
 //!
 //! Node's `cluster.fork()` starts `process.execPath` again with the same script and sets
 //! `NODE_UNIQUE_ID` in the child's environment; `cluster.isPrimary` is just "that variable
-//! is not set". We do the same with [`WORKER_ID_VAR`], and pass the inherited channel's fd
-//! number in [`CHANNEL_FD_VAR`] as Node does with `NODE_CHANNEL_FD`.
+//! is not set". We do the same with [`WORKER_ID_VAR`]. An fd the worker inherits travels
+//! as Node's channel does: its number in a variable (`NODE_CHANNEL_FD`).
 
-use std::error::Error;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-use nix::sys::socket::{getsockopt, sockopt, SockType};
-
-use crate::args::Args;
-use crate::channel::Channel;
+use shared::args::Args;
+use shared::log;
+use shared::log::Outcome;
 
 /// The environment variable that makes a process a worker, and gives its id (1, 2, ...).
 pub const WORKER_ID_VAR: &str = "CLUSTER_WORKER_ID";
-/// The environment variable that names the fd of the worker's end of the IPC channel.
-pub const CHANNEL_FD_VAR: &str = "CLUSTER_CHANNEL_FD";
-
-/// What a chapter's `master` and `worker` functions return: an exit code, or an error for
-/// [`crate::log::exit_code`] to report.
-pub type Outcome = Result<ExitCode, Box<dyn Error>>;
-
 /// Every chapter's `main`, once its arguments are parsed: run `worker` if this process is
 /// a worker, `master` if not.
 // ANCHOR: master_or_worker
@@ -43,23 +34,20 @@ pub fn master_or_worker(
     // Am I a worker? The same question as Node's `cluster.isPrimary`, asked the same way:
     // is the variable the master sets for its workers in my environment?
     let result = match role() {
-        Ok(Some(id)) => worker(id, args),
+        Ok(Some(id)) => {
+            // From here on, this process's log lines say `worker ID`.
+            log::speak_as_worker(id);
+            worker(id, args)
+        }
         Ok(None) => master(args),
         Err(why) => {
             eprintln!("{why}");
             return ExitCode::from(2);
         }
     };
-    crate::log::exit_code(result)
+    log::exit_code(result)
 }
 // ANCHOR_END: master_or_worker
-
-/// This process's worker id, or `None` in the master.
-// ANCHOR: worker_id
-pub(crate) fn worker_id() -> Option<u32> {
-    role().ok().flatten()
-}
-// ANCHOR_END: worker_id
 
 /// Master or worker, from the environment: `Ok(None)` for a master, `Ok(Some(id))` for
 /// worker `id`, and an error that names the variable when it is set to anything but a
@@ -87,36 +75,39 @@ fn role() -> Result<Option<u32>, String> {
 pub struct Worker {
     pub id: u32,
     pub pid: u32,
-    /// The master's end of the IPC channel, if the worker was started with one.
-    pub channel: Option<Channel>,
     // Kept so the handle is not dropped early; the master reaps the worker with
     // `waitpid` on `pid` (see `crate::cluster`), not through this.
     _child: Child,
 }
 
+/// An fd for the worker to inherit, and the variable that tells it the fd's number:
+/// chapter 2's IPC channel, given the way Node gives `NODE_CHANNEL_FD`.
+pub struct Inherit {
+    pub var: &'static str,
+    pub fd: OwnedFd,
+}
+
 /// Starts worker `id` by running this binary again with the same arguments.
 ///
-/// With `with_channel`, a socketpair is made first and the worker inherits one end. `env`
-/// adds variables of the chapter's own (chapter 7 tells a worker which start it is).
+/// `theirs`, if given, is an fd the worker inherits (chapter 2: its end of the IPC
+/// channel). `env` adds variables of the chapter's own (chapter 7 tells a worker which
+/// start it is).
 // ANCHOR: spawn
-pub fn spawn_worker(id: u32, with_channel: bool, env: &[(&str, String)]) -> io::Result<Worker> {
+pub fn spawn_worker(
+    id: u32,
+    theirs: Option<Inherit>,
+    env: &[(&str, String)],
+) -> io::Result<Worker> {
     // ANCHOR: solution_ch01_spawn
-    let (channel, theirs) = match with_channel {
-        true => {
-            let (ours, theirs) = Channel::pair()?;
-            (Some(ours), Some(theirs))
-        }
-        false => (None, None),
-    };
     let mut command = Command::new(exe()?);
     command
         .args(std::env::args_os().skip(1))
         .env(WORKER_ID_VAR, id.to_string());
-    if let Some(fd) = &theirs {
-        command.env(CHANNEL_FD_VAR, fd.as_raw_fd().to_string());
+    if let Some(theirs) = &theirs {
+        command.env(theirs.var, theirs.fd.as_raw_fd().to_string());
     }
     command.envs(env.iter().map(|(name, value)| (name, value)));
-    let inherit = theirs.as_ref().map(|fd| fd.as_raw_fd());
+    let inherit = theirs.as_ref().map(|theirs| theirs.fd.as_raw_fd());
     let master = std::process::id();
     // SAFETY: the closure runs in the child between fork and exec, where only
     // async-signal-safe calls are allowed; `prepare_child` makes only such calls
@@ -130,7 +121,6 @@ pub fn spawn_worker(id: u32, with_channel: bool, env: &[(&str, String)]) -> io::
     Ok(Worker {
         id,
         pid: child.id(),
-        channel,
         _child: child,
     })
     // ANCHOR_END: solution_ch01_spawn
@@ -190,48 +180,3 @@ fn prepare_child(inherit: Option<i32>, master: u32) -> io::Result<()> {
     Ok(())
 }
 // ANCHOR_END: prepare_child
-
-/// In a worker: takes ownership of the channel inherited from the master.
-///
-/// Fails, with an error that names [`CHANNEL_FD_VAR`] and says what it must hold, when the
-/// variable is missing or names an fd that is not open or not a `SOCK_SEQPACKET` socket
-/// (set by hand, say), and on a second call (the fd has one owner).
-// ANCHOR: channel_from_env
-pub fn channel_from_env() -> Result<Channel, String> {
-    static TAKEN: AtomicBool = AtomicBool::new(false);
-    let what = "the worker's end of the socketpair its master made";
-    let value = std::env::var(CHANNEL_FD_VAR).map_err(|_| {
-        format!(
-            "{CHANNEL_FD_VAR} is not set: a worker is started by its master, which puts \
-             the fd of its IPC channel there; run the binary without {WORKER_ID_VAR} to \
-             start a master"
-        )
-    })?;
-    let bad = |why: String| format!("{CHANNEL_FD_VAR}={value}: {why}; it must name {what}");
-    let fd: RawFd = match value.parse() {
-        Ok(fd) if fd > 2 => fd,
-        _ => return Err(bad("not an fd number above 2".into())),
-    };
-    // SAFETY: fcntl F_GETFD only reads the flags of an fd number; an invalid one fails.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-        return Err(bad(format!("fd {fd} is not open in this process")));
-    }
-    // SAFETY: the fd is open (checked above); we only borrow it for this one question.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    match getsockopt(&borrowed, sockopt::SockType) {
-        Ok(SockType::SeqPacket) => {}
-        Ok(other) => return Err(bad(format!("fd {fd} is a {other:?} socket"))),
-        Err(e) => return Err(bad(format!("fd {fd} is not a socket ({e})"))),
-    }
-    if TAKEN.swap(true, Ordering::SeqCst) {
-        return Err(format!("the channel in {CHANNEL_FD_VAR} was already taken"));
-    }
-    // SAFETY: the fd was inherited for this purpose, is an open socket (checked above),
-    // and the flag above makes this the only place that ever takes ownership of it.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    // Close-on-exec again, so a program this worker starts does not inherit it.
-    // SAFETY: fcntl on an fd we now own.
-    unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-    Ok(Channel::from_fd(owned))
-}
-// ANCHOR_END: channel_from_env

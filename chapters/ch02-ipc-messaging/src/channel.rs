@@ -4,7 +4,7 @@
 //!
 //! Node builds its IPC channel the same way: before forking, the parent makes a pair of
 //! connected Unix sockets, keeps one end, and lets the child inherit the other, telling it
-//! the fd number in `NODE_CHANNEL_FD` (here `CLUSTER_CHANNEL_FD`, see [`crate::spawn`]).
+//! the fd number in `NODE_CHANNEL_FD` (here `CLUSTER_CHANNEL_FD`, see [`crate::worker`]).
 //!
 //! We ask for `SOCK_SEQPACKET` rather than Node's byte stream: the kernel keeps message
 //! boundaries for us (one `send` is one `recv`, never half of one or two glued together),
@@ -101,7 +101,7 @@ impl Channel {
     /// Creates a connected pair: the master keeps the [`Channel`] and hands the
     /// [`OwnedFd`] to the worker it is about to start.
     ///
-    /// Both ends are close-on-exec; [`crate::spawn`] clears the flag on the child's end
+    /// Both ends are close-on-exec; chapter 1's `spawn_worker` clears the flag on the child's end
     /// only in the child, so no other process inherits it by accident.
     // ANCHOR: pair
     pub fn pair() -> io::Result<(Channel, OwnedFd)> {

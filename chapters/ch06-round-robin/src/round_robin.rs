@@ -28,12 +28,14 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 
-use crate::args::Args;
-use crate::channel::Message;
-use crate::cluster::Cluster;
-use crate::log;
-use crate::net::{self, ListenError};
-use crate::server::Server;
+use ch00_server_models::server::Server;
+use ch02_ipc_messaging::channel::Message;
+use ch02_ipc_messaging::cluster::Cluster;
+use ch02_ipc_messaging::worker::Messages;
+use ch03_eaddrinuse::net;
+use shared::args::Args;
+use shared::log;
+use shared::net::ListenError;
 
 /// One listening socket in the master and the workers that serve it: who is free, what is
 /// waiting, who holds what.
@@ -278,7 +280,7 @@ impl RoundRobin {
     // ANCHOR_END: rejected
 
     /// Worker `id`, which was full, has room again.
-    pub(crate) fn free_again(&mut self, id: u32) {
+    pub fn free_again(&mut self, id: u32) {
         if self.full.remove(&id) && self.members.contains(&id) {
             self.free.push_back(id);
         }
@@ -303,7 +305,7 @@ impl RoundRobin {
     /// acknowledged yet stays its own: the `newconn` is already in its channel, and a
     /// draining worker still serves what reaches it. Its answer, or its exit, settles it.
     // ANCHOR: retire
-    pub(crate) fn retire(&mut self, id: u32) {
+    pub fn retire(&mut self, id: u32) {
         self.members.remove(&id);
         self.free.retain(|&free| free != id);
         self.full.remove(&id);
@@ -331,7 +333,7 @@ impl RoundRobin {
     /// queue, for the workers to serve, then closes the socket, so that a new client is
     /// refused at once instead of waiting for a master that is going away.
     // ANCHOR: stop_listening
-    pub(crate) fn stop_listening(&mut self, cluster: &Cluster) {
+    pub fn stop_listening(&mut self, cluster: &Cluster) {
         self.accept(cluster);
         if let Some(listener) = self.listener.take() {
             // A listener off the loop (out of fds) is not watched; that error is fine.
@@ -409,7 +411,7 @@ impl Handles {
     /// handle for that address, or bind it now, add the worker, and answer with the
     /// address really bound. If binding fails, the worker hears why, as Node's does.
     // ANCHOR: query_server
-    pub(crate) fn query_server(&mut self, cluster: &mut Cluster, id: u32, key: &str) -> Heard {
+    pub fn query_server(&mut self, cluster: &mut Cluster, id: u32, key: &str) -> Heard {
         let index = match self.handles.iter().position(|h| h.key() == key) {
             Some(index) => index,
             None => match RoundRobin::bind(key, cluster, self.handles.len() as u64) {
@@ -441,12 +443,7 @@ impl Handles {
     /// Binds `key` for worker `id` if no handle has it yet, as [`Handles::query_server`]
     /// does, but answers nobody and tells nobody why it failed: the caller decides what a
     /// failed bind means (chapter 7's keeper). The request, handled next, finds its handle.
-    pub(crate) fn bind_new(
-        &mut self,
-        cluster: &Cluster,
-        id: u32,
-        key: &str,
-    ) -> Result<(), ListenError> {
+    pub fn bind_new(&mut self, cluster: &Cluster, id: u32, key: &str) -> Result<(), ListenError> {
         if self.handles.iter().any(|h| h.key() == key) {
             return Ok(());
         }
@@ -474,12 +471,12 @@ impl Handles {
     }
 
     /// Worker `id` is leaving: see [`RoundRobin::retire`].
-    pub(crate) fn retire(&mut self, id: u32) {
+    pub fn retire(&mut self, id: u32) {
         self.handles.iter_mut().for_each(|h| h.retire(id));
     }
 
     /// How many handles worker `id` serves.
-    pub(crate) fn served_by(&self, id: u32) -> usize {
+    pub fn served_by(&self, id: u32) -> usize {
         self.handles.iter().filter(|h| h.serves(id)).count()
     }
 
@@ -510,7 +507,7 @@ impl Handles {
     }
 
     /// Stops listening on every handle: see [`RoundRobin::stop_listening`].
-    pub(crate) fn stop_listening(&mut self, cluster: &Cluster) {
+    pub fn stop_listening(&mut self, cluster: &Cluster) {
         self.handles
             .iter_mut()
             .for_each(|h| h.stop_listening(cluster));
@@ -560,7 +557,7 @@ pub fn from_master(server: &mut Server, message: Message) -> Option<Message> {
 /// could not install it: our fd table is full), or if it cannot be watched, the
 /// connection is rejected and the master gives it to another worker.
 // ANCHOR: take_connection
-pub(crate) fn take_connection(server: &mut Server, key: &str, fd: Option<OwnedFd>) {
+pub fn take_connection(server: &mut Server, key: &str, fd: Option<OwnedFd>) {
     let taken = match fd {
         Some(fd) => server.adopt_connection(TcpStream::from(fd)),
         None => Err(io::Error::other("its fd did not arrive (MSG_CTRUNC)")),

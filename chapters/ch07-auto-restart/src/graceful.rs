@@ -24,13 +24,14 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::args::Args;
-use crate::channel::{Channel, Message};
-use crate::cluster::Outcome;
-use crate::http::{Request, Response};
-use crate::log;
-use crate::round_robin;
-use crate::server::Server;
+use ch00_server_models::server::Server;
+use ch02_ipc_messaging::channel::{Channel, Message};
+use ch02_ipc_messaging::worker::Messages;
+use ch06_round_robin::round_robin;
+use shared::args::Args;
+use shared::http::{Request, Response};
+use shared::log;
+use shared::log::Outcome;
 
 /// How often a worker with `--max-rss` looks at its own memory.
 pub const MEMORY_CHECK: Duration = Duration::from_secs(1);
@@ -72,7 +73,7 @@ pub fn on_panic(server: Server) -> Server {
 /// `max_memory_restart`: once a second, a worker over `max_mb` MB of resident memory
 /// leaves. 0 is no limit.
 // ANCHOR: memory_limit
-pub(crate) fn memory_limit(server: Server, max_mb: u64) -> Server {
+pub fn memory_limit(server: Server, max_mb: u64) -> Server {
     if max_mb == 0 {
         return server;
     }
