@@ -99,6 +99,16 @@ fn read_channel(
 }
 // ANCHOR_END: read_channel
 
+/// A message this worker has no use for: logged, then dropped, which closes an fd that
+/// came with it, so nothing it did not ask for stays open.
+pub fn unexpected(text: &str, fd: Option<OwnedFd>) {
+    let with = match fd {
+        Some(_) => " with an fd (closed)",
+        None => "",
+    };
+    log!("unexpected message '{text}'{with}");
+}
+
 /// In a worker: takes ownership of the channel inherited from the master.
 ///
 /// Fails, with an error that names [`CHANNEL_FD_VAR`] and says what it must hold, when the

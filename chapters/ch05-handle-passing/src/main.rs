@@ -230,17 +230,7 @@ fn on_message(server: &mut Server, message: Message, exclusive: bool) {
             // ANCHOR_END: solution_ch05_adopt
         }
         ("stats?", None) => server.send(&format!("accepted {}", server.stats().accepted)),
-        (text, fd) => {
-            // An fd we did not ask for is dropped, which closes it.
-            log!(
-                "unexpected message '{text}'{}",
-                if fd.is_some() {
-                    " with an fd (closed)"
-                } else {
-                    ""
-                }
-            );
-        }
+        (text, fd) => worker::unexpected(text, fd),
     }
 }
 // ANCHOR_END: on_message

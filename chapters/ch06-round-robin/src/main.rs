@@ -139,11 +139,7 @@ fn worker(id: u32, args: &Args) -> Outcome {
 fn on_message(server: &mut Server, message: Message) {
     // `newconn`, `listening` and `error` are the round-robin's messages.
     if let Some(message) = round_robin::from_master(server, message) {
-        let fd = match message.fd {
-            Some(_) => " with an fd (closed)",
-            None => "",
-        };
-        log!("unexpected message '{}'{fd}", message.text);
+        worker::unexpected(&message.text, message.fd);
     }
 }
 // ANCHOR_END: worker

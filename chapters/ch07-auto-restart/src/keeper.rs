@@ -173,6 +173,56 @@ pub fn fail_on_purpose(option: &str, fails: impl Fn(u32) -> bool) {
 }
 // ANCHOR_END: fail_on_purpose
 
+/// The variables that tell the next worker of `slot` which slot it fills and which start
+/// of that slot it is.
+fn slot_env(books: &Supervisor, slot: usize) -> [(&'static str, String); 2] {
+    let start = books.starts(slot) + 1;
+    [(SLOT_VAR, slot.to_string()), (START_VAR, start.to_string())]
+}
+
+/// Starts a worker in `slot` and puts it in the books. It learns which slot it fills and
+/// which start it is, and gets `env`, the chapter's own variables.
+pub fn fork_into(
+    cluster: &mut Cluster,
+    books: &mut Supervisor,
+    slot: usize,
+    env: &[(&str, String)],
+) -> io::Result<u32> {
+    let mut all: Vec<(&str, String)> = slot_env(books, slot).into();
+    all.extend(env.iter().cloned());
+    let id = cluster.fork_with_env(&all)?;
+    books.started(slot, id, Instant::now());
+    Ok(id)
+}
+
+/// What became of a start in a slot the master keeps alive.
+pub enum Start {
+    Started(u32),
+    /// The fork failed (out of processes, say): a death at start, and the books' verdict
+    /// on it, for the master to report.
+    Failed(Verdict),
+    /// Ctrl-C came first: the stop that follows needs no new worker.
+    Stopping,
+}
+
+/// [`fork_into`] for a slot the master keeps alive: a fork that fails counts as a death
+/// at start, and is retried by the same rules, backoff included.
+pub fn refill(
+    cluster: &mut Cluster,
+    books: &mut Supervisor,
+    slot: usize,
+    env: &[(&str, String)],
+) -> Start {
+    match fork_into(cluster, books, slot, env) {
+        Ok(id) => Start::Started(id),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Start::Stopping,
+        Err(e) => {
+            log!("slot {slot}: could not start a worker: {e}");
+            Start::Failed(books.start_failed(slot, Instant::now()))
+        }
+    }
+}
+
 /// A worker on its way out.
 struct Leaving {
     /// Why, for its exit line.
@@ -258,31 +308,23 @@ impl Keeper {
 
     /// Starts a worker in `slot`, telling it which slot and which start it is.
     fn fork_into(&mut self, slot: usize) -> io::Result<u32> {
-        let id = self.fork_for(slot)?;
-        self.books.started(slot, id, Instant::now());
-        Ok(id)
+        fork_into(&mut self.cluster, &mut self.books, slot, &[])
     }
 
     /// Forks the next worker of `slot`, without giving it the slot yet.
     fn fork_for(&mut self, slot: usize) -> io::Result<u32> {
-        let start = self.books.starts(slot) + 1;
-        let env = [(SLOT_VAR, slot.to_string()), (START_VAR, start.to_string())];
-        self.cluster.fork_with_env(&env)
+        self.cluster.fork_with_env(&slot_env(&self.books, slot))
     }
 
-    /// Like `fork_into` for a slot the master is keeping alive: a fork that fails counts
-    /// as a death at start, and is retried by the same rules.
+    /// Like `fork_into` for a slot the master is keeping alive: see [`refill`].
     fn refill(&mut self, slot: usize) -> Option<u32> {
-        match self.fork_into(slot) {
-            Ok(id) => Some(id),
-            // Ctrl-C came first: the stop that follows needs no new worker.
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
-            Err(e) => {
-                log!("slot {slot}: could not start a worker: {e}");
-                let verdict = self.books.start_failed(slot, Instant::now());
+        match refill(&mut self.cluster, &mut self.books, slot, &[]) {
+            Start::Started(id) => Some(id),
+            Start::Failed(verdict) => {
                 self.report(slot, verdict, "a worker that could not be forked");
                 None
             }
+            Start::Stopping => None,
         }
     }
 

@@ -10,7 +10,6 @@ mod reserve;
 
 use std::collections::{BTreeSet, HashMap};
 use std::error::Error;
-use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use ch02_ipc_messaging::cluster::{self, Cluster, Event, Outcome};
 use ch02_ipc_messaging::worker;
 use ch02_ipc_messaging::worker::Messages;
 use ch03_eaddrinuse::net;
-use ch07_auto_restart::keeper;
+use ch07_auto_restart::keeper::{self, Start};
 use ch07_auto_restart::supervisor::{Supervisor, Verdict};
 use shared::args::{Args, Cli};
 use shared::log;
@@ -54,8 +53,7 @@ fn master(args: &Args) -> Outcome {
     let mut cluster = Cluster::new()?;
     let mut supervisor = Supervisor::new(args.workers, keeper::policy(args));
     for slot in supervisor.slots() {
-        let id = cluster.fork_with_env(&env)?;
-        supervisor.started(slot, id, Instant::now());
+        keeper::fork_into(&mut cluster, &mut supervisor, slot, &env)?;
     }
     // Who has a socket open, whether the ready line is out, and when each empty slot lost
     // its worker (to say how long the slot went without a socket).
@@ -110,16 +108,11 @@ fn master(args: &Args) -> Outcome {
             }
         }
         for slot in supervisor.due(Instant::now()) {
-            match cluster.fork_with_env(&env) {
-                Ok(id) => {
-                    supervisor.started(slot, id, Instant::now());
-                }
-                // Ctrl-C came first: the next event is the stop, which needs no worker.
-                Err(e) if e.kind() == ErrorKind::Interrupted => break,
-                // Out of processes or memory, say: a failed start, retried by the same rules.
-                Err(e) => {
-                    log!("slot {slot}: could not start a worker: {e}");
-                    let verdict = supervisor.start_failed(slot, Instant::now());
+            // Chapter 7's restart: a fork that fails is a death at start, with the backoff.
+            match keeper::refill(&mut cluster, &mut supervisor, slot, &env) {
+                Start::Started(_) => {}
+                Start::Stopping => break,
+                Start::Failed(verdict) => {
                     if let Some(code) = report(verdict, &supervisor, &mut lost_at) {
                         return Ok(code);
                     }
@@ -192,12 +185,6 @@ fn listen_on_own_socket(mut server: Server, addr: SocketAddr) -> Result<Server, 
 // ANCHOR_END: listen_on_own_socket
 
 fn on_message(_server: &mut Server, message: Message) {
-    // The master has nothing to tell a worker here; an fd that arrives anyway is dropped,
-    // which closes it.
-    let fd = if message.fd.is_some() {
-        " with an fd (closed)"
-    } else {
-        ""
-    };
-    log!("unexpected message '{}'{fd}", message.text);
+    // The master has nothing to tell a worker here.
+    worker::unexpected(&message.text, message.fd);
 }
