@@ -218,11 +218,7 @@ impl Cluster {
 
     /// Waits for the next event.
     pub fn next_event(&mut self) -> Event {
-        loop {
-            if let Some(event) = self.next_event_timeout(Duration::from_secs(3600)) {
-                return event;
-            }
-        }
+        wait_for(|timeout| self.next_event_timeout(timeout))
     }
 
     /// Like [`Cluster::next_event`], but gives up after `timeout` and returns `None`.
@@ -420,6 +416,16 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if !self.workers.is_empty() {
             self.shutdown(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Waits as long as it takes: asks `next` for an event, an hour at a time, until one
+/// comes. A master's `next_event`, built on its `next_event_timeout`.
+pub fn wait_for<E>(mut next: impl FnMut(Duration) -> Option<E>) -> E {
+    loop {
+        if let Some(event) = next(Duration::from_secs(3600)) {
+            return event;
         }
     }
 }

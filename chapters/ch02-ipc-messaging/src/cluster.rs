@@ -83,11 +83,7 @@ impl Cluster {
 
     /// Waits for the next event.
     pub fn next_event(&mut self) -> Event {
-        loop {
-            if let Some(event) = self.next_event_timeout(Duration::from_secs(3600)) {
-                return event;
-            }
-        }
+        processes::wait_for(|timeout| self.next_event_timeout(timeout))
     }
 
     /// Like [`Cluster::next_event`], but gives up after `timeout` and returns `None`.
