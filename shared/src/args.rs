@@ -2,7 +2,7 @@
 //!
 //! Explained in chapter 1. Every chapter takes `--host`, `--port`, `--workers` and
 //! `--idle-timeout`, and may add options of its own. Workers are started by re-running the
-//! same binary with the same arguments (see [`crate::spawn`]), so a worker parses exactly
+//! same binary with the same arguments (chapter 1's `spawn`), so a worker parses exactly
 //! what its master parsed.
 //!
 //! We parse by hand rather than pull in a parser crate: the whole grammar is

@@ -1,7 +1,7 @@
 //! Just enough HTTP/1.1 for a worker to answer `Hello world by <pid> (worker <id>)`.
 //!
 //! Explained in chapter 1. The bytes of the request line and headers are the
-//! [`httparse`] crate's job: it is incremental, so the event loop in [`crate::server`] can
+//! [`httparse`] crate's job: it is incremental, so the worker's event loop (chapter 0's `server`) can
 //! hand it whatever has arrived so far and hear "not yet", "here is a request and how many
 //! bytes it used", or "this is not HTTP". What this module adds is what a server has to
 //! decide for itself: the limits (a head over [`MAX_HEAD`], a body over [`MAX_BODY`], too

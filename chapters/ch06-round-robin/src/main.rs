@@ -6,11 +6,11 @@
 //! the round-robin handle for that address (binding it the first time), adds the worker
 //! to it, and answers. That is why every worker can "listen" on one port without
 //! EADDRINUSE. From then on the master accepts, and sends each connection's fd to one
-//! worker over IPC (`shared::round_robin`, Node's `RoundRobinHandle`).
+//! worker over IPC (this chapter's library, `round_robin`: Node's `RoundRobinHandle`).
 //!
 //! `--port 8000,8001` makes every worker ask for both ports: two handles, one set of
 //! workers. The handles, and the worker's side of the conversation, are in
-//! `shared::round_robin`, where chapters 7 to 9 use them too.
+//! the library's `round_robin` module, where chapters 7 to 9 use them too.
 
 use std::collections::HashMap;
 use std::process::ExitCode;

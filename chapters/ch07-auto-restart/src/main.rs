@@ -7,8 +7,8 @@
 //! its replacement starts at once and it can finish what it holds before it exits; so
 //! does one that outgrows `--max-rss`. Ctrl-C drains every worker before the master exits.
 //!
-//! The master's side lives in `shared::keeper` and `shared::supervisor`, the worker's in
-//! `shared::graceful`: chapters 8 and 9 keep their workers the same way. What is left here
+//! The master's side lives in this chapter's library, `keeper` and `supervisor`, the worker's in
+//! `graceful`: chapters 8 and 9 keep their workers the same way. What is left here
 //! is what a learner needs to see it happen: `/crash`, `/exit`, `/leak?mb=N`, and
 //! `--crash-at-start K`.
 
