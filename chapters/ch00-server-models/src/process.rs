@@ -15,22 +15,21 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, pipe2, ForkResult, Pid};
+use nix::unistd::{fork, ForkResult, Pid};
 use shared::log;
 use shared::log::Outcome;
 
 use crate::backoff::{self, Backoff, PAUSE};
 use crate::blocking;
+use ch00_server_models::signals::SignalPipe;
 
 /// How long children get to finish after SIGTERM before the parent sends SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
@@ -40,7 +39,7 @@ const GRACE: Duration = Duration::from_secs(5);
 // ANCHOR: serve
 pub fn serve(listener: TcpListener, max_clients: usize, idle_timeout: Duration) -> Outcome {
     listener.set_nonblocking(true)?;
-    let signals = SignalPipe::install()?;
+    let signals = SignalPipe::install(&SIGNALS)?;
     let mut children: HashSet<Pid> = HashSet::new();
     let mut backoff = Backoff::default();
     let mut paused_until: Option<Instant> = None;
@@ -159,7 +158,7 @@ fn child(
     unsafe {
         libc::close(listener.as_raw_fd());
         libc::close(signals.read_end().as_raw_fd());
-        libc::close(signals.write_fd);
+        libc::close(signals.write_fd());
     }
     default_signals();
     // Die with the parent, even if it is killed with kill -9 and cannot stop us itself:
@@ -236,76 +235,8 @@ fn stop_children(children: &mut HashSet<Pid>) {
 }
 // ANCHOR_END: stop_children
 
-/// The write end of the pipe that the signal handler writes to. A handler can only reach
-/// global state, and may only make async-signal-safe calls such as `write`.
-static SIGNAL_WRITE_FD: AtomicI32 = AtomicI32::new(-1);
-
 /// The signals this parent listens for.
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGCHLD];
-
-/// The self-pipe trick: a signal handler may do almost nothing safely, so it writes the
-/// signal's number into a pipe, and the main loop, which waits on that pipe in `poll`
-/// alongside the listener, handles it as just another readable fd.
-// ANCHOR: signal_pipe
-struct SignalPipe {
-    read: OwnedFd,
-    write_fd: RawFd,
-    _write: OwnedFd,
-}
-
-extern "C" fn on_signal(signal: libc::c_int) {
-    // SAFETY: write(2) and errno access are async-signal-safe; errno is saved and
-    // restored so the interrupted code does not see ours.
-    unsafe {
-        let errno = *libc::__errno_location();
-        let byte = signal as u8;
-        let fd = SIGNAL_WRITE_FD.load(Ordering::Relaxed);
-        // A full pipe already says "look at the signals": losing this byte loses nothing.
-        libc::write(fd, (&byte as *const u8).cast(), 1);
-        *libc::__errno_location() = errno;
-    }
-}
-
-impl SignalPipe {
-    fn install() -> io::Result<SignalPipe> {
-        let (read, write) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-        let write_fd = write.as_raw_fd();
-        SIGNAL_WRITE_FD.store(write_fd, Ordering::Relaxed);
-        for signal in SIGNALS {
-            // SAFETY: a zeroed sigaction is valid; we fill in the handler and flags, and
-            // the handler is async-signal-safe (see `on_signal`).
-            unsafe {
-                let mut action: libc::sigaction = std::mem::zeroed();
-                action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-                action.sa_flags = libc::SA_RESTART | libc::SA_NOCLDSTOP;
-                libc::sigemptyset(&mut action.sa_mask);
-                if libc::sigaction(signal, &action, std::ptr::null_mut()) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-        }
-        Ok(SignalPipe {
-            read,
-            write_fd,
-            _write: write,
-        })
-    }
-
-    fn read_end(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.read.as_fd()
-    }
-
-    /// The signals that arrived since the last call.
-    fn drain(&self) -> Vec<libc::c_int> {
-        let mut buf = [0u8; 64];
-        let mut signals = Vec::new();
-        while let Ok(n @ 1..) = nix::unistd::read(&self.read, &mut buf) {
-            signals.extend(buf[..n].iter().map(|&b| libc::c_int::from(b)));
-        }
-        signals
-    }
-}
-// ANCHOR_END: signal_pipe
 
 /// Ctrl-C, SIGTERM and SIGCHLD do what they do in any program: the first two end the
 /// process at once. For a child of this model, and for the thread and event models, which
