@@ -14,7 +14,7 @@
 //! | [`Chapter::wait_for`] and friends | wait for a log line, with a timeout |
 //! | [`Chapter::wait_master_ready`], [`Chapter::wait_forked`] | the same, for a master's lines |
 //! | [`Ready`], [`parse_ready`], [`parse_forked`] | read the chapters' log lines |
-//! | [`http_get`], [`write_request`], [`read_response`] | a minimal HTTP/1.1 client |
+//! | [`http_get`], [`http_get_path`], [`write_request`], [`read_response`] | a minimal HTTP/1.1 client |
 //! | [`parse_hello`] | which worker (pid, id) wrote a response body |
 //! | [`recv_timeout`] | read one IPC message, with a timeout |
 //! | [`pid_alive`], [`parent_pid`], [`fd_count`], [`stopped`], [`wait_until`] | look at processes |
@@ -928,17 +928,28 @@ pub fn read_response(stream: &mut TcpStream) -> io::Result<HttpResponse> {
 
 /// One `GET /` on a fresh connection that asks to be closed afterwards.
 pub fn http_get(addr: SocketAddr) -> io::Result<HttpResponse> {
+    http_get_path(addr, "/")
+}
+
+/// One `GET path` on a fresh connection that asks to be closed afterwards.
+pub fn http_get_path(addr: SocketAddr, path: &str) -> io::Result<HttpResponse> {
     let mut stream = connect(addr)?;
-    write_request(&mut stream, "/", false)?;
+    write_request(&mut stream, path, false)?;
     read_response(&mut stream)
 }
 
 /// [`http_get`], panicking with the address and the error if it fails.
 #[track_caller]
 pub fn get(addr: SocketAddr) -> HttpResponse {
-    match http_get(addr) {
+    get_path(addr, "/")
+}
+
+/// [`http_get_path`], panicking with the address, the path and the error if it fails.
+#[track_caller]
+pub fn get_path(addr: SocketAddr, path: &str) -> HttpResponse {
+    match http_get_path(addr, path) {
         Ok(response) => response,
-        Err(e) => panic!("GET http://{addr}/ failed: {e}"),
+        Err(e) => panic!("GET http://{addr}{path} failed: {e}"),
     }
 }
 

@@ -22,13 +22,6 @@ fn start(workers: usize, extra: &[&str]) -> (Chapter, SocketAddr, Vec<(u32, u32)
     Chapter::start_cluster(CH07, workers, extra)
 }
 
-/// One request for `path` on a new connection: the response, or the error.
-fn get_path(addr: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
-    let mut stream = connect(addr)?;
-    write_request(&mut stream, path, false)?;
-    read_response(&mut stream)
-}
-
 /// A kept-alive connection served by worker pid `pid`: connections go to the workers in
 /// turn, so a few tries find one.
 #[track_caller]
@@ -403,7 +396,7 @@ fn a_worker_that_leaves_young_is_throttled_like_a_crash() {
     // Every worker gets a /crash as soon as it serves.
     let deadline = Instant::now() + TIMEOUT;
     while pid_alive(master.pid()) && Instant::now() < deadline {
-        let _ = get_path(addr, "/crash");
+        let _ = http_get_path(addr, "/crash");
     }
     let status = master.wait_exit(TIMEOUT);
     assert_eq!(status.code(), Some(1), "{}", describe(status));
@@ -426,7 +419,7 @@ fn a_worker_that_leaves_young_is_throttled_like_a_crash() {
 #[test]
 fn a_worker_over_max_rss_leaves_and_is_replaced() {
     let (master, addr, forked) = start(2, &["--max-rss", "64", "--min-uptime", "0"]);
-    let response = get_path(addr, "/leak?mb=100").expect("GET /leak?mb=100");
+    let response = get_path(addr, "/leak?mb=100");
     assert_eq!(response.status, 200, "{response:?}");
     let (id, pid) = *forked
         .iter()
@@ -454,7 +447,7 @@ fn a_worker_over_max_rss_leaves_and_is_replaced() {
 #[test]
 fn exit_without_a_word_is_a_crash_and_the_slot_restarts_at_once() {
     let (master, addr, forked) = start(2, &[]);
-    let lost = get_path(addr, "/exit");
+    let lost = http_get_path(addr, "/exit");
     assert!(lost.is_err(), "/exit answers nothing: {lost:?}");
     let line = master.wait_for("exited with code 1", TIMEOUT);
     let (id, pid) = *forked

@@ -99,11 +99,16 @@ fn a_worker_slow_for_less_than_two_beats_is_not_killed() {
     let beat = BEAT_MS.to_string();
     let (master, addr, forked) = Chapter::start_cluster(CH08, 2, &["--heartbeat-ms", &beat]);
     let path = format!("/sleep?ms={}", BEAT_MS * 3 / 2);
-    let body = get_path(addr, &path, &forked);
+    let response = get_path(addr, &path);
+    assert_eq!(response.status, 200, "{response:?}");
     let (id, pid) = *forked
         .iter()
-        .find(|(id, pid)| body.starts_with(&format!("worker {id} (pid {pid}) slept")))
-        .unwrap_or_else(|| panic!("who slept? {body}"));
+        .find(|(id, pid)| {
+            response
+                .body
+                .starts_with(&format!("worker {id} (pid {pid}) slept"))
+        })
+        .unwrap_or_else(|| panic!("who slept? {response:?}"));
     // Nothing announces a kill that does not come: watch five more beats. The slow worker
     // may have missed one beat (it depends on where the beats fell); it answers again
     // once its loop runs, and three misses in a row never come.
@@ -166,26 +171,6 @@ fn a_worker_that_misses_a_beat_or_two_is_not_killed() {
     assert!(!killed, "slow is not dead: {:#?}", master.lines());
     assert!(pid_alive(pid), "worker {id} (pid {pid}) lives on");
     assert_eq!(master.count("forked worker"), 2, "no worker was replaced");
-}
-
-/// One request for `path`, answered by one of `forked`: its body.
-#[track_caller]
-fn get_path(addr: SocketAddr, path: &str, forked: &[(u32, u32)]) -> String {
-    let mut stream = connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(TIMEOUT))
-        .expect("read timeout");
-    write_request(&mut stream, path, false).expect("send the request");
-    let response = read_response(&mut stream).expect("an answer");
-    assert_eq!(response.status, 200, "{response:?}");
-    assert!(
-        forked.iter().any(
-            |(id, pid)| response.body.contains(&format!("worker {id} (pid {pid})"))
-                || response.body == hello_body(*pid, *id)
-        ),
-        "{response:?}"
-    );
-    response.body
 }
 
 #[test]

@@ -347,9 +347,7 @@ fn ch07_a_killed_worker_is_restarted_and_a_throwing_one_leaves_gracefully() {
     );
 
     // A throw in a handler: a 500 for that request, and the worker leaves.
-    let mut stream = connect(addr).expect("connect");
-    write_request(&mut stream, "/crash", false).expect("send /crash");
-    let response = read_response(&mut stream).expect("/crash is answered");
+    let response = http_get_path(addr, "/crash").expect("/crash is answered");
     assert_eq!(response.status, 500, "{response:?}");
     master.wait_for("is leaving (its handler threw", TIMEOUT);
     master.wait_for("exited (1), after disconnect", TIMEOUT);
