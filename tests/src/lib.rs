@@ -26,6 +26,7 @@
 //! | [`accept_queue`] | how many connections wait in a listening socket's accept queue |
 //! | [`SteadyLoad`] | requests one after another from one or more client threads, recording who answered each |
 //! | [`Answers`], [`one_handed_to_a_stopped_worker`] | requests answered in any order; a connection a round-robin master has handed to a worker that cannot take it |
+//! | [`child_processes`], [`children_of`] | a process's children, and which of them are `<defunct>` |
 //! | [`defunct_children`], [`no_defunct_children`] | children exited but not reaped (`<defunct>` in `ps`) |
 //! | [`copy_executable`], [`write_script`] | put a program where a test runs it, without ETXTBSY |
 //! | [`refused_at_start`] | a master of chapters 7 to 9 on a port another program holds: one error line, exit 1, nothing left |
@@ -1347,33 +1348,56 @@ pub fn listening_addrs_of(pid: u32) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// The pids of `pid`'s children, from `/proc/PID/task/*/children`.
-pub fn children_of(pid: u32) -> Vec<u32> {
-    let mut children = Vec::new();
+/// A child of a process, as `/proc` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildProcess {
+    pub pid: u32,
+    /// It has exited and its parent has not reaped it yet: `<defunct>` in `ps`, state `Z`
+    /// in `/proc/PID/stat`.
+    pub defunct: bool,
+}
+
+/// The children of `pid`, from `/proc/PID/task/*/children` (every thread's), in pid
+/// order. A child reaped between that list and its own `/proc/PID/stat` is left out.
+pub fn child_processes(pid: u32) -> Vec<ChildProcess> {
+    let mut pids = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return children;
+        return Vec::new();
     };
     for task in tasks.flatten() {
         if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            children.extend(
+            pids.extend(
                 text.split_whitespace()
                     .filter_map(|p| p.parse::<u32>().ok()),
             );
         }
     }
-    children.sort_unstable();
-    children.dedup();
-    children
+    pids.sort_unstable();
+    pids.dedup();
+    pids.into_iter()
+        .filter_map(|child| {
+            let fields = stat_fields(child)?;
+            // The parent is checked too: a reaped child's pid may be someone else's by now.
+            (fields.get(1)?.parse::<u32>().ok()? == pid).then(|| ChildProcess {
+                pid: child,
+                defunct: fields.first().map(String::as_str) == Some("Z"),
+            })
+        })
+        .collect()
+}
+
+/// The pids of `pid`'s children, `<defunct>` ones included (see [`child_processes`]).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    child_processes(pid).iter().map(|c| c.pid).collect()
 }
 
 /// The children of `pid` that have exited and not been reaped yet: `<defunct>` in `ps`,
 /// state `Z` in `/proc/PID/stat`.
 pub fn defunct_children(pid: u32) -> Vec<u32> {
-    children_of(pid)
-        .into_iter()
-        .filter(|child| {
-            stat_fields(*child).is_some_and(|f| f.first().map(String::as_str) == Some("Z"))
-        })
+    child_processes(pid)
+        .iter()
+        .filter(|c| c.defunct)
+        .map(|c| c.pid)
         .collect()
 }
 

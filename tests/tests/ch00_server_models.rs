@@ -21,18 +21,6 @@ fn start(model: &str, extra: &[&str]) -> (Chapter, SocketAddr) {
     (server, addr)
 }
 
-/// The processes whose parent is `pid`: `(pid, alive)`, where a zombie is not alive.
-fn children(pid: u32) -> Vec<(u32, bool)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|child| parent_pid(*child) == Some(pid))
-        .map(|child| (child, pid_alive(child)))
-        .collect()
-}
-
 /// Four requests on one kept-alive connection; returns who answered each `(pid, id)`.
 fn four_on_one_connection(addr: SocketAddr) -> Vec<(u32, u32)> {
     let mut stream = connect(addr).expect("connect to the server");
@@ -109,14 +97,10 @@ fn the_process_model_leaves_no_zombie() {
     // must have collected each one's exit status, leaving nothing in /proc.
     let mut left = Vec::new();
     let gone = wait_until(TIMEOUT, || {
-        left = children(server.pid());
+        left = child_processes(server.pid());
         left.is_empty()
     });
-    let zombies: Vec<u32> = left
-        .iter()
-        .filter(|(_, alive)| !alive)
-        .map(|(pid, _)| *pid)
-        .collect();
+    let zombies: Vec<u32> = left.iter().filter(|c| c.defunct).map(|c| c.pid).collect();
     assert!(
         gone,
         "children of the server still there: {left:?} (zombies: {zombies:?})"
@@ -150,7 +134,7 @@ fn ctrl_c_stops_the_server_and_leaves_no_process_behind() {
             read_response(&mut stream).expect("an answer");
             held.push(stream);
         }
-        let kids: Vec<u32> = children(server.pid()).iter().map(|(p, _)| *p).collect();
+        let kids = children_of(server.pid());
         if model == "process" {
             assert_eq!(kids.len(), 3, "a child per held connection: {kids:?}");
         }
@@ -242,7 +226,7 @@ fn children_that_end_together_are_all_collected_at_once() {
         read_response(&mut stream).expect("an answer");
         held.push(stream);
     }
-    let five: Vec<u32> = children(server.pid()).iter().map(|(pid, _)| *pid).collect();
+    let five = children_of(server.pid());
     assert_eq!(five.len(), 5, "a child per held client: {five:?}");
     pause(server.pid());
     drop(held);
@@ -253,9 +237,8 @@ fn children_that_end_together_are_all_collected_at_once() {
     resume(server.pid());
     // Serving this client, the server has looked at least once since it woke up.
     assert_eq!(get(addr).status, 200);
-    let left: Vec<u32> = children(server.pid())
-        .iter()
-        .map(|(pid, _)| *pid)
+    let left: Vec<u32> = children_of(server.pid())
+        .into_iter()
         .filter(|pid| five.contains(pid))
         .collect();
     assert!(
@@ -274,8 +257,12 @@ fn a_child_killed_by_a_signal_frees_its_place() {
     let mut first = connect(addr).expect("connect");
     write_request(&mut first, "/", true).expect("send");
     read_response(&mut first).expect("an answer");
-    let kids = children(server.pid());
-    let [(child, true)] = kids[..] else {
+    let kids = child_processes(server.pid());
+    let [ChildProcess {
+        pid: child,
+        defunct: false,
+    }] = kids[..]
+    else {
         panic!("one child, serving the first client: {kids:?}")
     };
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child as i32), Signal::SIGKILL)
