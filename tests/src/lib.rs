@@ -24,7 +24,7 @@
 //! | [`listening_inodes`], [`socket_inodes`] | which sockets listen on an address, and which a process holds |
 //! | [`tcp_sockets`] | the kernel's TCP table, as `ss -tan` shows it |
 //! | [`accept_queue`] | how many connections wait in a listening socket's accept queue |
-//! | [`SteadyLoad`] | requests one after another from one or more client threads, recording who answered each |
+//! | [`SteadyLoad`] | requests one after another from one or more client threads, each on a new connection or on one kept alive, recording who answered each |
 //! | [`Answers`], [`one_handed_to_a_stopped_worker`] | requests answered in any order; a connection a round-robin master has handed to a worker that cannot take it |
 //! | [`child_processes`], [`children_of`] | a process's children, and which of them are `<defunct>` |
 //! | [`defunct_children`], [`no_defunct_children`] | children exited but not reaped (`<defunct>` in `ps`) |
@@ -39,7 +39,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -1420,12 +1420,22 @@ pub fn no_defunct_children(master: u32) {
 /// (a status other than 200 counts as wrong, with its body).
 pub type Reply = Result<u32, String>;
 
-/// Clients that each send one request after another, each on a new connection (wrk's
-/// `Connection: close`), each from a thread of its own, until stopped or dropped: the
-/// "steady load" under which workers are killed and replaced. Every reply is recorded
-/// with the client port of its connection (0 if it never connected).
+/// Every failed reply of a [`SteadyLoad`].
+pub fn failures(replies: &[Reply]) -> Vec<&String> {
+    replies.iter().filter_map(|r| r.as_ref().err()).collect()
+}
+
+/// Clients that each send one request after another, each from a thread of its own, until
+/// stopped or dropped: the "steady load" under which workers are killed and replaced.
+/// Every reply is recorded with the client port of its connection (0 if it never
+/// connected).
+///
+/// Started with [`SteadyLoad::start`] or [`SteadyLoad::clients`], each request goes on a
+/// new connection (wrk's `Connection: close`). Started with [`SteadyLoad::keep_alive`],
+/// each client keeps its connection, as a connection pool does.
 pub struct SteadyLoad {
     replies: Arc<Mutex<Vec<(u16, Reply)>>>,
+    resent: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -1438,21 +1448,49 @@ impl SteadyLoad {
 
     /// Starts `n` clients asking `addr` for `/`, side by side.
     pub fn clients(addr: SocketAddr, n: usize) -> SteadyLoad {
+        SteadyLoad::spawn(addr, n, false)
+    }
+
+    /// Starts `n` clients asking `addr` for `/`, side by side, each on one kept-alive
+    /// connection, sending a request as soon as the last one is answered. A client opens a
+    /// new connection when the server says `Connection: close`. It sends a request again
+    /// in one case only, counted in [`SteadyLoad::resent`] and not as a reply: the server
+    /// closed the connection while it was idle, so the request never reached anyone (it
+    /// could not be written, or the server's end-of-file came before any byte of the
+    /// answer on a connection that had served before). Any other error, a reset included,
+    /// is a failed reply.
+    pub fn keep_alive(addr: SocketAddr, n: usize) -> SteadyLoad {
+        SteadyLoad::spawn(addr, n, true)
+    }
+
+    fn spawn(addr: SocketAddr, n: usize, keep_alive: bool) -> SteadyLoad {
         let replies: Arc<Mutex<Vec<(u16, Reply)>>> = Arc::default();
+        let resent = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..n)
             .map(|_| {
-                let (replies, stop) = (Arc::clone(&replies), Arc::clone(&stop));
+                let (replies, resent) = (Arc::clone(&replies), Arc::clone(&resent));
+                let stop = Arc::clone(&stop);
                 std::thread::spawn(move || {
+                    let mut kept = None;
                     while !stop.load(Ordering::SeqCst) {
-                        let reply = one_request(addr);
-                        lock(&replies).push(reply);
+                        let reply = match keep_alive {
+                            false => Some(one_request(addr)),
+                            true => kept_alive_request(addr, &mut kept),
+                        };
+                        match reply {
+                            Some(reply) => lock(&replies).push(reply),
+                            None => {
+                                resent.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
                     }
                 })
             })
             .collect();
         SteadyLoad {
             replies,
+            resent,
             stop,
             threads,
         }
@@ -1471,6 +1509,12 @@ impl SteadyLoad {
     /// Every reply so far, in order, with the client port of its connection.
     pub fn replies_by_port(&self) -> Vec<(u16, Reply)> {
         lock(&self.replies).clone()
+    }
+
+    /// How many requests a [`SteadyLoad::keep_alive`] client has sent again so far because
+    /// the server had closed its idle connection.
+    pub fn resent(&self) -> usize {
+        self.resent.load(Ordering::SeqCst)
     }
 
     /// Waits until `n` more requests than now have been answered (or failed).
@@ -1503,18 +1547,30 @@ impl SteadyLoad {
         }
     }
 
-    /// Stops the client, and returns every reply.
+    /// Stops the clients, and returns every reply.
     pub fn stop(mut self) -> Vec<Reply> {
         self.halt();
         self.replies()
     }
 
-    fn halt(&mut self) {
+    /// Stops the clients and waits for them to end; what they saw stays readable.
+    pub fn halt(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // A request in flight ends within the client's 5 s timeouts.
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+    }
+}
+
+/// What a client of a [`SteadyLoad`] makes of a response: the pid that answered, or what
+/// went wrong.
+fn reply_of(response: HttpResponse) -> Reply {
+    match response.status {
+        200 => parse_hello(&response.body)
+            .map(|(pid, _)| pid)
+            .ok_or(response.body),
+        status => Err(format!("status {status}: {}", response.body)),
     }
 }
 
@@ -1528,11 +1584,49 @@ fn one_request(addr: SocketAddr) -> (u16, Reply) {
     let port = stream.local_addr().map_or(0, |a| a.port());
     let reply =
         match write_request(&mut stream, "/", false).and_then(|()| read_response(&mut stream)) {
-            Ok(r) if r.status == 200 => parse_hello(&r.body).map(|(pid, _)| pid).ok_or(r.body),
-            Ok(r) => Err(format!("status {}: {}", r.status, r.body)),
+            Ok(response) => reply_of(response),
             Err(e) => Err(e.to_string()),
         };
     (port, reply)
+}
+
+/// One `GET /` for a [`SteadyLoad::keep_alive`] client, on its connection `kept` if it has
+/// one, else on a new one: the client port and the reply, or `None` if the server had
+/// closed `kept` while it was idle and the request is to be sent again. The connection is
+/// left in `kept` for the next request unless the server said `Connection: close` or
+/// something went wrong.
+fn kept_alive_request(addr: SocketAddr, kept: &mut Option<TcpStream>) -> Option<(u16, Reply)> {
+    let (mut stream, reused) = match kept.take() {
+        Some(stream) => (stream, true),
+        // No Nagle: a request goes out in one packet at once, not 40 ms later, so the
+        // clients keep the workers busy.
+        None => match connect(addr).and_then(|s| s.set_nodelay(true).map(|()| s)) {
+            Ok(stream) => (stream, false),
+            Err(e) => return Some((0, Err(format!("connect: {e}")))),
+        },
+    };
+    let port = stream.local_addr().map_or(0, |a| a.port());
+    let failed = |why: String| Some((port, Err(why)));
+    if let Err(e) = write_request(&mut stream, "/", true) {
+        return match reused {
+            true => None,
+            false => failed(format!("write on a new connection: {e}")),
+        };
+    }
+    match stream.peek(&mut [0u8; 1]) {
+        Ok(0) if reused => return None,
+        Ok(0) => return failed("a new connection closed without an answer".into()),
+        Ok(_) => {}
+        Err(e) => return failed(format!("waiting for the answer: {e}")),
+    }
+    let response = match read_response(&mut stream) {
+        Ok(response) => response,
+        Err(e) => return failed(format!("reading the answer: {e}")),
+    };
+    if response.header("Connection") != Some("close") {
+        *kept = Some(stream);
+    }
+    Some((port, reply_of(response)))
 }
 
 impl Drop for SteadyLoad {

@@ -95,7 +95,7 @@ fn a_worker_killed_under_load_is_named_by_its_signal_and_replaced_at_once() {
     let first = load.wait_for_pid(new_pid);
     load.wait_for_more(20);
     let replies = load.stop();
-    let failed: Vec<&String> = replies.iter().filter_map(|r| r.as_ref().err()).collect();
+    let failed = failures(&replies);
     assert!(
         failed.len() <= 1,
         "at most the request the killed worker held may fail: {failed:?}"
@@ -211,7 +211,7 @@ fn a_crash_fails_its_own_request_only_and_the_replacement_serves_before_the_old_
     master.wait_for(&format!("worker {id}'s exit was planned"), TIMEOUT);
     load.wait_for_more(20);
     let replies = load.stop();
-    let failed: Vec<&String> = replies.iter().filter_map(|r| r.as_ref().err()).collect();
+    let failed = failures(&replies);
     assert!(failed.is_empty(), "only /crash itself may fail: {failed:?}");
     assert_eq!(
         master.count("forked worker"),

@@ -74,7 +74,7 @@ fn a_hung_worker_is_killed_within_about_three_beats_and_replaced_while_the_other
     load.wait_for_pid(new_pid);
     load.wait_for_more(20);
     let replies = load.stop();
-    let failed: Vec<&String> = replies.iter().filter_map(|r| r.as_ref().err()).collect();
+    let failed = failures(&replies);
     assert!(
         failed.is_empty(),
         "the other worker answers throughout, and a connection handed to the hung worker \

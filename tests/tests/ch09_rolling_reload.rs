@@ -10,9 +10,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use chapter_tests::*;
 use nix::sys::signal::{kill, killpg, Signal};
@@ -152,11 +149,6 @@ fn each_answers(addr: SocketAddr, workers: &[(u32, u32)]) {
         seen == pids(workers)
     });
     assert!(all, "each of {workers:?} should answer; only {seen:?} did");
-}
-
-/// Every failed reply of a [`SteadyLoad`].
-fn failures(replies: &[Reply]) -> Vec<&String> {
-    replies.iter().filter_map(|r| r.as_ref().err()).collect()
 }
 
 fn pids(workers: &[(u32, u32)]) -> BTreeSet<u32> {
@@ -334,146 +326,6 @@ fn running(pid: u32) -> (String, u64) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Keep-alive clients
-// ---------------------------------------------------------------------------------------
-
-/// What the keep-alive clients saw.
-#[derive(Default)]
-struct Seen {
-    /// The pid that answered each request.
-    answered: Vec<u32>,
-    /// Requests sent again because the server had closed their idle connection.
-    retried: usize,
-    /// Everything else that went wrong.
-    failed: Vec<String>,
-}
-
-/// Clients that each keep one connection alive and send a request as soon as the last one
-/// is answered, as a connection pool does, each from a thread of its own. A client opens a
-/// new connection when the server says `Connection: close`. It sends a request again in
-/// one case only: the server closed the connection while it was idle, so the request never
-/// reached anyone (the request could not be written, or the server's end-of-file came
-/// before any byte of the answer on a connection that had served before). Any other error,
-/// a reset included, is a failure.
-struct KeepAlive {
-    seen: Arc<Mutex<Seen>>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-/// How one request went.
-enum Outcome {
-    Answered(HttpResponse),
-    IdleClosed,
-    Failed(String),
-}
-
-impl KeepAlive {
-    fn start(addr: SocketAddr, clients: usize) -> KeepAlive {
-        let seen: Arc<Mutex<Seen>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..clients)
-            .map(|_| {
-                let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
-                std::thread::spawn(move || {
-                    let mut kept: Option<TcpStream> = None;
-                    while !stop.load(Ordering::SeqCst) {
-                        let (stream, reused) = match kept.take() {
-                            Some(stream) => (stream, true),
-                            // No Nagle: a request goes out in one packet at once,
-                            // not 40 ms later, so the clients keep the workers busy.
-                            None => {
-                                match connect(addr).and_then(|s| s.set_nodelay(true).map(|()| s)) {
-                                    Ok(stream) => (stream, false),
-                                    Err(e) => {
-                                        seen.lock().unwrap().failed.push(format!("connect: {e}"));
-                                        continue;
-                                    }
-                                }
-                            }
-                        };
-                        let mut stream = stream;
-                        let outcome = Self::exchange(&mut stream, reused);
-                        let mut seen = seen.lock().unwrap();
-                        match outcome {
-                            Outcome::Answered(response) => {
-                                match parse_hello(&response.body) {
-                                    Some((pid, _)) if response.status == 200 => {
-                                        seen.answered.push(pid)
-                                    }
-                                    _ => seen.failed.push(format!("{response:?}")),
-                                }
-                                if response.header("Connection") != Some("close") {
-                                    kept = Some(stream);
-                                }
-                            }
-                            Outcome::IdleClosed => seen.retried += 1,
-                            Outcome::Failed(why) => seen.failed.push(why),
-                        }
-                    }
-                })
-            })
-            .collect();
-        KeepAlive {
-            seen,
-            stop,
-            threads,
-        }
-    }
-
-    fn exchange(stream: &mut TcpStream, reused: bool) -> Outcome {
-        if let Err(e) = write_request(stream, "/", true) {
-            return match reused {
-                true => Outcome::IdleClosed,
-                false => Outcome::Failed(format!("write on a new connection: {e}")),
-            };
-        }
-        match stream.peek(&mut [0u8; 1]) {
-            Ok(0) if reused => return Outcome::IdleClosed,
-            Ok(0) => return Outcome::Failed("a new connection closed without an answer".into()),
-            Ok(_) => {}
-            Err(e) => return Outcome::Failed(format!("waiting for the answer: {e}")),
-        }
-        match read_response(stream) {
-            Ok(response) => Outcome::Answered(response),
-            Err(e) => Outcome::Failed(format!("reading the answer: {e}")),
-        }
-    }
-
-    fn answered(&self) -> usize {
-        self.seen.lock().unwrap().answered.len()
-    }
-
-    #[track_caller]
-    fn wait_for_more(&self, n: usize) {
-        let target = self.answered() + n;
-        assert!(
-            wait_until(TIMEOUT, || self.answered() >= target),
-            "the keep-alive clients should keep getting answers: {} of {target}",
-            self.answered()
-        );
-    }
-
-    fn stop(mut self) -> Seen {
-        self.halt();
-        std::mem::take(&mut *self.seen.lock().unwrap())
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for KeepAlive {
-    fn drop(&mut self) {
-        self.halt();
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // The tests
 // ---------------------------------------------------------------------------------------
 
@@ -514,24 +366,27 @@ fn a_reload_under_load_replaces_every_worker_one_at_a_time_and_fails_no_request(
 #[test]
 fn keep_alive_clients_lose_no_request_during_a_reload() {
     let (master, addr, old) = start(2, &[]);
-    let clients = KeepAlive::start(addr, 4);
+    let mut clients = SteadyLoad::keep_alive(addr, 4);
     clients.wait_for_more(500);
     let new = reload(&master, 2, &old);
     clients.wait_for_more(500);
-    let seen = clients.stop();
+    clients.halt();
+    let replies = clients.replies();
+    let failed = failures(&replies);
     eprintln!(
         "{} requests answered; {} sent again after an idle connection was closed",
-        seen.answered.len(),
-        seen.retried
+        replies.len() - failed.len(),
+        clients.resent()
     );
     assert!(
-        seen.failed.is_empty(),
-        "{} requests failed: {:?}",
-        seen.failed.len(),
-        seen.failed
+        failed.is_empty(),
+        "{} requests failed: {failed:?}",
+        failed.len()
     );
-    let last: BTreeSet<u32> = seen.answered[seen.answered.len() - 20..]
+    // Every reply is an answer (none failed): the pids of the last 20.
+    let last: BTreeSet<u32> = replies[replies.len() - 20..]
         .iter()
+        .flatten()
         .copied()
         .collect();
     assert!(
