@@ -16,6 +16,8 @@
 //! | [`Ready`], [`parse_ready`], [`parse_forked`] | read the chapters' log lines |
 //! | [`http_get`], [`http_get_path`], [`write_request`], [`read_response`] | a minimal HTTP/1.1 client |
 //! | [`parse_hello`] | which worker (pid, id) wrote a response body |
+//! | [`each_answers`] | asks until each of the given workers has answered |
+//! | [`connection_to`], [`HALF_REQUEST`] | a kept-alive connection to a given worker; half a request, which holds a worker that reads it |
 //! | [`recv_timeout`] | read one IPC message, with a timeout |
 //! | [`pid_alive`], [`parent_pid`], [`fd_count`], [`stopped`], [`wait_until`] | look at processes |
 //! | [`pause`], [`resume`] | stop a process (SIGSTOP) and let it go on (SIGCONT) |
@@ -31,7 +33,7 @@
 //! | [`copy_executable`], [`write_script`] | put a program where a test runs it, without ETXTBSY |
 //! | [`refused_at_start`] | a master of chapters 7 to 9 on a port another program holds: one error line, exit 1, nothing left |
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -954,6 +956,25 @@ pub fn get_path(addr: SocketAddr, path: &str) -> HttpResponse {
     }
 }
 
+/// A request's head without its last empty line: a worker that has read it owes an answer
+/// once the rest comes, and until then cannot finish leaving.
+pub const HALF_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n";
+
+/// A kept-alive connection to `addr` on which worker pid `pid` has answered one request.
+/// Connections go to the workers in turn, so a few tries find one.
+#[track_caller]
+pub fn connection_to(addr: SocketAddr, pid: u32) -> TcpStream {
+    for _ in 0..20 {
+        let mut stream = connect(addr).expect("connect");
+        write_request(&mut stream, "/", true).expect("send a request");
+        let response = read_response(&mut stream).expect("an answer");
+        if parse_hello(&response.body).map(|(p, _)| p) == Some(pid) {
+            return stream;
+        }
+    }
+    panic!("20 connections and none went to pid {pid}");
+}
+
 /// `threads` clients at once, each sending `each` requests one after another, every one
 /// on a new connection; checks that each answer came from one of the `forked` workers
 /// (see [`answered_by`]) and returns who answered each: `(PID, ID)`, in no set order.
@@ -996,6 +1017,24 @@ pub fn parse_hello(body: &str) -> Option<(u32, u32)> {
     let rest = body.strip_prefix("Hello world by ")?.trim_end();
     let (pid, rest) = rest.split_once(" (worker ")?;
     Some((pid.parse().ok()?, rest.strip_suffix(')')?.parse().ok()?))
+}
+
+/// The pids of `workers`, `(ID, PID)` pairs as [`Chapter::wait_forked`] returns them.
+pub fn pids(workers: &[(u32, u32)]) -> BTreeSet<u32> {
+    workers.iter().map(|(_, pid)| *pid).collect()
+}
+
+/// Asks `addr` until each of `workers` (`(ID, PID)` pairs) has answered, and fails if
+/// another process answers or one of them does not within the timeout. (With other
+/// clients about, turns are not ours alone: a fixed number of requests may miss a worker.)
+#[track_caller]
+pub fn each_answers(addr: SocketAddr, workers: &[(u32, u32)]) {
+    let mut seen = BTreeSet::new();
+    let all = wait_until(TIMEOUT, || {
+        seen.insert(answered_by(&get(addr), workers).0);
+        seen == pids(workers)
+    });
+    assert!(all, "each of {workers:?} should answer; only {seen:?} did");
 }
 
 /// Checks that `response` is a 200 from one of the `forked` workers (`(ID, PID)` pairs, as
@@ -1295,13 +1334,18 @@ pub fn listening_sockets() -> Vec<(SocketAddr, u64)> {
         .collect()
 }
 
-/// How many TCP connections (not listening sockets) process `pid` holds.
-pub fn tcp_connections_of(pid: u32) -> usize {
+/// The TCP connections (not listening sockets) process `pid` holds.
+pub fn tcp_connections_held_by(pid: u32) -> Vec<TcpSocket> {
     let mine = socket_inodes(pid);
     tcp_sockets()
-        .iter()
+        .into_iter()
         .filter(|s| s.state != TcpState::Listen && mine.contains(&s.inode))
-        .count()
+        .collect()
+}
+
+/// How many TCP connections (not listening sockets) process `pid` holds.
+pub fn tcp_connections_of(pid: u32) -> usize {
+    tcp_connections_held_by(pid).len()
 }
 
 /// How many connections wait in the accept queue of the listening socket with inode
@@ -1325,7 +1369,7 @@ pub fn listening_inodes(addr: SocketAddr) -> Vec<u64> {
 }
 
 /// The inodes of the sockets process `pid` has open (`socket:[123]` in `/proc/PID/fd`).
-pub fn socket_inodes(pid: u32) -> std::collections::BTreeSet<u64> {
+pub fn socket_inodes(pid: u32) -> BTreeSet<u64> {
     fd_targets(&pid.to_string())
         .iter()
         .filter_map(|(_, target)| {

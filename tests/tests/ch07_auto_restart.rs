@@ -13,28 +13,9 @@ use nix::unistd::Pid;
 
 const CH07: &str = "ch07-auto-restart";
 
-/// A request's head without its last empty line: the worker has it, and owes an answer
-/// once the rest comes.
-const HALF_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n";
-
 #[track_caller]
 fn start(workers: usize, extra: &[&str]) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
     Chapter::start_cluster(CH07, workers, extra)
-}
-
-/// A kept-alive connection served by worker pid `pid`: connections go to the workers in
-/// turn, so a few tries find one.
-#[track_caller]
-fn connection_to(addr: SocketAddr, pid: u32) -> TcpStream {
-    for _ in 0..20 {
-        let mut stream = connect(addr).expect("connect");
-        write_request(&mut stream, "/", true).expect("send a request");
-        let response = read_response(&mut stream).expect("an answer");
-        if parse_hello(&response.body).map(|(p, _)| p) == Some(pid) {
-            return stream;
-        }
-    }
-    panic!("20 connections and none went to pid {pid}");
 }
 
 /// A worker with a request half sent on a kept-alive connection: it owes that client an
@@ -108,16 +89,6 @@ fn a_worker_killed_under_load_is_named_by_its_signal_and_replaced_at_once() {
     no_defunct_children(master.pid());
 }
 
-/// The client ports of the TCP connections process `pid` holds.
-fn client_ports_held_by(pid: u32) -> BTreeSet<u16> {
-    let mine = socket_inodes(pid);
-    tcp_sockets()
-        .iter()
-        .filter(|s| s.state != TcpState::Listen && mine.contains(&s.inode))
-        .map(|s| s.remote.port())
-        .collect()
-}
-
 /// `kill -9` under load, each request on a connection of its own (wrk's `Connection:
 /// close`). What the killed worker had taken may be lost with it; but a connection the
 /// master still held at the kill (handed to the worker and not acknowledged, or waiting
@@ -143,7 +114,11 @@ fn under_kill_9_every_connection_the_master_still_held_is_answered() {
         wait_until(TIMEOUT, || load.replies().len() >= before + 20),
         "the other worker should keep serving while worker {id} is stopped"
     );
-    let held = client_ports_held_by(master.pid());
+    // The client ports of the connections the master holds.
+    let held: BTreeSet<u16> = tcp_connections_held_by(master.pid())
+        .iter()
+        .map(|s| s.remote.port())
+        .collect();
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9 the worker");
     master.wait_for(
         &format!("worker {id} died before taking its connection; it goes to another worker"),
@@ -673,7 +648,7 @@ fn a_replacement_that_asks_for_a_busy_port_gives_its_slot_up_once() {
         &format!("worker {new_id}'s exit was planned: the master could not bind {key} for it"),
         TIMEOUT,
     );
-    each_serves(addr, &forked[1..]);
+    each_answers(addr, &forked[1..]);
     // Stopping now: the books have no restart due, so the given-up slot has no worker.
     let lines = master.interrupt_and_collect();
     let all = lines.join("\n");
@@ -691,16 +666,4 @@ fn a_replacement_that_asks_for_a_busy_port_gives_its_slot_up_once() {
         all.contains("stopping: no new connections; 1 worker finishes what it holds"),
         "{all}"
     );
-}
-
-/// Asks `addr` until each of `workers` has answered, and fails if another process answers.
-#[track_caller]
-fn each_serves(addr: SocketAddr, workers: &[(u32, u32)]) {
-    let mut seen = std::collections::BTreeSet::new();
-    let pids: std::collections::BTreeSet<u32> = workers.iter().map(|(_, pid)| *pid).collect();
-    let all = wait_until(TIMEOUT, || {
-        seen.insert(answered_by(&get(addr), workers).0);
-        seen == pids
-    });
-    assert!(all, "each of {workers:?} should answer; only {seen:?} did");
 }

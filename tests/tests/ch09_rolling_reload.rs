@@ -138,23 +138,6 @@ fn wait_drained(master: &Chapter, old: &[(u32, u32)]) {
     }
 }
 
-/// Asks `addr` until each of `workers` has answered, and fails if another process answers
-/// or one of them does not within the timeout. (With other clients about, turns are not
-/// ours alone: a fixed number of requests may miss a worker.)
-#[track_caller]
-fn each_answers(addr: SocketAddr, workers: &[(u32, u32)]) {
-    let mut seen = BTreeSet::new();
-    let all = wait_until(TIMEOUT, || {
-        seen.insert(answered_by(&get(addr), workers).0);
-        seen == pids(workers)
-    });
-    assert!(all, "each of {workers:?} should answer; only {seen:?} did");
-}
-
-fn pids(workers: &[(u32, u32)]) -> BTreeSet<u32> {
-    workers.iter().map(|(_, pid)| *pid).collect()
-}
-
 // ---------------------------------------------------------------------------------------
 // A copy of the binary to rebuild
 // ---------------------------------------------------------------------------------------
@@ -634,24 +617,14 @@ fn sigterm_during_a_reload_stops_every_worker() {
 
 /// A kept-alive connection to worker pid `pid` on which half a request has been sent: the
 /// worker owes it an answer, so it cannot finish draining until the rest comes.
-/// Connections go to the workers in turn, so a few tries find one.
 #[track_caller]
 fn half_request_to(addr: SocketAddr, pid: u32) -> TcpStream {
-    for _ in 0..20 {
-        let mut stream = connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(TIMEOUT))
-            .expect("read timeout");
-        write_request(&mut stream, "/", true).expect("send a request");
-        let response = read_response(&mut stream).expect("an answer");
-        if parse_hello(&response.body).map(|(p, _)| p) == Some(pid) {
-            stream
-                .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n")
-                .expect("half a request");
-            return stream;
-        }
-    }
-    panic!("20 connections and none went to pid {pid}");
+    let mut stream = connection_to(addr, pid);
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    stream.write_all(HALF_REQUEST).expect("half a request");
+    stream
 }
 
 /// The line that ends a reload, done or stopped.
@@ -758,8 +731,7 @@ fn a_fork_that_fails_mid_reload_stops_it_and_the_old_worker_serves_on() {
 fn an_old_worker_finishes_the_request_it_holds() {
     let (master, addr, old) = start(1, &["--idle-timeout", "60"]);
     let mut held = connect(addr).expect("connect");
-    held.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n")
-        .expect("half a request");
+    held.write_all(HALF_REQUEST).expect("half a request");
     let (id, pid) = old[0];
     assert!(
         wait_until(TIMEOUT, || tcp_connections_of(pid) == 1),
