@@ -11,6 +11,7 @@
 //! | [`Chapter::start`] | starts the binary as a master, in its own process group |
 //! | [`Chapter::start_in_session`] | the same, in a session of its own (`setsid`), as a service is started |
 //! | [`Chapter::start_worker`] | starts it as worker 1, the test playing its master |
+//! | [`Chapter::start_cluster`] | starts a master of chapter 4 on, and waits until it serves |
 //! | [`Chapter::wait_for`] and friends | wait for a log line, with a timeout |
 //! | [`Chapter::wait_master_ready`], [`Chapter::wait_forked`] | the same, for a master's lines |
 //! | [`Ready`], [`parse_ready`], [`parse_forked`] | read the chapters' log lines |
@@ -31,6 +32,7 @@
 //! | [`child_processes`], [`children_of`] | a process's children, and which of them are `<defunct>` |
 //! | [`defunct_children`], [`no_defunct_children`] | children exited but not reaped (`<defunct>` in `ps`) |
 //! | [`copy_executable`], [`write_script`] | put a program where a test runs it, without ETXTBSY |
+//! | [`BinaryCopy`], [`inode`] | a chapter's binary copied to a directory of its own, to rebuild while it runs |
 //! | [`refused_at_start`] | a master of chapters 7 to 9 on a port another program holds: one error line, exit 1, nothing left |
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -216,6 +218,111 @@ fn make_executable(path: &Path) {
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
+/// The inode of the file at `path` (for `/proc/PID/exe`: of the program the process runs,
+/// even once it is deleted).
+#[track_caller]
+pub fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .ino()
+}
+
+/// A chapter's binary copied into a directory of its own, so that a test can replace it as
+/// `cargo build` does: a new file at the same path, with a new inode. Processes already
+/// running keep the old file; the next `exec` of the path (a worker forked later) gets the
+/// new one. The directory is removed on drop.
+pub struct BinaryCopy {
+    package: String,
+    /// The copy's own directory.
+    pub dir: PathBuf,
+    /// The program: the package's name, in [`BinaryCopy::dir`].
+    pub path: PathBuf,
+}
+
+impl BinaryCopy {
+    /// Copies `package`'s binary into a new directory `PACKAGE-TEST-PID` under `tmp` (a test
+    /// passes `env!("CARGO_TARGET_TMPDIR")`, which cargo sets for integration tests only).
+    #[track_caller]
+    pub fn new(package: &str, tmp: &Path, test: &str) -> BinaryCopy {
+        let dir = tmp.join(format!("{package}-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("create {} for the copy: {e}", dir.display()));
+        let copy = BinaryCopy {
+            package: package.to_string(),
+            path: dir.join(package),
+            dir,
+        };
+        copy.rebuild();
+        copy
+    }
+
+    /// Puts a fresh copy of the real binary at the path, and returns its inode.
+    #[track_caller]
+    pub fn rebuild(&self) -> u64 {
+        let new = self.dir.join("new");
+        copy_executable(&binary(&self.package), &new);
+        self.rename_into_place(&new)
+    }
+
+    /// Puts a shell script at the path, `body` after `#!/bin/sh`: a build that is broken,
+    /// or slow, or different, in the way `body` says. Returns its inode.
+    #[track_caller]
+    pub fn replace_with_script(&self, body: &str) -> u64 {
+        let new = self.dir.join("new");
+        write_script(&new, &format!("#!/bin/sh\n{body}\n"));
+        self.rename_into_place(&new)
+    }
+
+    /// Puts a copy of the real binary beside the path, where a script put there by
+    /// [`BinaryCopy::replace_with_script`] can run it, and returns its path.
+    #[track_caller]
+    pub fn real_binary(&self) -> PathBuf {
+        let real = self.dir.join("real");
+        copy_executable(&binary(&self.package), &real);
+        real
+    }
+
+    /// Puts a build at the path that listens on one more port, `extra`: a script that runs
+    /// a copy of the real binary with the master's arguments and `--port 0,EXTRA` (the
+    /// last `--port` wins), so that a new worker asks for the master's port, then `extra`.
+    #[track_caller]
+    pub fn with_port(&self, extra: u16) -> u64 {
+        let real = self.real_binary();
+        self.replace_with_script(&format!(
+            "exec '{}' \"$@\" --port 0,{extra}",
+            real.display()
+        ))
+    }
+
+    /// Renames `new` over the path, as a build does, and returns the new file's inode.
+    #[track_caller]
+    fn rename_into_place(&self, new: &Path) -> u64 {
+        std::fs::rename(new, &self.path)
+            .unwrap_or_else(|e| panic!("rename {} to {}: {e}", new.display(), self.path.display()));
+        inode(&self.path)
+    }
+
+    /// Starts the program at the path as [`Chapter::start_cluster`] starts the package's
+    /// binary.
+    #[track_caller]
+    pub fn start_cluster(
+        &self,
+        workers: usize,
+        extra: &[&str],
+    ) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
+        let name = format!("{} (a copy)", self.package);
+        Chapter::cluster(&name, &self.path, workers, extra)
+    }
+}
+
+impl Drop for BinaryCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Running a chapter
 // ---------------------------------------------------------------------------------------
@@ -315,11 +422,11 @@ pub struct Chapter {
     status: Option<ExitStatus>,
 }
 
-/// The command that runs `package`'s binary as a master with `args`: without the worker
-/// variables, whatever the test's own environment holds, the binary is a master.
-#[track_caller]
-fn master_command(package: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(binary(package));
+/// The command that runs `program` (a chapter's binary, or a copy of it) as a master with
+/// `args`: without the worker variables, whatever the test's own environment holds, the
+/// binary is a master.
+fn master_command(program: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
     command
         .args(args)
         .env_remove(ch01_random_port_fork::spawn::WORKER_ID_VAR)
@@ -332,7 +439,7 @@ impl Chapter {
     /// (its workers join it).
     #[track_caller]
     pub fn start(package: &str, args: &[&str]) -> Chapter {
-        Chapter::spawn(package, master_command(package, args))
+        Chapter::spawn(package, master_command(&binary(package), args))
     }
 
     /// Starts `package`'s binary as worker 1 with `args`, the test playing its master:
@@ -370,7 +477,7 @@ impl Chapter {
     /// the limit.
     #[track_caller]
     pub fn start_limited(package: &str, args: &[&str], max_fds: u64) -> Chapter {
-        let mut command = master_command(package, args);
+        let mut command = master_command(&binary(package), args);
         // SAFETY: runs in the child between fork and exec; setrlimit is async-signal-safe
         // and the closure allocates nothing.
         unsafe {
@@ -411,7 +518,7 @@ impl Chapter {
     /// runs, gets no such help.
     #[track_caller]
     pub fn start_in_session(package: &str, args: &[&str]) -> Chapter {
-        let mut command = master_command(package, args);
+        let mut command = master_command(&binary(package), args);
         // SAFETY: runs in the child between fork and exec; setsid is async-signal-safe and
         // the closure allocates nothing. The child is no group leader yet (spawn_in below
         // skips process_group for it), so setsid succeeds.
@@ -576,10 +683,20 @@ impl Chapter {
         workers: usize,
         extra: &[&str],
     ) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
+        Chapter::cluster(package, &binary(package), workers, extra)
+    }
+
+    #[track_caller]
+    fn cluster(
+        name: &str,
+        program: &Path,
+        workers: usize,
+        extra: &[&str],
+    ) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
         let n = workers.to_string();
         let mut args = vec!["--port", "0", "--workers", n.as_str()];
         args.extend_from_slice(extra);
-        let master = Chapter::start(package, &args);
+        let master = Chapter::spawn(name, master_command(program, &args));
         let addr = master.wait_master_ready();
         let forked = master.wait_forked(workers);
         (master, addr, forked)

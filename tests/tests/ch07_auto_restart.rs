@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chapter_tests::*;
@@ -559,69 +560,14 @@ fn a_port_held_by_another_program_ends_the_start_at_once_with_one_error_line() {
     refused_at_start(CH07, &format!("0,{busy}"), busy);
 }
 
-/// Chapter 7's binary copied into a directory of its own: a worker started later runs
-/// what is at that path then, as after a rebuild. The directory is removed on drop.
-struct Copy {
-    dir: std::path::PathBuf,
-    path: std::path::PathBuf,
-}
-
-impl Copy {
-    fn new(test: &str) -> Copy {
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("ch07-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a directory for the copy");
-        let path = dir.join(CH07);
-        copy_executable(&binary(CH07), &path);
-        Copy { dir, path }
-    }
-
-    /// Starts the copy as in [`Chapter::start_cluster`].
-    #[track_caller]
-    fn start(&self, workers: usize) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
-        let mut command = std::process::Command::new(&self.path);
-        command
-            .args(["--port", "0", "--workers", &workers.to_string()])
-            .env_remove(ch01_random_port_fork::spawn::WORKER_ID_VAR)
-            .env_remove(ch02_ipc_messaging::worker::CHANNEL_FD_VAR);
-        let master = Chapter::from_command(&format!("{CH07} (a copy)"), command);
-        let addr = master.wait_master_ready();
-        let forked = master.wait_forked(workers);
-        (master, addr, forked)
-    }
-
-    /// A rebuild that listens on one more port, `extra`: a script (written from a child
-    /// process, see `copy_executable`), renamed over the path, that runs the binary kept
-    /// beside it with `--port 0,EXTRA` after the master's own arguments (the last `--port`
-    /// wins).
-    fn with_port(&self, extra: u16) {
-        let real = self.dir.join("real");
-        std::fs::rename(&self.path, &real).expect("keep the binary");
-        let new = self.dir.join("new");
-        let script = format!(
-            "#!/bin/sh\nexec '{}' \"$@\" --port 0,{extra}\n",
-            real.display()
-        );
-        write_script(&new, &script);
-        std::fs::rename(&new, &self.path).expect("rename the script into place");
-    }
-}
-
-impl Drop for Copy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// A worker killed after a rebuild whose program listens on one more port, one another
 /// program holds: its replacement's `queryServer` for it fails in the master. Said once;
 /// the replacement leaves without serving, and its slot is given up at once rather than
 /// restarted (every new worker would ask again); the other worker serves on.
 #[test]
 fn a_replacement_that_asks_for_a_busy_port_gives_its_slot_up_once() {
-    let copy = Copy::new("busy-port");
-    let (mut master, addr, forked) = copy.start(2);
+    let copy = BinaryCopy::new(CH07, Path::new(env!("CARGO_TARGET_TMPDIR")), "busy-port");
+    let (mut master, addr, forked) = copy.start_cluster(2, &[]);
     let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
     let busy = other.local_addr().expect("its address").port();
     copy.with_port(busy);

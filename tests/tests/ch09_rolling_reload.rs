@@ -7,9 +7,8 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use chapter_tests::*;
 use nix::sys::signal::{kill, killpg, Signal};
@@ -142,67 +141,29 @@ fn wait_drained(master: &Chapter, old: &[(u32, u32)]) {
 // A copy of the binary to rebuild
 // ---------------------------------------------------------------------------------------
 
-/// The chapter's binary copied into a directory of its own, so that a test can replace it
-/// as `cargo build` does: a new file at the same path, with a new inode. Processes already
-/// running keep the old file; the next `exec` of the path gets the new one. The directory
-/// is removed on drop.
-struct Install {
-    dir: PathBuf,
-    path: PathBuf,
+/// The chapter's binary copied to be rebuilt (see [`BinaryCopy`]), with the builds the
+/// reload tests need beside the harness's.
+struct Install(BinaryCopy);
+
+impl std::ops::Deref for Install {
+    type Target = BinaryCopy;
+
+    fn deref(&self) -> &BinaryCopy {
+        &self.0
+    }
 }
 
 impl Install {
     fn new(test: &str) -> Install {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("ch09-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a directory for the copy");
-        let install = Install {
-            path: dir.join(CH09),
-            dir,
-        };
-        install.rebuild();
-        install
-    }
-
-    /// Puts a fresh copy of the real binary at the path, and returns its inode.
-    fn rebuild(&self) -> u64 {
-        self.replace(&binary(CH09))
-    }
-
-    /// Puts a shell script at the path: a build that is broken in the way `body` says.
-    fn break_with(&self, body: &str) -> u64 {
-        let script = self.dir.join("script");
-        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).expect("write the script");
-        self.replace(&script)
-    }
-
-    /// Copies `from` beside the path and renames it over the path, as a build does.
-    fn replace(&self, from: &Path) -> u64 {
-        let new = self.dir.join("new");
-        copy_executable(from, &new);
-        std::fs::rename(&new, &self.path).expect("rename the new build into place");
-        inode(&self.path)
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        Install(BinaryCopy::new(CH09, tmp, test))
     }
 
     /// Puts a build that takes 0.3 s to start at the path: a script that waits, then runs
     /// a copy of the real binary. A reload of it is still under way when a test acts.
     fn slow_build(&self) -> u64 {
-        let real = self.dir.join("real");
-        copy_executable(&binary(CH09), &real);
-        self.break_with(&format!("sleep 0.3; exec '{}' \"$@\"", real.display()))
-    }
-
-    /// Puts a build at the path that listens on one more port, `extra`: a script that runs
-    /// a copy of the real binary with the master's arguments and `--port 0,EXTRA` (the
-    /// last `--port` wins), so that a new worker asks for the master's port, then `extra`.
-    fn with_port(&self, extra: u16) -> u64 {
-        let real = self.dir.join("real");
-        copy_executable(&binary(CH09), &real);
-        self.break_with(&format!(
-            "exec '{}' \"$@\" --port 0,{extra}",
-            real.display()
-        ))
+        let real = self.real_binary();
+        self.replace_with_script(&format!("sleep 0.3; exec '{}' \"$@\"", real.display()))
     }
 
     /// Puts a build at the path that waits at a gate before it starts: a script that
@@ -210,14 +171,13 @@ impl Install {
     /// pipe, then runs a copy of the real binary. A worker forked from it serves only once
     /// the test calls [`Install::open_gate`].
     fn gated_build(&self) -> u64 {
-        let real = self.dir.join("real");
-        copy_executable(&binary(CH09), &real);
+        let real = self.real_binary();
         let gate = self.gate();
         if !gate.exists() {
             nix::unistd::mkfifo(&gate, Mode::S_IRUSR | Mode::S_IWUSR).expect("mkfifo");
         }
         let _ = std::fs::remove_file(self.waiting());
-        self.break_with(&format!(
+        self.replace_with_script(&format!(
             ": > '{}'; read line < '{}'; exec '{}' \"$@\"",
             self.waiting().display(),
             gate.display(),
@@ -268,36 +228,6 @@ impl Install {
             .write_all(b"go\n")
             .expect("write to the gate");
     }
-
-    /// Starts the installed program as in [`Chapter::start_cluster`].
-    #[track_caller]
-    fn start(&self, workers: usize, extra: &[&str]) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
-        let mut command = Command::new(&self.path);
-        command
-            .args(["--port", "0", "--workers", &workers.to_string()])
-            .args(extra)
-            .env_remove(ch01_random_port_fork::spawn::WORKER_ID_VAR)
-            .env_remove(ch02_ipc_messaging::worker::CHANNEL_FD_VAR);
-        let master = Chapter::from_command(&format!("{CH09} (a copy)"), command);
-        let addr = master.wait_master_ready();
-        let forked = master.wait_forked(workers);
-        (master, addr, forked)
-    }
-}
-
-impl Drop for Install {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The inode of the file at `path` (for `/proc/PID/exe`: of the program the process runs,
-/// even once it is deleted).
-#[track_caller]
-fn inode(path: &Path) -> u64 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
-        .ino()
 }
 
 /// What process `pid` runs: the path `/proc/PID/exe` names, and that file's inode.
@@ -425,7 +355,7 @@ fn a_new_worker_that_dies_at_start_stops_the_reload_and_every_old_worker_serves_
 fn new_workers_run_the_rebuilt_binary_and_old_ones_the_one_they_started_with() {
     let install = Install::new("rebuilt");
     let first = inode(&install.path);
-    let (master, addr, old) = install.start(2, &[]);
+    let (master, addr, old) = install.start_cluster(2, &[]);
     for (_, pid) in &old {
         assert_eq!(running(*pid).1, first, "the workers run the installed file");
     }
@@ -459,12 +389,12 @@ fn new_workers_run_the_rebuilt_binary_and_old_ones_the_one_they_started_with() {
 fn a_broken_build_stops_the_reload_and_a_fixed_one_goes_through() {
     let install = Install::new("broken");
     // 3 s: long enough for the good build at the end to serve on a busy machine.
-    let (master, addr, old) = install.start(2, &["--listen-timeout", "3"]);
+    let (master, addr, old) = install.start_cluster(2, &["--listen-timeout", "3"]);
     let load = SteadyLoad::start(addr);
     load.wait_for_more(20);
 
     // A build that exits as it starts.
-    install.break_with("echo 'this build is broken' >&2; exit 3");
+    install.replace_with_script("echo 'this build is broken' >&2; exit 3");
     master.signal(Signal::SIGUSR2);
     let stopped = master.wait_for("reload stopped", TIMEOUT);
     assert!(
@@ -474,7 +404,7 @@ fn a_broken_build_stops_the_reload_and_a_fixed_one_goes_through() {
     );
 
     // A build that starts and never asks for its port.
-    install.break_with("exec sleep 60");
+    install.replace_with_script("exec sleep 60");
     master.signal(Signal::SIGUSR2);
     let stopped = master.wait_for_n("reload stopped", 2, TIMEOUT)[1].clone();
     let (silent, silent_pid) = master.wait_forked(4)[3];
@@ -510,7 +440,7 @@ fn a_broken_build_stops_the_reload_and_a_fixed_one_goes_through() {
 #[test]
 fn two_sigusr2_in_a_row_make_two_reloads_one_after_the_other() {
     let install = Install::new("twice");
-    let (master, addr, first) = install.start(2, &[]);
+    let (master, addr, first) = install.start_cluster(2, &[]);
     let load = SteadyLoad::start(addr);
     load.wait_for_more(20);
     install.slow_build();
@@ -555,7 +485,7 @@ fn two_sigusr2_in_a_row_make_two_reloads_one_after_the_other() {
 #[test]
 fn workers_killed_during_a_reload_are_replaced_once() {
     let install = Install::new("killed");
-    let (master, addr, old) = install.start(3, &[]);
+    let (master, addr, old) = install.start_cluster(3, &[]);
     let load = SteadyLoad::start(addr);
     load.wait_for_more(20);
     install.slow_build();
@@ -601,7 +531,7 @@ fn workers_killed_during_a_reload_are_replaced_once() {
 #[test]
 fn sigterm_during_a_reload_stops_every_worker() {
     let install = Install::new("sigterm");
-    let (mut master, _, _) = install.start(2, &[]);
+    let (mut master, _, _) = install.start_cluster(2, &[]);
     install.slow_build();
     master.signal(Signal::SIGUSR2);
     master.wait_forked(3);
@@ -652,7 +582,7 @@ fn a_reload_goes_as_far_as_it_can_at_each_event() {
         "--listen-timeout",
         "60",
     ];
-    let (master, addr, old) = install.start(2, &args);
+    let (master, addr, old) = install.start_cluster(2, &args);
     let [(id1, pid1), (id2, pid2)] = old[..] else {
         panic!("two workers: {old:?}")
     };
@@ -701,7 +631,7 @@ fn a_reload_goes_as_far_as_it_can_at_each_event() {
 #[test]
 fn a_fork_that_fails_mid_reload_stops_it_and_the_old_worker_serves_on() {
     let install = Install::new("no-fork");
-    let (master, addr, old) = install.start(2, &["--listen-timeout", "60"]);
+    let (master, addr, old) = install.start_cluster(2, &["--listen-timeout", "60"]);
     install.gated_build();
     master.signal(Signal::SIGUSR2);
     let new1 = master.wait_forked(3)[2];
@@ -770,7 +700,7 @@ fn a_port_held_by_another_program_ends_the_start_at_once_with_one_error_line() {
 #[test]
 fn a_reload_whose_new_worker_asks_for_a_busy_port_stops_and_the_old_workers_serve_on() {
     let install = Install::new("busy-port");
-    let (master, addr, old) = install.start(2, &[]);
+    let (master, addr, old) = install.start_cluster(2, &[]);
     let load = SteadyLoad::start(addr);
     load.wait_for_more(20);
     let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
