@@ -35,7 +35,8 @@ pub struct Exercise {
 
 /// One `cargo test` command.
 pub struct TestRun {
-    /// The package: `chapter-tests` (black-box tests) or `shared` (its unit tests).
+    /// The package: `chapter-tests` (black-box tests), or `shared` or a chapter's (its
+    /// library's unit tests).
     pub package: &'static str,
     pub target: Target,
     /// libtest filters: a test runs if its name contains any of them; none runs all.
@@ -61,8 +62,14 @@ const fn black_box(file: &'static str, filters: &'static [&'static str]) -> Test
 
 /// The unit tests of the `shared` crate whose names contain `filter` (a module path).
 const fn shared_unit(filter: &'static [&'static str]) -> TestRun {
+    lib_unit("shared", filter)
+}
+
+/// The unit tests of `package`'s library (a chapter's) whose names contain `filter` (a
+/// module path).
+const fn lib_unit(package: &'static str, filter: &'static [&'static str]) -> TestRun {
     TestRun {
-        package: "shared",
+        package,
         target: Target::Lib,
         filters: filter,
     }
@@ -141,7 +148,7 @@ pub const EXERCISES: &[Exercise] = &[
     Exercise {
         name: "ch01-percent",
         chapter: "ch01-random-port-fork",
-        file: "shared/src/args.rs",
+        file: "chapters/ch01-random-port-fork/src/workers.rs",
         function: "workers_for_share",
         anchor: "solution_ch01_percent",
         about: "turn `--workers 50%` into a number of workers, from the number of CPUs",
@@ -152,12 +159,13 @@ pub const EXERCISES: &[Exercise] = &[
             "Round to the nearest whole worker (1.5 is 2, 1.2 is 1), and never return fewer \
              than 1: `--workers 10%` on a small machine still starts one worker. Integer \
              division rounds down, so compute with floating point.",
-            "The unit test `args::tests::a_share_of_the_cpus` (shared/src/args.rs) lists \
-             the cases. `f64` has a method for each way of rounding, and `usize` one for a \
-             lower bound: which does each case need?",
+            "The unit test `workers::tests::a_share_of_the_cpus` \
+             (chapters/ch01-random-port-fork/src/workers.rs) lists the cases. `f64` has a \
+             method for each way of rounding, and `usize` one for a lower bound: which does \
+             each case need?",
         ],
         tests: &[
-            shared_unit(&["args::"]),
+            lib_unit("ch01-random-port-fork", &["workers::"]),
             black_box("ch01_random_port_fork", &["workers_as_a_share_of_the_cpus"]),
         ],
     },
@@ -840,13 +848,16 @@ mod tests {
             ]
         );
         let unit = &find("ch01-percent").unwrap().tests[0];
-        assert_eq!(unit.command(), "cargo test -p shared --lib -- args::");
-        assert_eq!(unit.label(), "shared");
-        assert!(unit.selects("args::tests::a_share_of_the_cpus"));
+        assert_eq!(
+            unit.command(),
+            "cargo test -p ch01-random-port-fork --lib -- workers::"
+        );
+        assert_eq!(unit.label(), "ch01-random-port-fork");
+        assert!(unit.selects("workers::tests::a_share_of_the_cpus"));
         assert!(!unit.selects("channel::tests::closed_and_too_large"));
         assert!(find("ch01-percent")
             .unwrap()
-            .run_labelled("shared")
+            .run_labelled("ch01-random-port-fork")
             .is_some());
     }
 }

@@ -1,360 +1,92 @@
-//! Command-line arguments shared by every chapter binary.
+//! The options every chapter's command line shares, as clap `Args` for a chapter's
+//! `Options` to flatten (`#[command(flatten)]`): where to listen, and how long a silent
+//! connection may stay. Plus [`Seconds`] and [`Switch`], value types for the options of a
+//! chapter's own, and [`refuse`], for options that must agree with each other.
 //!
-//! Explained in chapter 1. Every chapter takes `--host`, `--port`, `--workers` and
-//! `--idle-timeout`, and may add options of its own. Workers are started by re-running the
-//! same binary with the same arguments (chapter 1's `spawn`), so a worker parses exactly
-//! what its master parsed.
+//! Each chapter declares its whole command line in its `main.rs`; an option that a
+//! chapter teaches is declared in that chapter's crate (`--workers` in chapter 1's, the
+//! keeper's options in chapter 7's). Workers are started by re-running the same binary
+//! with the same arguments, so a worker parses exactly what its master parsed.
 //!
-//! We parse by hand rather than pull in a parser crate: the whole grammar is
-//! `--name value` or `--name=value`, and a learner can read all of it here.
+//! Every option that takes a number says `allow_negative_numbers`: `--port -1` is then a
+//! bad port, refused in words that name `--port`, rather than an unknown flag `-1`.
+//! Every chapter's command says `args_override_self`: a later `--port` replaces an earlier
+//! one, as with any hand-written parser, instead of being an error.
 
 use std::fmt::Display;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// The most workers a chapter will start. Enough for any classroom machine, and a typo
-/// such as `--workers 10000` is refused instead of forking until the machine gives out.
-pub const MAX_WORKERS: usize = 128;
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, ValueEnum};
 
-/// A check of the whole command line, once every option has parsed.
-type Check = fn(&Args) -> Result<(), String>;
-
-/// A chapter's command line: the common options and the chapter's own.
-pub struct Cli {
-    name: &'static str,
-    about: &'static str,
-    default_port: u16,
-    many_ports: bool,
-    /// Why `--workers` is refused, for a program that has no workers (chapter 0).
-    no_workers: Option<&'static str>,
-    extra: Vec<Opt>,
-    checks: Vec<Check>,
-}
-
-struct Opt {
-    name: &'static str,
-    value: &'static str,
-    help: &'static str,
-    default: &'static str,
-    /// Whether a value parses as the option's type: checked when the command line is
-    /// read, before anything is forked.
-    valid: fn(&str) -> Result<(), String>,
-}
-
-/// What the user asked for.
-#[derive(Debug, Clone)]
-pub struct Args {
-    /// Address to listen on (default 127.0.0.1: a classroom server is not public).
+/// `--host`, `--port` (8000 unless given) and `--idle-timeout`: a program that listens on
+/// one port.
+#[derive(Args, Debug, Clone)]
+pub struct Listen {
+    /// Address to listen on (a classroom server is not public)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
     pub host: IpAddr,
-    /// Port to listen on; 0 lets the kernel pick a free one. The first of [`Args::ports`].
+    /// Port to listen on; 0 picks a free port
+    #[arg(long, value_name = "PORT", default_value_t = 8000)]
+    #[arg(allow_negative_numbers = true)]
     pub port: u16,
-    ports: Vec<u16>,
-    /// How many workers to start (default: one per CPU, like `os.cpus().length`).
-    pub workers: usize,
-    /// How long a connection may stay silent before the worker drops it.
+    /// Drop a connection that sends nothing for this long, in seconds (at most a day)
+    #[arg(long, value_name = "SECS", default_value = "10")]
+    #[arg(value_parser = idle_timeout, allow_negative_numbers = true)]
     pub idle_timeout: Duration,
-    extra: Vec<(&'static str, String)>,
 }
 
-impl Cli {
-    /// A command line for the binary `name`, described by `about` in `--help`.
-    pub fn new(name: &'static str, about: &'static str) -> Cli {
-        Cli {
-            name,
-            about,
-            default_port: 8000,
-            many_ports: false,
-            no_workers: None,
-            extra: Vec::new(),
-            checks: Vec::new(),
-        }
-    }
-
-    /// The port used when `--port` is not given (8000 unless a chapter says otherwise).
-    pub fn default_port(mut self, port: u16) -> Cli {
-        self.default_port = port;
-        self
-    }
-
-    /// Lets `--port` take a list, `--port 8000,8001` (chapter 6: every worker asks the
-    /// master for each port), read back with [`Args::ports`].
-    pub fn many_ports(mut self) -> Cli {
-        self.many_ports = true;
-        self
-    }
-
-    /// For a program with no workers (chapter 0): `--workers` is left out of the help, and
-    /// refused with the other argument errors, saying `why`.
-    pub fn without_workers(mut self, why: &'static str) -> Cli {
-        self.no_workers = Some(why);
-        self
-    }
-
-    /// Adds a chapter-specific option `--name VALUE` whose value must parse as a `T`,
-    /// read back with [`Args::get`]. A value that does not parse is refused with the
-    /// other argument errors, before any worker is forked.
-    pub fn option<T>(
-        mut self,
-        name: &'static str,
-        value: &'static str,
-        help: &'static str,
-        default: &'static str,
-    ) -> Cli
-    where
-        T: FromStr,
-        T::Err: Display,
-    {
-        self.extra.push(Opt {
-            name,
-            value,
-            help,
-            default,
-            valid: |text| text.parse::<T>().map(drop).map_err(|e| e.to_string()),
-        });
-        self
-    }
-
-    /// Adds a chapter-specific `--name on|off` (off by default), read back with
-    /// [`Args::is_on`].
-    pub fn switch(mut self, name: &'static str, help: &'static str) -> Cli {
-        self.extra.push(Opt {
-            name,
-            value: "on|off",
-            help,
-            default: "off",
-            // "--fast expects on|off, not 'yes'" says it all: no reason after it.
-            valid: |text| text.parse::<Switch>().map(drop).map_err(|_| String::new()),
-        });
-        self
-    }
-
-    /// Adds a check of the whole command line, run after every option has parsed: for
-    /// options that must agree with each other (chapter 6's `--weights` and `--workers`).
-    pub fn check(mut self, check: Check) -> Cli {
-        self.checks.push(check);
-        self
-    }
-
-    /// Parses the process's arguments. Prints help and exits 0 on `--help`; prints what is
-    /// wrong and exits 2 on a bad argument.
-    pub fn parse(self) -> Args {
-        let words: Vec<String> = std::env::args().skip(1).collect();
-        match self.parse_from(&words) {
-            Ok(Some(args)) => args,
-            Ok(None) => {
-                print!("{}", self.usage());
-                let _ = std::io::Write::flush(&mut std::io::stdout());
-                std::process::exit(0);
-            }
-            Err(message) => {
-                eprintln!(
-                    "{}: {message}\n\n{}",
-                    self.name,
-                    self.usage().lines().next().unwrap_or_default()
-                );
-                eprintln!("Run with --help to see every option.");
-                std::process::exit(2);
-            }
-        }
-    }
-
-    /// Parses `words`; `Ok(None)` means `--help` was asked for.
-    fn parse_from(&self, words: &[String]) -> Result<Option<Args>, String> {
-        let mut args = Args {
-            host: IpAddr::from([127, 0, 0, 1]),
-            port: self.default_port,
-            ports: vec![self.default_port],
-            workers: num_cpus::get().min(MAX_WORKERS),
-            idle_timeout: Duration::from_secs(10),
-            extra: self
-                .extra
-                .iter()
-                .map(|o| (o.name, o.default.into()))
-                .collect(),
-        };
-        let mut rest = words.iter();
-        while let Some(word) = rest.next() {
-            if word == "--help" || word == "-h" {
-                return Ok(None);
-            }
-            let (name, inline) = match word.split_once('=') {
-                Some((name, value)) => (name, Some(value.to_string())),
-                None => (word.as_str(), None),
-            };
-            let known = ["--host", "--port", "--workers", "--idle-timeout"].contains(&name)
-                || self.extra.iter().any(|o| o.name == name);
-            if !known {
-                return Err(format!("unknown argument '{word}'"));
-            }
-            if let (Some(why), "--workers") = (self.no_workers, name) {
-                return Err(format!("--workers does not apply here: {why}"));
-            }
-            let value = match inline.or_else(|| rest.next().cloned()) {
-                Some(value) => value,
-                None => return Err(format!("{name} needs a value")),
-            };
-            match name {
-                "--host" => args.host = parse(name, &value, "an IP address like 127.0.0.1")?,
-                "--port" => {
-                    args.ports = match self.many_ports {
-                        true => value
-                            .split(',')
-                            .map(|p| parse(name, p, "ports from 0 to 65535, like 8000,8001"))
-                            .collect::<Result<_, _>>()?,
-                        false => vec![parse(name, &value, "a port from 0 to 65535")?],
-                    };
-                    args.port = args.ports[0];
-                }
-                "--workers" => args.workers = parse_workers(&value)?,
-                "--idle-timeout" => {
-                    let expected = "a number of seconds up to 86400, like 10 or 0.5";
-                    let Seconds(timeout) = parse(name, &value, expected)?;
-                    if timeout.is_zero() {
-                        return Err(format!("--idle-timeout must be above 0, not '{value}'"));
-                    }
-                    args.idle_timeout = timeout;
-                }
-                _ => {
-                    if let Some(opt) = self.extra.iter().find(|o| o.name == name) {
-                        (opt.valid)(&value).map_err(|why| match why.is_empty() {
-                            true => format!("{name} expects {}, not '{value}'", opt.value),
-                            false => format!("{name} expects {}, not '{value}': {why}", opt.value),
-                        })?;
-                    }
-                    for (extra, slot) in args.extra.iter_mut() {
-                        if *extra == name {
-                            *slot = value.clone();
-                        }
-                    }
-                }
-            }
-        }
-        for check in &self.checks {
-            check(&args)?;
-        }
-        Ok(Some(args))
-    }
-
-    fn usage(&self) -> String {
-        let port = match self.many_ports {
-            false => "PORT",
-            true => "PORT[,PORT]",
-        };
-        let workers = match self.no_workers {
-            None => " [--workers N]",
-            Some(_) => "",
-        };
-        let mut text = format!(
-            "Usage: {} [--host ADDR] [--port {port}]{workers} [--idle-timeout SECS]",
-            self.name
-        );
-        for o in &self.extra {
-            text += &format!(" [{} {}]", o.name, o.value);
-        }
-        text += &format!("\n\n{}\n\nOptions:\n", self.about);
-        let port = match self.default_port {
-            0 => "0: every worker picks a free port".to_string(),
-            p => format!("{p}; 0 picks a free port"),
-        };
-        let mut rows = vec![
-            (
-                "--host ADDR".to_string(),
-                "address to listen on (default 127.0.0.1)".to_string(),
-            ),
-            match self.many_ports {
-                false => (
-                    "--port PORT".into(),
-                    format!("port to listen on (default {port})"),
-                ),
-                true => (
-                    "--port PORT[,PORT]".into(),
-                    format!("port(s) to listen on, like 8000,8001 (default {port})"),
-                ),
-            },
-            (
-                "--idle-timeout SECS".into(),
-                "drop a connection that sends nothing for this long (default 10)".into(),
-            ),
-        ];
-        if self.no_workers.is_none() {
-            let help = format!(
-                "how many workers, at most {MAX_WORKERS}, or a share of the CPUs like 50% \
-                 (default {}, one per CPU)",
-                num_cpus::get().min(MAX_WORKERS)
-            );
-            rows.insert(2, ("--workers N".into(), help));
-        }
-        for o in &self.extra {
-            // An option whose absence means "none" says so in its help instead.
-            let help = match o.default {
-                "" => o.help.to_string(),
-                default => format!("{} (default {default})", o.help),
-            };
-            rows.push((format!("{} {}", o.name, o.value), help));
-        }
-        for (flag, help) in rows {
-            // A flag too long for its column gets its help on the next line.
-            match flag.len() < 23 {
-                true => text += &format!("  {flag:<22} {help}\n"),
-                false => text += &format!("  {flag}\n  {:<22} {help}\n", ""),
-            }
-        }
-        text + "  --help                 print this help\n"
-    }
+/// [`Listen`] for chapters 1 and 2, where every worker listens on a port of its own: with
+/// `--port 0`, the default, each picks a free one.
+#[derive(Args, Debug, Clone)]
+pub struct ListenRandom {
+    /// Address to listen on (a classroom server is not public)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on; 0: every worker picks a free port
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    #[arg(allow_negative_numbers = true)]
+    pub port: u16,
+    /// Drop a connection that sends nothing for this long, in seconds (at most a day)
+    #[arg(long, value_name = "SECS", default_value = "10")]
+    #[arg(value_parser = idle_timeout, allow_negative_numbers = true)]
+    pub idle_timeout: Duration,
 }
 
-impl Args {
-    /// Every port given with `--port` (one, unless the chapter allows [`Cli::many_ports`]).
-    pub fn ports(&self) -> &[u16] {
-        &self.ports
-    }
-
-    /// The value of a chapter-specific option declared with [`Cli::option`].
-    ///
-    /// The value was checked when the command line was parsed; asking for it as another
-    /// type than the one declared is a bug in the chapter, and panics saying so.
-    pub fn get<T: FromStr>(&self, name: &str) -> T {
-        let value = self
-            .extra
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_else(|| panic!("option {name} was never declared with Cli::option"));
-        match value.parse() {
-            Ok(v) => v,
-            Err(_) => panic!("option {name} was declared with another type than asked for"),
-        }
-    }
-
-    /// Whether a `--name on|off` option declared with [`Cli::switch`] is on.
-    pub fn is_on(&self, name: &str) -> bool {
-        self.get::<Switch>(name) == Switch::On
-    }
+/// [`Listen`] for chapters 6 to 9, where `--port 8000,8001` makes every worker ask the
+/// master for each port.
+#[derive(Args, Debug, Clone)]
+pub struct ListenMany {
+    /// Address to listen on (a classroom server is not public)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port(s) to listen on, like 8000,8001; 0 picks a free port
+    // A later `--port` replaces an earlier one, as for every other option.
+    #[arg(long = "port", value_name = "PORT[,PORT]", default_value = "8000")]
+    #[arg(
+        value_delimiter = ',',
+        overrides_with = "ports",
+        allow_negative_numbers = true
+    )]
+    pub ports: Vec<u16>,
+    /// Drop a connection that sends nothing for this long, in seconds (at most a day)
+    #[arg(long, value_name = "SECS", default_value = "10")]
+    #[arg(value_parser = idle_timeout, allow_negative_numbers = true)]
+    pub idle_timeout: Duration,
 }
 
-/// The value of an `on|off` option: nothing else is accepted, so `--exclusive maybe` is
-/// an error rather than a silent "off".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Switch {
-    On,
-    Off,
-}
-
-impl FromStr for Switch {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Switch, String> {
-        match text {
-            "on" => Ok(Switch::On),
-            "off" => Ok(Switch::Off),
-            _ => Err("only on or off".into()),
-        }
+/// `--idle-timeout`: some time, or no connection could ever be served.
+fn idle_timeout(text: &str) -> Result<Duration, String> {
+    match seconds(text)? {
+        timeout if timeout.is_zero() => Err("must be above 0".into()),
+        timeout => Ok(timeout),
     }
 }
 
 /// A length of time given in seconds, `5` or `0.25`, as `--idle-timeout` takes it: for the
-/// options of chapters 7 and 8 (`--kill-timeout`, `--min-uptime`, ...). Not negative, and at
+/// options of chapters 7 to 9 (`--kill-timeout`, `--min-uptime`, ...). Not negative, and at
 /// most a day: a typo such as `--kill-timeout 5000000` is refused rather than obeyed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seconds(pub Duration);
@@ -373,125 +105,103 @@ impl FromStr for Seconds {
     }
 }
 
-impl std::fmt::Display for Seconds {
+impl Display for Seconds {
     /// As a learner would type it: `5 s`, `0.25 s`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} s", self.0.as_secs_f64())
     }
 }
 
-fn parse<T: FromStr>(name: &str, value: &str, expected: &str) -> Result<T, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{name} expects {expected}, not '{value}'"))
+/// A [`Seconds`] option's value parser, for a `Duration` field: `value_parser = seconds`.
+/// A chapter's own checks start from it.
+pub fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<Seconds>().map(|Seconds(d)| d)
 }
 
-/// `--workers 4`, or `--workers 50%` for a share of the machine's CPUs.
-fn parse_workers(value: &str) -> Result<usize, String> {
-    let n = match value.strip_suffix('%') {
-        Some(percent) => {
-            let percent: u32 = parse("--workers", percent, "a whole percentage like 50%")?;
-            workers_for_share(percent, num_cpus::get())
-        }
-        None => parse("--workers", value, "a number of workers like 4, or 50%")?,
-    };
-    if n == 0 {
-        return Err(format!(
-            "--workers {value} means no worker at all; ask for 1 or more"
-        ));
-    }
-    if n > MAX_WORKERS {
-        return Err(format!(
-            "--workers {value} means {n} workers; this tutorial starts at most {MAX_WORKERS}"
-        ));
-    }
-    Ok(n)
+/// The value of an `on|off` option, off unless given: nothing else is accepted, so
+/// `--exclusive maybe` is an error rather than a silent "off".
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    On,
+    Off,
 }
 
-/// How many workers `percent`% of `cpus` CPUs is: rounded to the nearest whole worker,
-/// and never fewer than one, so `--workers 10%` on a 2-CPU machine still starts one.
-// ANCHOR: workers_for_share
-pub fn workers_for_share(percent: u32, cpus: usize) -> usize {
-    // ANCHOR: solution_ch01_percent
-    let exact = cpus as f64 * f64::from(percent) / 100.0;
-    (exact.round() as usize).max(1)
-    // ANCHOR_END: solution_ch01_percent
+impl Switch {
+    pub fn is_on(self) -> bool {
+        self == Switch::On
+    }
 }
-// ANCHOR_END: workers_for_share
+
+/// Refuses a command line whose options parsed one by one but disagree with each other
+/// (chapter 6's `--weights` and `--workers`): says `why` as clap says a bad value, with
+/// the usage, and exits 2 before anything is bound or forked.
+pub fn refuse<Options: CommandFactory>(why: impl Display) -> ! {
+    Options::command()
+        .error(ErrorKind::ArgumentConflict, why)
+        .exit()
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
-    fn parse_words(words: &[&str]) -> Result<Option<Args>, String> {
-        let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
-        Cli::new("test", "a test")
-            .option::<f64>("--interval", "SECS", "how often", "1")
-            .switch("--fast", "go fast")
-            .parse_from(&words)
+    #[derive(Parser, Debug)]
+    #[command(name = "test")]
+    struct Many {
+        #[command(flatten)]
+        listen: ListenMany,
+        #[arg(long, default_value = "off")]
+        fast: Switch,
+    }
+
+    fn parse(words: &[&str]) -> Result<Many, String> {
+        let words = ["test"].iter().chain(words);
+        Many::try_parse_from(words).map_err(|e| e.to_string())
     }
 
     #[test]
-    fn reads_common_and_extra_options() {
-        let args = parse_words(&["--port", "0", "--workers=3", "--interval", "2.5"])
-            .unwrap()
-            .unwrap();
-        assert_eq!(args.port, 0);
-        assert_eq!(args.workers, 3);
-        assert_eq!(args.get::<f64>("--interval"), 2.5);
+    fn reads_the_common_options() {
+        let many = parse(&["--port", "8000,8001", "--idle-timeout=0.5"]).unwrap();
+        assert_eq!(many.listen.ports, [8000, 8001]);
+        assert_eq!(many.listen.idle_timeout, Duration::from_millis(500));
+        assert_eq!(many.listen.host, IpAddr::from([127, 0, 0, 1]));
+        assert!(!many.fast.is_on());
+        // The last `--port` wins, as it did before a list was allowed.
+        assert_eq!(
+            parse(&["--port", "1,2", "--port", "3"])
+                .unwrap()
+                .listen
+                .ports,
+            [3]
+        );
     }
 
     #[test]
     fn explains_bad_input() {
-        let err = parse_words(&["--port", "99999"]).unwrap_err();
-        assert!(err.contains("--port expects a port"), "{err}");
-        assert!(parse_words(&["--workers", "0"])
-            .unwrap_err()
-            .contains("no worker"));
-        assert!(parse_words(&["--bogus"])
-            .unwrap_err()
-            .contains("unknown argument"));
-        assert!(parse_words(&["--port"])
-            .unwrap_err()
-            .contains("needs a value"));
-        assert!(parse_words(&["--help"]).unwrap().is_none());
-        assert!(parse_words(&["--workers", "100000"])
-            .unwrap_err()
-            .contains("at most"));
-        assert!(parse_words(&["--interval", "soon"])
-            .unwrap_err()
-            .contains("--interval expects SECS, not 'soon'"));
-        // Said once: no ": only on or off" repeating what "on|off" said.
-        assert_eq!(
-            parse_words(&["--fast", "yes"]).unwrap_err(),
-            "--fast expects on|off, not 'yes'"
-        );
-        let args = parse_words(&["--fast", "on"]).unwrap().unwrap();
-        assert!(args.is_on("--fast"));
+        for (words, expected) in [
+            (
+                &["--port", "99999"][..],
+                "'99999' for '--port <PORT[,PORT]>'",
+            ),
+            (&["--port", "8000,x"], "'x' for '--port"),
+            (&["--port", "-1"], "'-1' for '--port"),
+            (&["--idle-timeout", "0"], "must be above 0"),
+            (&["--idle-timeout", "1e9"], "from 0 to 86400 seconds"),
+            (&["--host", "localhost"], "'localhost' for '--host <ADDR>'"),
+            (&["--fast", "yes"], "'yes' for '--fast <FAST>'"),
+            (&["--bogus"], "'--bogus'"),
+        ] {
+            let err = parse(words).unwrap_err();
+            assert!(err.contains(expected), "{words:?}: {err}");
+        }
     }
 
     #[test]
-    fn the_help_agrees_with_itself() {
-        let usage = Cli::new("test", "a test")
-            .many_ports()
-            .option::<String>("--list", "A,B", "a list; without it, none", "")
-            .usage();
-        let first = usage.lines().next().unwrap();
-        assert!(first.contains("[--port PORT[,PORT]]"), "{usage}");
-        assert!(usage.contains("  --port PORT[,PORT] "), "{usage}");
-        assert!(!usage.contains("(default )"), "{usage}");
-        assert!(usage.contains("  --workers N "), "{usage}");
-    }
-
-    #[test]
-    fn a_program_without_workers_refuses_and_hides_workers() {
-        let cli = Cli::new("test", "a test").without_workers("there is one process");
-        let words: Vec<String> = ["--workers", "2"].iter().map(|w| w.to_string()).collect();
-        assert_eq!(
-            cli.parse_from(&words).unwrap_err(),
-            "--workers does not apply here: there is one process"
-        );
-        assert!(!cli.usage().contains("--workers"), "{}", cli.usage());
+    fn the_help_shows_no_empty_default() {
+        let help = Many::command().render_help().to_string();
+        assert!(help.contains("--port <PORT[,PORT]>"), "{help}");
+        assert!(!help.contains("[default: ]"), "{help}");
     }
 
     #[test]
@@ -504,13 +214,5 @@ mod tests {
         for bad in ["-1", "soon", "NaN", "1e9"] {
             assert!(bad.parse::<Seconds>().is_err(), "{bad} should be refused");
         }
-    }
-
-    #[test]
-    fn a_share_of_the_cpus() {
-        assert_eq!(workers_for_share(50, 8), 4);
-        assert_eq!(workers_for_share(100, 2), 2);
-        assert_eq!(workers_for_share(10, 2), 1);
-        assert_eq!(workers_for_share(150, 4), 6);
     }
 }

@@ -19,11 +19,11 @@ mod stop;
 mod thread;
 
 use std::process::ExitCode;
-
-use std::str::FromStr;
+use std::time::Duration;
 
 use ch00_server_models::server::Server;
-use shared::args::{Args, Cli};
+use clap::{Parser, ValueEnum};
+use shared::args::{self, Listen};
 use shared::log;
 use shared::log::Outcome;
 use shared::net;
@@ -31,56 +31,65 @@ use shared::net;
 /// The most clients `--max-clients` may allow: far beyond what this prologue measures,
 /// and still below Linux's default limit on process ids (`/proc/sys/kernel/pid_max`).
 const MAX_CLIENTS_LIMIT: usize = 30_000;
+/// `--max-clients` when not given.
+const DEFAULT_MAX_CLIENTS: usize = 1000;
 
 // ANCHOR: main
-fn main() -> ExitCode {
-    let args = Cli::new(
-        "ch00-server-models",
-        "Chapter 0: one server, three models: a process per connection, a thread per \
-         connection, or one event loop.\nThere are no workers to count here: --workers is \
-         refused (chapter 1 adds them).",
-    )
-    // Every chapter's command line takes `--workers`, but this one has no workers: say so
-    // rather than accept a number and ignore it.
-    .without_workers(
-        "each model is one server process (use --model; --max-clients caps the connections)",
-    )
-    .option::<Model>(
-        "--model",
-        "MODEL",
-        "process, thread or event: how to serve many clients at once",
-        "event",
-    )
-    .option::<usize>(
-        "--max-clients",
-        "N",
-        "process and thread models only: serve at most N connections at once, up to 30000; \
-         the rest wait in the kernel's accept queue",
-        "1000",
-    )
-    .check(check)
-    .parse();
-    shared::log::exit_code(serve(&args))
+/// Chapter 0: one server, three models: a process per connection, a thread per
+/// connection, or one event loop. There are no workers to count here: --workers is refused
+/// (chapter 1 adds them).
+#[derive(Parser)]
+#[command(name = "ch00-server-models", args_override_self = true)]
+struct Options {
+    #[command(flatten)]
+    listen: Listen,
+    /// How to serve many clients at once: a process or a thread per connection, or one
+    /// event loop
+    #[arg(long, value_enum, value_name = "MODEL", default_value = "event")]
+    model: Model,
+    /// Process and thread models only: serve at most N connections at once, up to 30000 (by
+    /// default 1000); the rest wait in the kernel's accept queue
+    #[arg(long, value_name = "N")]
+    #[arg(value_parser = max_clients, allow_negative_numbers = true)]
+    max_clients: Option<usize>,
+    /// Every later chapter's command line takes `--workers`, but this one has no workers:
+    /// it is refused, saying so, rather than accepted and ignored; and `--help` leaves it
+    /// out.
+    #[arg(long, hide = true)]
+    workers: Option<String>,
 }
 
-fn serve(args: &Args) -> Outcome {
-    let max_clients: usize = args.get("--max-clients");
-    let listener = net::listen(args.host, args.port)?;
+fn main() -> ExitCode {
+    let options = Options::parse();
+    if let Err(why) = check(&options) {
+        args::refuse::<Options>(why);
+    }
+    shared::log::exit_code(serve(&options))
+}
+
+fn serve(options: &Options) -> Outcome {
+    let max_clients = options.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS);
+    let Listen {
+        host,
+        port,
+        idle_timeout,
+    } = options.listen;
+    let listener = net::listen(host, port)?;
     let addr = listener.local_addr()?;
-    match args.get::<Model>("--model") {
+    match options.model {
         Model::Process => {
             log!("listening on http://{addr} (a process per connection, at most {max_clients})");
-            process::serve(listener, max_clients, args.idle_timeout)
+            process::serve(listener, max_clients, idle_timeout)
         }
         Model::Thread => {
             stop::log_then_end_on_signals()?;
             log!("listening on http://{addr} (a thread per connection, at most {max_clients})");
-            thread::serve(listener, max_clients, args.idle_timeout)
+            thread::serve(listener, max_clients, idle_timeout)
         }
         Model::Event => {
             stop::log_then_end_on_signals()?;
             log!("listening on http://{addr} (one thread, one event loop)");
-            event_loop(listener, args)
+            event_loop(listener, idle_timeout)
         }
     }
 }
@@ -89,8 +98,8 @@ fn serve(args: &Args) -> Outcome {
 /// The event model is chapter 1's worker, whole: one thread waits on one `epoll` for any
 /// socket that is ready, and serves it without ever blocking.
 // ANCHOR: event
-fn event_loop(listener: std::net::TcpListener, args: &Args) -> Outcome {
-    let mut server = Server::new(0, args.idle_timeout)?;
+fn event_loop(listener: std::net::TcpListener, idle_timeout: Duration) -> Outcome {
+    let mut server = Server::new(0, idle_timeout)?;
     server.add_listener(listener)?;
     server.run()?;
     Ok(ExitCode::SUCCESS)
@@ -98,47 +107,36 @@ fn event_loop(listener: std::net::TcpListener, args: &Args) -> Outcome {
 // ANCHOR_END: event
 
 /// The three ways to serve many clients.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
 enum Model {
     Process,
     Thread,
     Event,
 }
 
-impl FromStr for Model {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Model, String> {
-        match text {
-            "process" => Ok(Model::Process),
-            "thread" => Ok(Model::Thread),
-            "event" => Ok(Model::Event),
-            _ => Err("process, thread or event".into()),
-        }
+/// `--max-clients`: from 1 to [`MAX_CLIENTS_LIMIT`].
+fn max_clients(text: &str) -> Result<usize, String> {
+    match text.parse() {
+        Ok(n) if (1..=MAX_CLIENTS_LIMIT).contains(&n) => Ok(n),
+        _ => Err(format!("a number of clients from 1 to {MAX_CLIENTS_LIMIT}")),
     }
 }
 
-/// Refuses a cap that is out of range or has no meaning, before anything is bound.
-fn check(args: &Args) -> Result<(), String> {
-    let max_clients: usize = args.get("--max-clients");
-    if args.get::<Model>("--model") == Model::Event && given("--max-clients") {
+/// Refuses what has no meaning here, before anything is bound.
+fn check(options: &Options) -> Result<(), String> {
+    if options.workers.is_some() {
+        return Err(
+            "--workers does not apply here: each model is one server process (use \
+                    --model; --max-clients caps the connections)"
+                .into(),
+        );
+    }
+    if options.model == Model::Event && options.max_clients.is_some() {
         return Err(
             "--max-clients applies to the process and thread models only: the event \
              loop's limit is its file descriptors (ulimit -n)"
                 .into(),
         );
     }
-    if !(1..=MAX_CLIENTS_LIMIT).contains(&max_clients) {
-        return Err(format!(
-            "--max-clients must be from 1 to {MAX_CLIENTS_LIMIT}"
-        ));
-    }
     Ok(())
-}
-
-/// Whether option `name` is on the command line, as `--name VALUE` or `--name=VALUE`.
-fn given(name: &str) -> bool {
-    std::env::args()
-        .skip(1)
-        .any(|word| word == name || word.strip_prefix(name).is_some_and(|r| r.starts_with('=')))
 }

@@ -17,19 +17,19 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode};
 use std::sync::OnceLock;
 
-use shared::args::Args;
 use shared::log;
 use shared::log::Outcome;
 
 /// The environment variable that makes a process a worker, and gives its id (1, 2, ...).
 pub const WORKER_ID_VAR: &str = "CLUSTER_WORKER_ID";
-/// Every chapter's `main`, once its arguments are parsed: run `worker` if this process is
-/// a worker, `master` if not.
+/// Every chapter's `main`, once its options are parsed: run `worker` if this process is
+/// a worker, `master` if not. Both get the chapter's `Options`: a worker parsed the same
+/// command line as its master.
 // ANCHOR: master_or_worker
-pub fn master_or_worker(
-    args: &Args,
-    master: fn(&Args) -> Outcome,
-    worker: fn(u32, &Args) -> Outcome,
+pub fn master_or_worker<Options>(
+    options: &Options,
+    master: fn(&Options) -> Outcome,
+    worker: fn(u32, &Options) -> Outcome,
 ) -> ExitCode {
     // Am I a worker? The same question as Node's `cluster.isPrimary`, asked the same way:
     // is the variable the master sets for its workers in my environment?
@@ -37,9 +37,9 @@ pub fn master_or_worker(
         Ok(Some(id)) => {
             // From here on, this process's log lines say `worker ID`.
             log::speak_as_worker(id);
-            worker(id, args)
+            worker(id, options)
         }
-        Ok(None) => master(args),
+        Ok(None) => master(options),
         Err(why) => {
             eprintln!("{why}");
             return ExitCode::from(2);

@@ -9,28 +9,36 @@ use std::process::ExitCode;
 
 use ch00_server_models::server::Server;
 use ch01_random_port_fork::net::listen_random;
+use ch01_random_port_fork::workers::Workers;
 use ch02_ipc_messaging::channel::Message;
 use ch02_ipc_messaging::cluster::{self, Cluster, Event, Outcome};
 use ch02_ipc_messaging::worker::{self, Messages};
-use shared::args::{Args, Cli};
+use clap::Parser;
+use shared::args::ListenRandom;
 use shared::log;
 
+/// Chapter 2: master and workers exchange messages over a socketpair.
+#[derive(Parser)]
+#[command(name = "ch02-ipc-messaging", args_override_self = true)]
+struct Options {
+    #[command(flatten)]
+    listen: ListenRandom,
+    #[command(flatten)]
+    workers: Workers,
+}
+
 fn main() -> ExitCode {
-    let args = Cli::new(
-        "ch02-ipc-messaging",
-        "Chapter 2: master and workers exchange messages over a socketpair.",
-    )
-    .default_port(0)
-    .parse();
+    let options = Options::parse();
     // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
-    cluster::master_or_worker(&args, master, worker)
+    cluster::master_or_worker(&options, master, worker)
 }
 
 // ANCHOR: master
-fn master(args: &Args) -> Outcome {
-    log!("master started; forking {} workers", args.workers);
+fn master(options: &Options) -> Outcome {
+    let workers = options.workers.count;
+    log!("master started; forking {workers} workers");
     let mut cluster: Cluster = Cluster::new()?;
-    for _ in 0..args.workers {
+    for _ in 0..workers {
         cluster.fork()?;
     }
     loop {
@@ -57,15 +65,16 @@ fn master(args: &Args) -> Outcome {
 // ANCHOR_END: master
 
 // ANCHOR: worker
-fn worker(id: u32, args: &Args) -> Outcome {
+fn worker(id: u32, options: &Options) -> Outcome {
     // The inherited end of the socketpair, whose fd number the master put in
     // CLUSTER_CHANNEL_FD, as Node's child finds NODE_CHANNEL_FD.
     let channel = worker::channel_from_env()?;
-    let listener = listen_random(args.host)?;
+    let listener = listen_random(options.listen.host)?;
     let port = listener.local_addr()?.port();
     log!("listening on http://{}", listener.local_addr()?);
     // The channel joins the same event loop as the HTTP sockets: one thread serves both.
-    let mut server = Server::new(id, args.idle_timeout)?.on_message(channel, on_message)?;
+    let idle_timeout = options.listen.idle_timeout;
+    let mut server = Server::new(id, idle_timeout)?.on_message(channel, on_message)?;
     server.add_listener(listener)?;
     // Like `process.send(`${port} ready`)` in the Node version.
     server.send(&format!("{port} ready"));

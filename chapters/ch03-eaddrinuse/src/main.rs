@@ -9,38 +9,46 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use ch00_server_models::server::Server;
+use ch01_random_port_fork::workers::Workers;
 use ch02_ipc_messaging::cluster::{self, Cluster, Event, Outcome};
 use ch02_ipc_messaging::worker;
 use ch03_eaddrinuse::net;
-use shared::args::{Args, Cli};
+use clap::Parser;
+use shared::args::{Listen, Switch};
 use shared::log;
 
+/// Chapter 3: every worker binds the same port; one wins, the rest get EADDRINUSE.
+#[derive(Parser)]
+#[command(name = "ch03-eaddrinuse", args_override_self = true)]
+struct Options {
+    #[command(flatten)]
+    listen: Listen,
+    #[command(flatten)]
+    workers: Workers,
+    /// Set SO_REUSEPORT so every worker can bind the port (exercise ch03-reuseport)
+    #[arg(long, value_name = "on|off", default_value = "off")]
+    reuseport: Switch,
+}
+
 fn main() -> ExitCode {
-    let args = Cli::new(
-        "ch03-eaddrinuse",
-        "Chapter 3: every worker binds the same port; one wins, the rest get EADDRINUSE.",
-    )
-    .switch(
-        "--reuseport",
-        "set SO_REUSEPORT so every worker can bind the port (exercise ch03-reuseport)",
-    )
-    .parse();
+    let options = Options::parse();
     // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
-    cluster::master_or_worker(&args, master, worker)
+    cluster::master_or_worker(&options, master, worker)
 }
 
 // ANCHOR: master
-fn master(args: &Args) -> Outcome {
+fn master(options: &Options) -> Outcome {
+    let (host, workers) = (options.listen.host, options.workers.count);
     // With --port 0 the master asks the kernel for a free port once and gives that same
     // number to every worker: the clash is the point of this chapter.
-    let port = match args.port {
-        0 => net::listen(args.host, 0)?.local_addr()?.port(),
+    let port = match options.listen.port {
+        0 => net::listen(host, 0)?.local_addr()?.port(),
         port => port,
     };
-    let addr = SocketAddr::new(args.host, port);
+    let addr = SocketAddr::new(host, port);
     log!("master started; every worker will bind {addr}");
     let mut cluster: Cluster = Cluster::new()?;
-    for _ in 0..args.workers {
+    for _ in 0..workers {
         let id = cluster.fork()?;
         cluster.send(id, &format!("listen {addr}"))?;
     }
@@ -69,7 +77,7 @@ fn master(args: &Args) -> Outcome {
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
             _ => {}
         }
-        if answered < args.workers && listening.len() + failed.len() == args.workers {
+        if answered < workers && listening.len() + failed.len() == workers {
             report(&listening, &failed);
         }
     }
@@ -122,7 +130,7 @@ fn report(listening: &[u32], failed: &[(u32, String)]) {
 // ANCHOR_END: report
 
 // ANCHOR: worker
-fn worker(id: u32, args: &Args) -> Outcome {
+fn worker(id: u32, options: &Options) -> Outcome {
     let channel = worker::channel_from_env()?;
     // The first message from the master says where to listen.
     let order = channel.recv()?;
@@ -134,12 +142,12 @@ fn worker(id: u32, args: &Args) -> Outcome {
             "expected 'listen ADDR' from the master, got '{}'",
             order.text
         ))?;
-    let reuse_port = args.is_on("--reuseport");
+    let reuse_port = options.reuseport.is_on();
     match net::listen_with(addr.ip(), addr.port(), reuse_port) {
         Ok(listener) => {
             log!("listening on http://{}", listener.local_addr()?);
             channel.send(&format!("listening {addr}"))?;
-            let mut server = Server::new(id, args.idle_timeout)?;
+            let mut server = Server::new(id, options.listen.idle_timeout)?;
             server.add_listener(listener)?;
             server.run()?;
             Ok(ExitCode::SUCCESS)

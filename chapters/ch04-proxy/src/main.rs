@@ -14,44 +14,51 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use ch00_server_models::server::Server;
+use ch01_random_port_fork::workers::Workers;
 use ch02_ipc_messaging::cluster::{self, Cluster, Event, Outcome};
 use ch02_ipc_messaging::worker;
 use ch02_ipc_messaging::worker::Messages;
 use ch03_eaddrinuse::net;
+use clap::Parser;
 use nix::sys::resource::{getrlimit, Resource};
-use shared::args::{Args, Cli};
+use shared::args::Listen;
 use shared::log;
 
+/// Chapter 4: the master proxies each connection to a worker on a private port.
+#[derive(Parser)]
+#[command(name = "ch04-proxy", args_override_self = true)]
+struct Options {
+    #[command(flatten)]
+    listen: Listen,
+    #[command(flatten)]
+    workers: Workers,
+    /// Proxy at most N client connections at once; refuse more with a 503 (exercise
+    /// ch04-limit); auto: half of ulimit -n, less a margin
+    #[arg(long, value_name = "N|auto", default_value = "auto")]
+    #[arg(allow_negative_numbers = true)]
+    max_connections: MaxConnections,
+}
+
 fn main() -> ExitCode {
-    let args = Cli::new(
-        "ch04-proxy",
-        "Chapter 4: the master proxies each connection to a worker on a private port.",
-    )
-    .option::<MaxConnections>(
-        "--max-connections",
-        "N|auto",
-        "proxy at most N client connections at once; refuse more with a 503 (exercise ch04-limit); \
-         auto: half of ulimit -n, less a margin",
-        "auto",
-    )
-    .parse();
+    let options = Options::parse();
     // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
-    cluster::master_or_worker(&args, master, worker)
+    cluster::master_or_worker(&options, master, worker)
 }
 
 // ANCHOR: master
-fn master(args: &Args) -> Outcome {
-    let listener = net::listen(args.host, args.port)?;
+fn master(options: &Options) -> Outcome {
+    let workers = options.workers.count;
+    let listener = net::listen(options.listen.host, options.listen.port)?;
     let public = listener.local_addr()?;
     let mut cluster: Cluster = Cluster::new()?;
-    for _ in 0..args.workers {
+    for _ in 0..workers {
         cluster.fork()?;
     }
     // The proxy runs on its own thread; this loop keeps its list of workers current.
     let upstreams: proxy::Upstreams = Arc::new(Mutex::new(Vec::new()));
     let mut private: Vec<(u32, SocketAddr)> = Vec::new();
     let for_proxy = upstreams.clone();
-    let max = match args.get::<MaxConnections>("--max-connections") {
+    let max = match options.max_connections {
         MaxConnections::Auto => fd_budget(),
         MaxConnections::At(n) => n,
     };
@@ -78,7 +85,7 @@ fn master(args: &Args) -> Outcome {
                         if let Ok(mut list) = upstreams.lock() {
                             list.push(addr);
                         }
-                        if private.len() == args.workers {
+                        if private.len() == workers {
                             log!(
                                 "listening on http://{public} (the master proxies to {} \
                                  workers)",
@@ -131,14 +138,15 @@ fn fd_budget() -> usize {
 }
 
 // ANCHOR: worker
-fn worker(id: u32, args: &Args) -> Outcome {
+fn worker(id: u32, options: &Options) -> Outcome {
     let channel = worker::channel_from_env()?;
     // Port 0: the kernel picks a free private port; the master learns it over IPC.
-    let listener = net::listen(args.host, 0)?;
+    let listener = net::listen(options.listen.host, 0)?;
     let addr = listener.local_addr()?;
-    let mut server = Server::new(id, args.idle_timeout)?.on_message(channel, |_, message| {
-        log!("message from master: {}", message.text)
-    })?;
+    let mut server = Server::new(id, options.listen.idle_timeout)?
+        .on_message(channel, |_, message| {
+            log!("message from master: {}", message.text)
+        })?;
     server.add_listener(listener)?;
     server.send(&format!("listening {addr}"));
     server.run()?;

@@ -16,45 +16,52 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use ch00_server_models::server::Server;
+use ch01_random_port_fork::workers::Workers;
 use ch02_ipc_messaging::channel::Message;
 use ch02_ipc_messaging::cluster::{self, Cluster, Event, Outcome};
 use ch02_ipc_messaging::worker;
 use ch02_ipc_messaging::worker::Messages;
 use ch03_eaddrinuse::net;
-use shared::args::{Args, Cli};
+use clap::Parser;
+use shared::args::{Listen, Switch};
 use shared::log;
 
+/// Chapter 5: the master sends its listening socket to every worker; workers race to accept.
+#[derive(Parser)]
+#[command(name = "ch05-handle-passing", args_override_self = true)]
+struct Options {
+    #[command(flatten)]
+    listen: Listen,
+    #[command(flatten)]
+    workers: Workers,
+    /// Register the shared socket with EPOLLEXCLUSIVE: wake one worker per connection
+    #[arg(long, value_name = "on|off", default_value = "off")]
+    exclusive: Switch,
+    /// Like cluster's SharedHandle: each worker asks, and the master keeps its socket
+    #[arg(long, value_name = "on|off", default_value = "off")]
+    shared_handle: Switch,
+}
+
 fn main() -> ExitCode {
-    let args = Cli::new(
-        "ch05-handle-passing",
-        "Chapter 5: the master sends its listening socket to every worker; workers race to accept.",
-    )
-    .switch(
-        "--exclusive",
-        "register the shared socket with EPOLLEXCLUSIVE: wake one worker per connection",
-    )
-    .switch(
-        "--shared-handle",
-        "like cluster's SharedHandle: each worker asks, and the master keeps its socket",
-    )
-    .parse();
+    let options = Options::parse();
     // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
-    cluster::master_or_worker(&args, master, worker)
+    cluster::master_or_worker(&options, master, worker)
 }
 
 // ANCHOR: master
-fn master(args: &Args) -> Outcome {
+fn master(options: &Options) -> Outcome {
+    let (listen, workers) = (&options.listen, options.workers.count);
     let mut cluster = Cluster::new()?;
-    for _ in 0..args.workers {
+    for _ in 0..workers {
         cluster.fork()?;
     }
     // The articles' experiment: send the socket to every worker now, and close ours. With
     // --shared-handle, cluster's SharedHandle instead: the first worker to ask makes the
     // master bind, and the master keeps the socket and sends it to each worker that asks.
-    let like_cluster = args.is_on("--shared-handle");
+    let like_cluster = options.shared_handle.is_on();
     let mut addr = match like_cluster {
         true => None,
-        false => Some(hand_off(args, &cluster)?),
+        false => Some(hand_off(listen, &cluster)?),
     };
     let mut kept: Option<TcpListener> = None;
     let mut ready = 0;
@@ -73,7 +80,7 @@ fn master(args: &Args) -> Outcome {
                 let listener = match &kept {
                     Some(listener) => listener,
                     None => {
-                        let listener = kept.insert(net::listen(args.host, args.port)?);
+                        let listener = kept.insert(net::listen(listen.host, listen.port)?);
                         addr = Some(listener.local_addr()?);
                         log!(
                             "worker {id} asked to listen: bound {}, and kept it",
@@ -88,7 +95,7 @@ fn master(args: &Args) -> Outcome {
             Event::Message { id, message } if message.text == "listening" => {
                 ready += 1;
                 log!("worker {id} accepts on the shared socket");
-                if let (true, Some(addr)) = (ready == args.workers, addr) {
+                if let (true, Some(addr)) = (ready == workers, addr) {
                     let master = match like_cluster {
                         true => "the master keeps its copy, as cluster's SharedHandle does",
                         false => "the master holds no listening socket",
@@ -109,7 +116,7 @@ fn master(args: &Args) -> Outcome {
 /// The articles' `child_process` experiment: bind once, send the listening socket to
 /// every worker, close the master's copy. Returns the address.
 // ANCHOR: hand_off
-fn hand_off(args: &Args, cluster: &Cluster) -> Result<SocketAddr, Box<dyn Error>> {
+fn hand_off(args: &Listen, cluster: &Cluster) -> Result<SocketAddr, Box<dyn Error>> {
     // ANCHOR: solution_ch05_handoff
     // One socket, bound once, by the master: no second bind, so no EADDRINUSE.
     let listener = net::listen(args.host, args.port)?;
@@ -161,12 +168,12 @@ fn summarize(cluster: &mut Cluster) {
 // ANCHOR_END: summarize
 
 // ANCHOR: worker
-fn worker(id: u32, args: &Args) -> Outcome {
+fn worker(id: u32, options: &Options) -> Outcome {
     let channel = worker::channel_from_env()?;
-    let exclusive = args.is_on("--exclusive");
-    let ask = args.is_on("--shared-handle");
+    let exclusive = options.exclusive.is_on();
+    let ask = options.shared_handle.is_on();
     let mut reported = (0, 0);
-    let server = Server::new(id, args.idle_timeout)?
+    let server = Server::new(id, options.listen.idle_timeout)?
         .on_message(channel, move |server, message| {
             on_message(server, message, exclusive)
         })?
@@ -189,7 +196,7 @@ fn worker(id: u32, args: &Args) -> Outcome {
         // A cluster worker's `server.listen(port)`: ask the master for the socket.
         server.send(&format!(
             "queryServer {}",
-            SocketAddr::new(args.host, args.port)
+            SocketAddr::new(options.listen.host, options.listen.port)
         ));
     }
     server.run()?;

@@ -17,49 +17,54 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use ch00_server_models::server::Server;
+use ch01_random_port_fork::workers::Workers;
 use ch02_ipc_messaging::channel::Message;
 use ch02_ipc_messaging::cluster::{self, Cluster, Event, Outcome};
 use ch02_ipc_messaging::worker;
 use ch02_ipc_messaging::worker::Messages;
 use ch06_round_robin::round_robin::{self, Handles, Heard};
-use shared::args::{Args, Cli};
+use clap::Parser;
+use shared::args::{self, ListenMany};
 use shared::log;
 
+/// Chapter 6: workers ask the master to listen; the master accepts each connection and
+/// hands it to the workers in turn.
+#[derive(Parser)]
+#[command(name = "ch06-round-robin", args_override_self = true)]
+struct Options {
+    #[command(flatten)]
+    listen: ListenMany,
+    #[command(flatten)]
+    workers: Workers,
+    /// Weighted round-robin: worker i gets Wi connections per turn, a worker not listed 1
+    /// (default: 1 each; exercise ch06-weights)
+    #[arg(long, value_name = "W1,W2,...")]
+    #[arg(allow_hyphen_values = true)]
+    weights: Option<Weights>,
+}
+
 fn main() -> ExitCode {
-    let args = Cli::new(
-        "ch06-round-robin",
-        "Chapter 6: workers ask the master to listen; the master accepts each connection \
-         and hands it to the workers in turn.",
-    )
-    .many_ports()
-    .option::<Weights>(
-        "--weights",
-        "W1,W2,...",
-        "weighted round-robin: worker i gets Wi connections per turn, a worker not listed 1 \
-         (default: 1 each; exercise ch06-weights)",
-        "",
-    )
-    .check(|args| {
-        let weights = args.get::<Weights>("--weights");
-        match weights.0.len() <= args.workers {
-            true => Ok(()),
-            false => Err(format!(
-                "--weights gives {} weights for {}; give at most one per worker",
-                weights.0.len(),
-                log::workers(args.workers)
-            )),
-        }
-    })
-    .parse();
+    let options = Options::parse();
+    let weights = options
+        .weights
+        .as_ref()
+        .map_or(0, |weights| weights.0.len());
+    if weights > options.workers.count {
+        args::refuse::<Options>(format!(
+            "--weights gives {weights} weights for {}; give at most one per worker",
+            log::workers(options.workers.count)
+        ));
+    }
     // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
-    cluster::master_or_worker(&args, master, worker)
+    cluster::master_or_worker(&options, master, worker)
 }
 
 // ANCHOR: master
-fn master(args: &Args) -> Outcome {
-    let weights = args.get::<Weights>("--weights").by_worker();
+fn master(options: &Options) -> Outcome {
+    let workers = options.workers.count;
+    let weights = options.weights.clone().unwrap_or_default().by_worker();
     let mut cluster = Cluster::new()?;
-    for _ in 0..args.workers {
+    for _ in 0..workers {
         cluster.fork()?;
     }
     // One round-robin handle per address the workers ask for, made on the first request:
@@ -78,8 +83,8 @@ fn master(args: &Args) -> Outcome {
             // queryServer, accepted, rejected and free are the round-robin's messages.
             Event::Message { id, message } => {
                 match handles.on_message(&mut cluster, id, &message.text) {
-                    Heard::Joined { key, addr } if handles.workers_on(&key) == args.workers => {
-                        let serve = log::serve(args.workers);
+                    Heard::Joined { key, addr } if handles.workers_on(&key) == workers => {
+                        let serve = log::serve(workers);
                         log!("listening on http://{addr} (the master accepts, {serve})")
                     }
                     Heard::Other if message.text == "online" => log!("worker {id} online"),
@@ -122,16 +127,17 @@ impl Weights {
 }
 
 // ANCHOR: worker
-fn worker(id: u32, args: &Args) -> Outcome {
+fn worker(id: u32, options: &Options) -> Outcome {
+    let listen = &options.listen;
     let channel = worker::channel_from_env()?;
-    let server = Server::new(id, args.idle_timeout)?
+    let server = Server::new(id, listen.idle_timeout)?
         .on_message(channel, on_message)?
         // After a rejection for want of fds: one of our connections has closed (or a
         // second has passed), so tell the master to count on us again.
         .on_fds_freed(|server| server.send("free"));
     server.send("online");
     // `server.listen(port)` in a Node worker: ask the master, bind nothing ourselves.
-    round_robin::listen_via_master(&server, args);
+    round_robin::listen_via_master(&server, listen.host, &listen.ports);
     server.run()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -25,7 +25,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 
 use ch00_server_models::server::Server;
@@ -33,7 +33,6 @@ use ch02_ipc_messaging::channel::Message;
 use ch02_ipc_messaging::cluster::Cluster;
 use ch02_ipc_messaging::worker::Messages;
 use ch03_eaddrinuse::net;
-use shared::args::Args;
 use shared::log;
 use shared::net::ListenError;
 
@@ -514,14 +513,14 @@ impl Handles {
     }
 }
 
-/// In a worker: `server.listen(port)` for each port of `--port`, as a round-robin worker
-/// does it: ask the master, bind nothing. Each request names the address and which listen
-/// on it this is, as Node's key does.
+/// In a worker: `server.listen(port)` on `host` for each of `ports` (`--port`), as a
+/// round-robin worker does it: ask the master, bind nothing. Each request names the
+/// address and which listen on it this is, as Node's key does.
 // ANCHOR: listen_via_master
-pub fn listen_via_master(server: &Server, args: &Args) {
-    for (i, port) in args.ports().iter().enumerate() {
-        let addr = SocketAddr::new(args.host, *port);
-        let index = args.ports()[..i].iter().filter(|p| *p == port).count();
+pub fn listen_via_master(server: &Server, host: IpAddr, ports: &[u16]) {
+    for (i, port) in ports.iter().enumerate() {
+        let addr = SocketAddr::new(host, *port);
+        let index = ports[..i].iter().filter(|p| *p == port).count();
         server.send(&format!("queryServer {addr}#{index}"));
     }
 }

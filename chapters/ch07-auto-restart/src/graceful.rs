@@ -28,7 +28,7 @@ use ch00_server_models::server::Server;
 use ch02_ipc_messaging::channel::{Channel, Message};
 use ch02_ipc_messaging::worker::Messages;
 use ch06_round_robin::round_robin;
-use shared::args::Args;
+use shared::args::ListenMany;
 use shared::http::{Request, Response};
 use shared::log;
 use shared::log::Outcome;
@@ -143,19 +143,20 @@ pub fn rss_bytes() -> std::io::Result<u64> {
 }
 
 /// The worker of chapters 7 to 9: chapter 6's round-robin worker (it asks the master to
-/// listen, and takes the connections it is handed), answering with `handler`, that leaves
-/// gracefully on a panic, over `--max-rss`, or when the master says `drain`. After its
-/// last `queryServer` it says `ready`: the master knows then of every address it wants.
-/// Messages of the chapter's own go to `on_message`.
+/// listen where `listen` says, and takes the connections it is handed), answering with
+/// `handler`, that leaves gracefully on a panic, over `max_rss` MB (`--max-rss`), or when
+/// the master says `drain`. After its last `queryServer` it says `ready`: the master knows
+/// then of every address it wants. Messages of the chapter's own go to `on_message`.
 // ANCHOR: serve
 pub fn serve(
     id: u32,
-    args: &Args,
+    listen: &ListenMany,
+    max_rss: u64,
     channel: Channel,
     handler: impl FnMut(&Request) -> Response + 'static,
     mut on_message: impl FnMut(&mut Server, Message) + 'static,
 ) -> Outcome {
-    let server = Server::new(id, args.idle_timeout)?
+    let server = Server::new(id, listen.idle_timeout)?
         .handler(handler)
         .on_message(channel, move |server, message| {
             let Some(message) = round_robin::from_master(server, message) else {
@@ -166,9 +167,9 @@ pub fn serve(
             }
         })?
         .on_fds_freed(|server| server.send("free"));
-    let server = memory_limit(on_panic(server), args.get("--max-rss"));
+    let server = memory_limit(on_panic(server), max_rss);
     server.send("online");
-    round_robin::listen_via_master(&server, args);
+    round_robin::listen_via_master(&server, listen.host, &listen.ports);
     // Every address asked for: once the master has answered them all, count on us.
     server.send("ready");
     server.run()?;

@@ -43,7 +43,8 @@ use nix::unistd::Pid;
 
 use ch02_ipc_messaging::cluster::{Cluster, Event};
 use ch06_round_robin::round_robin::{Handles, Heard};
-use shared::args::{Args, Cli, Seconds};
+use clap::{value_parser, Args};
+use shared::args::{seconds, Seconds};
 use shared::log;
 use shared::log::serve;
 use shared::net::ListenError;
@@ -68,85 +69,79 @@ enum KillReason {
     NotWaitedFor,
 }
 
-/// Adds the options of a master that keeps its workers, with PM2's names beside ours: the
-/// restart options of [`restart_options`], and how a leaving worker goes.
-pub fn options(cli: Cli) -> Cli {
-    restart_options(cli)
-        .option::<Seconds>(
-            "--kill-timeout",
-            "SECS",
-            "how long a leaving worker may take to finish before SIGKILL (PM2's kill_timeout)",
-            "5",
-        )
-        .option::<u64>(
-            "--max-rss",
-            "MB",
-            "a worker whose resident memory passes MB leaves and is replaced; 0 for no \
-             limit (PM2's max_memory_restart)",
-            "0",
-        )
-        .check(|args| {
-            if args.get::<Seconds>("--kill-timeout").0.is_zero() {
-                return Err(
-                    "--kill-timeout must be above 0, or a leaving worker would be \
-                     killed before it could finish anything"
-                        .into(),
-                );
-            }
-            if args.get::<u64>("--max-rss") > 1 << 20 {
-                return Err("--max-rss takes at most 1048576 MB (1 TB)".into());
-            }
-            Ok(())
-        })
+/// The options of a master that keeps its workers, with PM2's names beside ours: the
+/// restart options of [`RestartOptions`], and how a leaving worker goes. Chapters 7 to 9
+/// flatten it into their `Options`.
+#[derive(Args, Debug, Clone)]
+pub struct KeeperOptions {
+    #[command(flatten)]
+    pub restart: RestartOptions,
+    /// How long a leaving worker may take to finish before SIGKILL, in seconds (PM2's
+    /// kill_timeout)
+    #[arg(long, value_name = "SECS", default_value = "5")]
+    #[arg(value_parser = kill_timeout, allow_negative_numbers = true)]
+    pub kill_timeout: Duration,
+    /// A worker whose resident memory passes MB leaves and is replaced; 0 for no limit, at
+    /// most 1048576 (1 TB) (PM2's max_memory_restart)
+    #[arg(long, value_name = "MB", default_value_t = 0)]
+    #[arg(value_parser = value_parser!(u64).range(..=1 << 20), allow_negative_numbers = true)]
+    pub max_rss: u64,
 }
 
-/// Adds the options of [`policy`], for any master that restarts its workers (chapter 10's
-/// too, which has no round-robin and no leaving workers).
-pub fn restart_options(cli: Cli) -> Cli {
-    cli.option::<Seconds>(
-        "--restart-delay",
-        "SECS",
-        "the wait before a slot's second restart in a row (the first is at once); \
-         then x1.5 each time, up to 15 s (PM2's exp_backoff_restart_delay)",
-        "0.1",
-    )
-    .option::<Seconds>(
-        "--min-uptime",
-        "SECS",
-        "a worker that dies sooner died at start (PM2's min_uptime)",
-        "1",
-    )
-    .option::<u32>(
-        "--max-restarts",
-        "N",
-        "a slot whose workers die at start more than N times in a row is given up \
-         (PM2's max_restarts)",
-        "10",
-    )
-    .check(|args| {
-        let delay = args.get::<Seconds>("--restart-delay");
-        let cap = Policy::default().max_delay;
-        if delay.0 > cap {
-            return Err(format!(
-                "--restart-delay {delay} is above the wait's cap of {}: give at most {}",
-                Seconds(cap),
-                cap.as_secs()
-            ));
-        }
-        if args.get::<u32>("--max-restarts") > 1000 {
-            return Err("--max-restarts takes at most 1000".into());
-        }
-        Ok(())
-    })
+/// The options of [`Policy`], for any master that restarts its workers (chapter 10's too,
+/// which has no round-robin and no leaving workers).
+#[derive(Args, Debug, Clone)]
+pub struct RestartOptions {
+    /// The wait before a slot's second restart in a row, in seconds (the first is at once);
+    /// then x1.5 each time, up to 15 s (PM2's exp_backoff_restart_delay)
+    #[arg(long, value_name = "SECS", default_value = "0.1")]
+    #[arg(value_parser = restart_delay, allow_negative_numbers = true)]
+    pub restart_delay: Duration,
+    /// A worker that dies sooner, in seconds, died at start (PM2's min_uptime)
+    #[arg(long, value_name = "SECS", default_value = "1")]
+    #[arg(value_parser = seconds, allow_negative_numbers = true)]
+    pub min_uptime: Duration,
+    /// A slot whose workers die at start more than N times in a row is given up; at most 1000
+    /// (PM2's max_restarts)
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    #[arg(value_parser = value_parser!(u32).range(..=1000), allow_negative_numbers = true)]
+    pub max_restarts: u32,
 }
 
-/// The restart policy of [`restart_options`].
-pub fn policy(args: &Args) -> Policy {
-    Policy {
-        restart_delay: args.get::<Seconds>("--restart-delay").0,
-        min_uptime: args.get::<Seconds>("--min-uptime").0,
-        max_restarts: args.get("--max-restarts"),
-        ..Policy::default()
+impl RestartOptions {
+    /// The restart policy these options ask for.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            restart_delay: self.restart_delay,
+            min_uptime: self.min_uptime,
+            max_restarts: self.max_restarts,
+            ..Policy::default()
+        }
+    }
+}
+
+/// `--kill-timeout`: some time to leave in.
+fn kill_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = seconds(text)?;
+    if timeout.is_zero() {
+        let why = "must be above 0, or a leaving worker would be killed before it could \
+                   finish anything";
+        return Err(why.into());
+    }
+    Ok(timeout)
+}
+
+/// `--restart-delay`: no more than the cap the wait grows to.
+fn restart_delay(text: &str) -> Result<Duration, String> {
+    let delay = seconds(text)?;
+    let cap = Policy::default().max_delay;
+    match delay <= cap {
+        true => Ok(delay),
+        false => Err(format!(
+            "above the wait's cap of {}: give at most {}",
+            Seconds(cap),
+            cap.as_secs()
+        )),
     }
 }
 
@@ -268,29 +263,34 @@ pub struct Keeper {
 }
 
 impl Keeper {
-    /// Forks one worker per slot and returns the master, which serves once they ask it to
-    /// listen.
-    pub fn start(args: &Args) -> io::Result<Keeper> {
-        Keeper::start_catching(args, &[])
+    /// Forks `workers` workers, one per slot, and returns the master, which serves once
+    /// each has asked it to listen on every one of `ports` addresses (one per `--port`).
+    pub fn start(workers: usize, ports: usize, options: &KeeperOptions) -> io::Result<Keeper> {
+        Keeper::start_catching(workers, ports, options, &[])
     }
 
     /// [`Keeper::start`], with `signals` turned into events ([`Cluster::on_signal`]) before
     /// the first worker is forked (chapter 9's SIGUSR2): one that comes while the workers
     /// start is an event like any other, not the end of the master (SIGUSR2's default
     /// action is to terminate).
-    pub fn start_catching(args: &Args, signals: &[Signal]) -> io::Result<Keeper> {
-        let policy = policy(args);
+    pub fn start_catching(
+        workers: usize,
+        ports: usize,
+        options: &KeeperOptions,
+        signals: &[Signal],
+    ) -> io::Result<Keeper> {
+        let policy = options.restart.policy();
         let mut cluster = Cluster::new()?;
         for signal in signals {
             cluster.on_signal(*signal)?;
         }
         let mut keeper = Keeper {
             cluster,
-            books: Supervisor::new(args.workers, policy),
+            books: Supervisor::new(workers, policy),
             handles: Handles::new(),
-            ports: args.ports().len(),
-            workers: args.workers,
-            kill_timeout: args.get::<Seconds>("--kill-timeout").0,
+            ports,
+            workers,
+            kill_timeout: options.kill_timeout,
             leaving: BTreeMap::new(),
             starting: HashSet::new(),
             trials: BTreeMap::new(),

@@ -15,35 +15,44 @@
 use std::cell::RefCell;
 use std::process::ExitCode;
 
+use ch01_random_port_fork::workers::Workers;
 use ch02_ipc_messaging::cluster::{self, Outcome};
 use ch02_ipc_messaging::worker;
 use ch07_auto_restart::graceful;
-use ch07_auto_restart::keeper::{self, Keeper};
-use shared::args::{Args, Cli};
+use ch07_auto_restart::keeper::{self, Keeper, KeeperOptions};
+use clap::Parser;
+use shared::args::ListenMany;
 use shared::http::{self, Request, Response};
 use shared::log;
 
+/// Chapter 7: the master restarts workers that die, lets a failing worker leave gracefully,
+/// and drains every worker on Ctrl-C. Try /crash, /exit, /leak?mb=N.
+#[derive(Parser)]
+#[command(name = "ch07-auto-restart", args_override_self = true)]
+struct Options {
+    #[command(flatten)]
+    listen: ListenMany,
+    #[command(flatten)]
+    workers: Workers,
+    /// The first K starts of slot 1 fail at once, to watch the backoff and the give-up
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    #[arg(allow_negative_numbers = true)]
+    crash_at_start: u32,
+    /// `--kill-timeout`, `--max-rss` and the restart options (`src/keeper.rs`).
+    #[command(flatten)]
+    keeper: KeeperOptions,
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::new(
-        "ch07-auto-restart",
-        "Chapter 7: the master restarts workers that die, lets a failing worker leave \
-         gracefully, and drains every worker on Ctrl-C. Try /crash, /exit, /leak?mb=N.",
-    )
-    .many_ports()
-    .option::<u32>(
-        "--crash-at-start",
-        "K",
-        "the first K starts of slot 1 fail at once, to watch the backoff and the give-up",
-        "0",
-    );
-    let args = keeper::options(cli).parse();
+    let options = Options::parse();
     // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
-    cluster::master_or_worker(&args, master, worker)
+    cluster::master_or_worker(&options, master, worker)
 }
 
 // ANCHOR: master
-fn master(args: &Args) -> Outcome {
-    let mut keeper = Keeper::start(args)?;
+fn master(options: &Options) -> Outcome {
+    let ports = options.listen.ports.len();
+    let mut keeper = Keeper::start(options.workers.count, ports, &options.keeper)?;
     loop {
         // Chapter 6's one loop. `next_event` also does what falls due while it waits: a
         // restart whose wait is over, SIGKILL for a leaving worker that takes too long.
@@ -58,13 +67,19 @@ fn master(args: &Args) -> Outcome {
 // ANCHOR_END: master
 
 // ANCHOR: worker
-fn worker(id: u32, args: &Args) -> Outcome {
-    fail_at_start(args);
+fn worker(id: u32, options: &Options) -> Outcome {
+    fail_at_start(options.crash_at_start);
     let channel = worker::channel_from_env()?;
-    let handler = triggers(id, args.get("--max-rss"));
-    graceful::serve(id, args, channel, handler, |_, message| {
-        log!("unexpected message '{}'", message.text)
-    })
+    let max_rss = options.keeper.max_rss;
+    let handler = triggers(id, max_rss);
+    graceful::serve(
+        id,
+        &options.listen,
+        max_rss,
+        channel,
+        handler,
+        |_, message| log!("unexpected message '{}'", message.text),
+    )
 }
 // ANCHOR_END: worker
 
@@ -131,8 +146,7 @@ fn leak(request: &Request, id: u32, max_rss: u64) -> Response {
 /// `--crash-at-start K`: the first K workers of slot 1 die as they start, as a worker
 /// with a bad configuration would, so that the learner can watch the waits grow.
 // ANCHOR: fail_at_start
-fn fail_at_start(args: &Args) {
-    let k = args.get::<u32>("--crash-at-start");
+fn fail_at_start(k: u32) {
     keeper::fail_on_purpose(&format!("--crash-at-start {k}"), |start| start <= k);
 }
 // ANCHOR_END: fail_at_start

@@ -16,13 +16,15 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use ch01_random_port_fork::workers::Workers;
 use ch02_ipc_messaging::channel::Channel;
 use ch02_ipc_messaging::cluster::{self, Event, Outcome};
 use ch02_ipc_messaging::worker;
 use ch02_ipc_messaging::worker::Messages;
 use ch07_auto_restart::graceful;
-use ch07_auto_restart::keeper::{self, Keeper};
-use shared::args::{Args, Cli};
+use ch07_auto_restart::keeper::{Keeper, KeeperOptions};
+use clap::{value_parser, Parser};
+use shared::args::{ListenMany, Switch};
 use shared::http::{self, Request, Response};
 use shared::log;
 
@@ -32,36 +34,38 @@ const MISSED: u32 = 3;
 /// The longest `/sleep` a worker will take, in ms.
 const MAX_SLEEP_MS: u64 = 60_000;
 
+/// Chapter 8: the master pings every worker; one that misses 3 answers in a row is killed
+/// and replaced. Try /hang and /sleep?ms=N.
+#[derive(Parser)]
+#[command(name = "ch08-heartbeat", args_override_self = true)]
+struct Options {
+    #[command(flatten)]
+    listen: ListenMany,
+    #[command(flatten)]
+    workers: Workers,
+    /// How often the master pings each worker, in ms, from 10 to 3600000
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    #[arg(value_parser = value_parser!(u64).range(10..=3_600_000), allow_negative_numbers = true)]
+    heartbeat_ms: u64,
+    /// Answer pings from a thread of the worker's own, not from its event loop: the wrong
+    /// way, which hides a hung loop
+    #[arg(long, value_name = "on|off", default_value = "off")]
+    pong_from_thread: Switch,
+    /// Chapter 7's `--kill-timeout`, `--max-rss` and restart options.
+    #[command(flatten)]
+    keeper: KeeperOptions,
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::new(
-        "ch08-heartbeat",
-        "Chapter 8: the master pings every worker; one that misses 3 answers in a row is \
-         killed and replaced. Try /hang and /sleep?ms=N.",
-    )
-    .many_ports()
-    .option::<u64>(
-        "--heartbeat-ms",
-        "MS",
-        "how often the master pings each worker, from 10 to 3600000",
-        "1000",
-    )
-    .switch(
-        "--pong-from-thread",
-        "answer pings from a thread of the worker's own, not from its event loop: the \
-         wrong way, which hides a hung loop",
-    )
-    .check(|args| match args.get::<u64>("--heartbeat-ms") {
-        10..=3_600_000 => Ok(()),
-        ms => Err(format!("--heartbeat-ms takes 10 to 3600000, not {ms}")),
-    });
-    let args = keeper::options(cli).parse();
-    cluster::master_or_worker(&args, master, worker)
+    let options = Options::parse();
+    cluster::master_or_worker(&options, master, worker)
 }
 
 // ANCHOR: master
-fn master(args: &Args) -> Outcome {
-    let mut keeper = Keeper::start(args)?;
-    let mut heartbeat = Heartbeat::new(Duration::from_millis(args.get("--heartbeat-ms")));
+fn master(options: &Options) -> Outcome {
+    let ports = options.listen.ports.len();
+    let mut keeper = Keeper::start(options.workers.count, ports, &options.keeper)?;
+    let mut heartbeat = Heartbeat::new(Duration::from_millis(options.heartbeat_ms));
     loop {
         // Chapter 7's loop, with one more thing to wake up for: the next heartbeat.
         match keeper.next_event(Some(heartbeat.next)) {
@@ -158,15 +162,16 @@ fn zombie(id: u32, missed: &mut u32) -> bool {
 // ANCHOR_END: zombie
 
 // ANCHOR: worker
-fn worker(id: u32, args: &Args) -> Outcome {
+fn worker(id: u32, options: &Options) -> Outcome {
     let channel = worker::channel_from_env()?;
-    let from_thread = args.is_on("--pong-from-thread");
+    let from_thread = options.pong_from_thread.is_on();
     if from_thread {
-        pong_from_thread(channel.clone(), args.get("--heartbeat-ms"));
+        pong_from_thread(channel.clone(), options.heartbeat_ms);
     }
     graceful::serve(
         id,
-        args,
+        &options.listen,
+        options.keeper.max_rss,
         channel,
         slow_handlers(id),
         move |server, message| {

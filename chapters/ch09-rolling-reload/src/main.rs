@@ -17,12 +17,14 @@ use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use ch01_random_port_fork::workers::Workers;
 use ch02_ipc_messaging::cluster::{self, Event, Exited, Outcome};
 use ch02_ipc_messaging::worker;
 use ch07_auto_restart::graceful;
-use ch07_auto_restart::keeper::{self, Keeper};
+use ch07_auto_restart::keeper::{self, Keeper, KeeperOptions};
+use clap::Parser;
 use nix::sys::signal::Signal;
-use shared::args::{Args, Cli, Seconds};
+use shared::args::{seconds, ListenMany, Seconds};
 use shared::http::{self, Request, Response};
 use shared::log;
 
@@ -31,47 +33,51 @@ use shared::log;
 const VERSION: &str = "v1";
 // ANCHOR_END: version
 
+/// Chapter 9: kill -USR2 <master pid> replaces every worker, one at a time, with the
+/// program as it is on disk now, and no request is lost. Try /version, rebuild, and send
+/// SIGUSR2.
+#[derive(Parser)]
+#[command(name = "ch09-rolling-reload", args_override_self = true)]
+struct Options {
+    #[command(flatten)]
+    listen: ListenMany,
+    #[command(flatten)]
+    workers: Workers,
+    /// How long a new worker may take to serve, in seconds, before the reload gives up on it
+    /// and stops (PM2's listen_timeout), up to 3600
+    #[arg(long, value_name = "SECS", default_value = "3")]
+    #[arg(value_parser = listen_timeout, allow_negative_numbers = true)]
+    listen_timeout: Duration,
+    /// Slot 1's N-th start and every later one exit at once, as a broken build would: 2 makes
+    /// the first reload fail (0: never)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(allow_negative_numbers = true)]
+    crash_from_start: u32,
+    /// Chapter 7's `--kill-timeout`, `--max-rss` and restart options.
+    #[command(flatten)]
+    keeper: KeeperOptions,
+}
+
+/// `--listen-timeout`: some time to start in, and no more than an hour.
+fn listen_timeout(text: &str) -> Result<Duration, String> {
+    match seconds(text)? {
+        timeout if timeout > Duration::ZERO && timeout <= Duration::from_secs(3600) => Ok(timeout),
+        _ => Err("must be above 0 and at most 3600 seconds".into()),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::new(
-        "ch09-rolling-reload",
-        "Chapter 9: kill -USR2 <master pid> replaces every worker, one at a time, with the \
-         program as it is on disk now, and no request is lost. Try /version, rebuild, and \
-         send SIGUSR2.",
-    )
-    .many_ports()
-    .option::<Seconds>(
-        "--listen-timeout",
-        "SECS",
-        "how long a new worker may take to serve before the reload gives up on it and stops \
-         (PM2's listen_timeout), up to 3600",
-        "3",
-    )
-    .option::<u32>(
-        "--crash-from-start",
-        "N",
-        "slot 1's N-th start and every later one exit at once, as a broken build would: 2 \
-         makes the first reload fail (0: never)",
-        "0",
-    )
-    .check(|args| {
-        let timeout = args.get::<Seconds>("--listen-timeout").0;
-        match timeout > Duration::ZERO && timeout <= Duration::from_secs(3600) {
-            true => Ok(()),
-            false => Err(format!(
-                "--listen-timeout takes more than 0 and at most 3600 seconds, not {}",
-                Seconds(timeout)
-            )),
-        }
-    });
-    let args = keeper::options(cli).parse();
-    cluster::master_or_worker(&args, master, worker)
+    let options = Options::parse();
+    cluster::master_or_worker(&options, master, worker)
 }
 
 // ANCHOR: master
-fn master(args: &Args) -> Outcome {
+fn master(options: &Options) -> Outcome {
+    let (workers, ports) = (options.workers.count, options.listen.ports.len());
     // SIGUSR2 becomes one more event of the loop, like a message or an exit.
-    let mut keeper = Keeper::start_catching(args, &[Signal::SIGUSR2])?;
-    let mut reload = Reload::new(args.get::<Seconds>("--listen-timeout").0);
+    let usr2 = [Signal::SIGUSR2];
+    let mut keeper = Keeper::start_catching(workers, ports, &options.keeper, &usr2)?;
+    let mut reload = Reload::new(options.listen_timeout);
     loop {
         // Chapter 7's loop, with one more thing to wake up for: a new worker's deadline.
         let Some(event) = keeper.next_event(reload.deadline()) else {
@@ -286,12 +292,18 @@ impl Reload {
 }
 
 // ANCHOR: worker
-fn worker(id: u32, args: &Args) -> Outcome {
-    broken_build(args);
+fn worker(id: u32, options: &Options) -> Outcome {
+    broken_build(options.crash_from_start);
     let channel = worker::channel_from_env()?;
-    graceful::serve(id, args, channel, answers(id), |_, message| {
-        log!("unexpected message '{}'", message.text)
-    })
+    let max_rss = options.keeper.max_rss;
+    graceful::serve(
+        id,
+        &options.listen,
+        max_rss,
+        channel,
+        answers(id),
+        |_, message| log!("unexpected message '{}'", message.text),
+    )
 }
 // ANCHOR_END: worker
 
@@ -310,8 +322,7 @@ fn answers(id: u32) -> impl FnMut(&Request) -> Response {
 
 /// `--crash-from-start N`: from its N-th start on, slot 1's worker exits as it starts,
 /// as every start of a broken build would.
-fn broken_build(args: &Args) {
-    let from = args.get::<u32>("--crash-from-start");
+fn broken_build(from: u32) {
     let option = format!("--crash-from-start {from}");
     keeper::fail_on_purpose(&option, |start| from > 0 && start >= from);
 }

@@ -15,43 +15,54 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use ch00_server_models::server::Server;
+use ch01_random_port_fork::workers::Workers;
 use ch02_ipc_messaging::channel::Message;
 use ch02_ipc_messaging::cluster::{self, Cluster, Event, Outcome};
 use ch02_ipc_messaging::worker;
 use ch02_ipc_messaging::worker::Messages;
 use ch03_eaddrinuse::net;
-use ch07_auto_restart::keeper::{self, Start};
+use ch07_auto_restart::keeper::{self, RestartOptions, Start};
 use ch07_auto_restart::supervisor::{Supervisor, Verdict};
-use shared::args::{Args, Cli};
+use clap::Parser;
+use shared::args::Listen;
 use shared::log;
 
 /// The environment variable that tells a worker which address to listen on: the master
 /// has reserved it, so with `--port 0` every worker gets the same port.
 const ADDR_VAR: &str = "CLUSTER_REUSEPORT_ADDR";
 
+/// Chapter 10: every worker listens on the same port with a socket of its own
+/// (SO_REUSEPORT); the kernel spreads the connections, the master only supervises: it
+/// restarts a worker that dies, by chapter 7's rules.
+#[derive(Parser)]
+#[command(name = "ch10-reuseport", args_override_self = true)]
+struct Options {
+    #[command(flatten)]
+    listen: Listen,
+    #[command(flatten)]
+    workers: Workers,
+    /// Chapter 7's restart options; there is no leaving worker to time or memory to watch.
+    #[command(flatten)]
+    restart: RestartOptions,
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::new(
-        "ch10-reuseport",
-        "Chapter 10: every worker listens on the same port with a socket of its own \
-         (SO_REUSEPORT); the kernel spreads the connections, the master only supervises: \
-         it restarts a worker that dies, by chapter 7's rules.",
-    );
-    // Chapter 7's restart options; there is no leaving worker to time or memory to watch.
-    let args = keeper::restart_options(cli).parse();
+    let options = Options::parse();
     // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
-    cluster::master_or_worker(&args, master, worker)
+    cluster::master_or_worker(&options, master, worker)
 }
 
 // ANCHOR: master
-fn master(args: &Args) -> Outcome {
+fn master(options: &Options) -> Outcome {
+    let workers = options.workers.count;
     // The master binds the port but never listens on it: no queue, no connection ever
     // lands here. It keeps the port ours, for the workers and for their replacements.
-    let reserved = reserve::reserve(args.host, args.port)?;
+    let reserved = reserve::reserve(options.listen.host, options.listen.port)?;
     let addr = reserved.local_addr()?;
     log!("reserved {addr} (bound, not listening); every worker listens on it itself");
     let env = [(ADDR_VAR, addr.to_string())];
     let mut cluster = Cluster::new()?;
-    let mut supervisor = Supervisor::new(args.workers, keeper::policy(args));
+    let mut supervisor = Supervisor::new(workers, options.restart.policy());
     for slot in supervisor.slots() {
         keeper::fork_into(&mut cluster, &mut supervisor, slot, &env)?;
     }
@@ -82,12 +93,12 @@ fn master(args: &Args) -> Outcome {
                             since.elapsed().as_millis()
                         );
                     }
-                    if !ready && listening.len() == args.workers {
+                    if !ready && listening.len() == workers {
                         ready = true;
                         log!(
                             "listening on http://{addr} ({} workers, a socket each; the \
                              master holds none)",
-                            args.workers
+                            workers
                         );
                     }
                 }
@@ -150,7 +161,7 @@ fn report(
 // ANCHOR_END: report
 
 // ANCHOR: worker
-fn worker(id: u32, args: &Args) -> Outcome {
+fn worker(id: u32, options: &Options) -> Outcome {
     let channel = worker::channel_from_env()?;
     let addr: SocketAddr = std::env::var(ADDR_VAR)
         .ok()
@@ -158,7 +169,8 @@ fn worker(id: u32, args: &Args) -> Outcome {
         .ok_or(format!(
             "{ADDR_VAR} must hold the address the master reserved; start the master instead"
         ))?;
-    let server = Server::new(id, args.idle_timeout)?.on_message(channel, on_message)?;
+    let idle_timeout = options.listen.idle_timeout;
+    let server = Server::new(id, idle_timeout)?.on_message(channel, on_message)?;
     listen_on_own_socket(server, addr)?.run()?;
     Ok(ExitCode::SUCCESS)
 }
