@@ -224,10 +224,20 @@ impl Cluster {
     /// Like [`Cluster::next_event`], but gives up after `timeout` and returns `None`.
     // ANCHOR: next_event
     pub fn next_event_timeout(&mut self, timeout: Duration) -> Option<Event> {
+        let event = self.next_event_unnoted(timeout)?;
+        self.note(&event);
+        Some(event)
+    }
+    // ANCHOR_END: next_event
+
+    /// [`Cluster::next_event_timeout`] without its bookkeeping: an `Exit` leaves the worker
+    /// known until the caller hands it to [`Cluster::note`]. For chapter 2's master, which
+    /// first reads what the worker said before it died: those messages must find it
+    /// still there.
+    pub fn next_event_unnoted(&mut self, timeout: Duration) -> Option<Event> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(event) = self.pending.pop_front() {
-                self.note(&event);
                 return Some(event);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -239,7 +249,6 @@ impl Cluster {
             self.wait(EpollTimeout::from(millis));
         }
     }
-    // ANCHOR_END: next_event
 
     /// One `epoll_wait`, and everything it found queued in `pending`. Within one wait,
     /// the workers' own fds go before exits and before the chapter's own sockets: from
@@ -273,7 +282,7 @@ impl Cluster {
 
     /// Bookkeeping every chapter needs: forget a worker once it has exited, and log it,
     /// as Node's cluster emits `exit`.
-    fn note(&mut self, event: &Event) {
+    pub fn note(&mut self, event: &Event) {
         if let Event::Exit { id, pid, status } = event {
             // Its fds close with it, and leave epoll.
             self.workers.remove(id);

@@ -92,17 +92,22 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(event) = self.pending.pop_front() {
+                if let Event::Exit { id, pid, status } = event {
+                    // Only now, after its last words: chapter 1 forgets the worker.
+                    self.processes.note(&processes::Event::Exit { id, pid, status });
+                }
                 return Some(event);
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            let event = self.processes.next_event_timeout(left)?;
+            let event = self.processes.next_event_unnoted(left)?;
             match event {
                 processes::Event::Ready(token) if token >= WORKER_FDS => {
                     self.read_channel((token - WORKER_FDS) as u32);
                 }
                 processes::Event::Exit { id, pid, status } => {
-                    // Whatever the worker wrote before it died is still in its channel:
-                    // its last words come before its death.
+                    // Whatever the worker wrote before it died is still in its channel,
+                    // even when its exit came first: its last words come before its death,
+                    // while the master still knows it.
                     self.read_channel(id);
                     self.channels.remove(&id);
                     self.pending.push_back(Event::Exit { id, pid, status });
