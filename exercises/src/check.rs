@@ -12,7 +12,7 @@ use crate::run::{self, Ended, Output};
 /// its own (20 s at most), so only an endless loop in the code under test gets near this.
 pub fn timeout(run: &TestRun) -> Duration {
     match run.target {
-        Target::Lib => Duration::from_secs(60),
+        Target::Lib | Target::Bin(_) => Duration::from_secs(60),
         Target::Test(_) => Duration::from_secs(600),
     }
 }
@@ -80,7 +80,7 @@ pub fn build(root: &Path, e: &Exercise, runs: &[&TestRun], echo: bool) -> Result
 
 /// One test command, run.
 pub struct Ran {
-    /// The run's label, as tests are named in reports: `ch04_proxy`, `shared`.
+    /// The run's label, as tests are named in reports: `ch04_proxy`, `ch02-ipc-messaging`.
     pub label: &'static str,
     pub command: String,
     pub tests: report::Tests,

@@ -35,8 +35,8 @@ pub struct Exercise {
 
 /// One `cargo test` command.
 pub struct TestRun {
-    /// The package: `chapter-tests` (black-box tests), or `shared` or a chapter's (its
-    /// library's unit tests).
+    /// The package: `chapter-tests` (black-box tests), or a crate whose unit tests run
+    /// (a chapter's, or `shared`).
     pub package: &'static str,
     pub target: Target,
     /// libtest filters: a test runs if its name contains any of them; none runs all.
@@ -45,8 +45,11 @@ pub struct TestRun {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// The package's unit tests: `--lib`.
+    /// The unit tests of the package's library: `--lib`.
     Lib,
+    /// The unit tests of one of the package's binaries (the modules of a chapter's
+    /// `main.rs`): `--bin <name>`.
+    Bin(&'static str),
     /// An integration test file: `--test <name>`, `tests/tests/<name>.rs`.
     Test(&'static str),
 }
@@ -60,18 +63,13 @@ const fn black_box(file: &'static str, filters: &'static [&'static str]) -> Test
     }
 }
 
-/// The unit tests of the `shared` crate whose names contain `filter` (a module path).
-const fn shared_unit(filter: &'static [&'static str]) -> TestRun {
-    lib_unit("shared", filter)
-}
-
-/// The unit tests of `package`'s library (a chapter's) whose names contain `filter` (a
-/// module path).
-const fn lib_unit(package: &'static str, filter: &'static [&'static str]) -> TestRun {
+/// The unit tests of `package`'s `target` (`Target::Lib`, or `Target::Bin` for those in a
+/// chapter's binary) whose names contain one of `filters` (module paths: `channel::`).
+const fn unit(package: &'static str, target: Target, filters: &'static [&'static str]) -> TestRun {
     TestRun {
         package,
-        target: Target::Lib,
-        filters: filter,
+        target,
+        filters,
     }
 }
 
@@ -105,30 +103,32 @@ pub const EXERCISES: &[Exercise] = &[
     Exercise {
         name: "ch01-spawn",
         chapter: "ch01-random-port-fork",
-        file: "shared/src/spawn.rs",
+        file: "chapters/ch01-random-port-fork/src/spawn.rs",
         function: "spawn_worker",
         anchor: "solution_ch01_spawn",
-        about: "start a worker: run this same program again, telling the copy its id and its end of the IPC channel",
-        todo: "start worker `id` as a copy of this program, with its end of a new channel if `with_channel`, and return it",
+        about: "start a worker: run this same program again, telling the copy its id and handing it the fd it inherits",
+        todo: "start worker `id` as a copy of this program, handing it the fd in `theirs` if there is one, and return it",
         hints: &[
             "A worker is this same program, run again with the same arguments: `std::env` \
              knows both which program is running and its arguments. The copy learns that it \
              is a worker, and which one, from its environment (`WORKER_ID_VAR`), as a Node \
              worker does from `NODE_UNIQUE_ID`; a chapter adds variables of its own \
              (`env`).",
-            "`std::process::Command`, for the program `exe()` names. With `with_channel`, \
-             make the pair first (`Channel::pair`): the master keeps the `Channel`, the \
-             worker inherits the other end, and that fd's number goes in `CHANNEL_FD_VAR`. \
-             The `Worker` you return keeps the `Child`.",
-            "Both ends of the pair are close-on-exec, so the worker would lose its end at \
-             exec, and nothing yet makes a worker die with its master: `prepare_child` does \
-             both, in the child, between fork and exec (`CommandExt::pre_exec`, which is \
-             `unsafe`: say in a `// SAFETY:` comment why it is sound). It needs the \
+            "`std::process::Command`, for the program `exe()` names. `theirs`, when there \
+             is one, comes from chapter 2: the worker's end of the socketpair that \
+             `Cluster::fork_with_env` (chapters/ch02-ipc-messaging/src/cluster.rs) made. The \
+             worker inherits that fd, and learns its number from the variable that \
+             `Inherit::var` names. The `Worker` you return keeps the `Child`.",
+            "The fd in `theirs` is close-on-exec (chapter 2 made it so, that no other worker \
+             inherits it), so the worker would lose it at exec; and nothing yet makes a \
+             worker die with its master. `prepare_child` does both, in the child, between \
+             fork and exec (`CommandExt::pre_exec`, which is `unsafe`: say in a \
+             `// SAFETY:` comment why it is sound). It needs the fd's number and the \
              master's pid: whose pid would the closure see? And mind who holds the worker's \
              end afterwards: while the master keeps a copy, the worker's exit never reads \
-             as end-of-file. Tests to read: `each_channel_end_is_held_by_one_process` \
-             (tests/tests/ch02_ipc_messaging.rs) and `workers_die_with_a_killed_master` \
-             (tests/tests/ch01_random_port_fork.rs).",
+             as end-of-file. Tests to read: `master_and_workers_talk_both_ways` and \
+             `each_channel_end_is_held_by_one_process` (tests/tests/ch02_ipc_messaging.rs), \
+             and `workers_die_with_a_killed_master` (tests/tests/ch01_random_port_fork.rs).",
         ],
         tests: &[
             black_box("ch01_random_port_fork", &[]),
@@ -165,14 +165,14 @@ pub const EXERCISES: &[Exercise] = &[
              each case need?",
         ],
         tests: &[
-            lib_unit("ch01-random-port-fork", &["workers::"]),
+            unit("ch01-random-port-fork", Target::Lib, &["workers::"]),
             black_box("ch01_random_port_fork", &["workers_as_a_share_of_the_cpus"]),
         ],
     },
     Exercise {
         name: "ch02-send",
         chapter: "ch02-ipc-messaging",
-        file: "shared/src/channel.rs",
+        file: "chapters/ch02-ipc-messaging/src/channel.rs",
         function: "Channel::send_message",
         anchor: "solution_ch02_send",
         about: "send one IPC message, and the file descriptor that goes with it, as one packet",
@@ -189,18 +189,18 @@ pub const EXERCISES: &[Exercise] = &[
              turns an `Errno` into `ChannelError::Closed`): the caller decides what to do, \
              and chapter 6's master hands the connection it could not send to another \
              worker. `MSG_NOSIGNAL` asks for that error rather than a SIGPIPE. Tests to \
-             read: `channel::tests` in shared/src/channel.rs, `closed_and_too_large` and \
-             `an_fd_travels_with_its_message` among them.",
+             read: `channel::tests` in chapters/ch02-ipc-messaging/src/channel.rs, \
+             `closed_and_too_large` and `an_fd_travels_with_its_message` among them.",
         ],
         tests: &[
-            shared_unit(&["channel::"]),
+            unit("ch02-ipc-messaging", Target::Lib, &["channel::"]),
             black_box("ch02_ipc_messaging", &[]),
         ],
     },
     Exercise {
         name: "ch02-recv",
         chapter: "ch02-ipc-messaging",
-        file: "shared/src/channel.rs",
+        file: "chapters/ch02-ipc-messaging/src/channel.rs",
         function: "Channel::recv_message",
         anchor: "solution_ch02_recv",
         about: "receive one IPC message and the fd that came with it; tell a closed channel from a bad packet",
@@ -221,12 +221,12 @@ pub const EXERCISES: &[Exercise] = &[
              counts, without its fd, and `close_received_fds` closes any that did fit. Zero \
              bytes: a hang-up only if `hung_up` says so, otherwise an empty packet. \
              `MSG_TRUNC`: too large. Tests to read: `channel::tests` in \
-             shared/src/channel.rs, and \
+             chapters/ch02-ipc-messaging/src/channel.rs, and \
              `ch06_a_worker_rejects_a_connection_whose_fd_was_cut_short` in \
              tests/tests/exhaustion.rs.",
         ],
         tests: &[
-            shared_unit(&["channel::"]),
+            unit("ch02-ipc-messaging", Target::Lib, &["channel::"]),
             black_box("ch02_ipc_messaging", &[]),
             black_box(
                 "exhaustion",
@@ -244,7 +244,7 @@ pub const EXERCISES: &[Exercise] = &[
         todo: "answer the master with how many requests this worker has served",
         hints: &[
             "The server counts what it does. Which counter is requests answered, rather \
-             than connections accepted? See `shared::server::Stats`.",
+             than connections accepted? See `ch00_server_models::server::Stats`.",
             "Answer with a message to the master, not a log line: `server.send`, with the \
              text the master expects, `served N`.",
             "The test `worker_counts_what_it_served` (tests/tests/ch02_ipc_messaging.rs) \
@@ -282,7 +282,7 @@ pub const EXERCISES: &[Exercise] = &[
     Exercise {
         name: "ch03-reuseport",
         chapter: "ch03-eaddrinuse",
-        file: "shared/src/net.rs",
+        file: "chapters/ch03-eaddrinuse/src/net.rs",
         function: "listen_with",
         anchor: "solution_ch03_reuseport",
         about: "open a listening socket as Node does (SO_REUSEADDR), and with `--reuseport on` let every worker bind one port",
@@ -469,7 +469,7 @@ pub const EXERCISES: &[Exercise] = &[
     Exercise {
         name: "ch06-handoff",
         chapter: "ch06-round-robin",
-        file: "shared/src/round_robin.rs",
+        file: "chapters/ch06-round-robin/src/round_robin.rs",
         function: "RoundRobin::distribute",
         anchor: "solution_ch06_handoff",
         about: "hand a waiting connection's fd to a free worker, and keep it until the worker acknowledges",
@@ -496,7 +496,7 @@ pub const EXERCISES: &[Exercise] = &[
     Exercise {
         name: "ch06-weights",
         chapter: "ch06-round-robin",
-        file: "shared/src/round_robin.rs",
+        file: "chapters/ch06-round-robin/src/round_robin.rs",
         function: "RoundRobin::accepted",
         anchor: "solution_ch06_weights",
         about: "weighted round-robin (nginx's WRR): with `--weights 2,1` worker 1 gets two connections per turn",
@@ -516,7 +516,7 @@ pub const EXERCISES: &[Exercise] = &[
     Exercise {
         name: "ch07-backoff",
         chapter: "ch07-auto-restart",
-        file: "shared/src/supervisor.rs",
+        file: "chapters/ch07-auto-restart/src/supervisor.rs",
         function: "next_delay",
         anchor: "solution_ch07_backoff",
         about: "the wait before a slot's next restart: at once, then restart_delay, then half again each time, up to a cap",
@@ -529,11 +529,11 @@ pub const EXERCISES: &[Exercise] = &[
             "Two cases: delay is zero (only the immediate first restart has happened), or \
              it is not. Multiplying zero by 1.5 gives zero forever: the first case needs \
              policy.restart_delay itself.",
-            "The unit tests `supervisor::tests` (shared/src/supervisor.rs) list the waits a \
-             slot sees. `Duration` can be multiplied by an `f64`, and compared.",
+            "The unit tests `supervisor::tests` \
+             (chapters/ch07-auto-restart/src/supervisor.rs) list the waits a slot sees. `Duration` can be multiplied by an `f64`, and compared.",
         ],
         tests: &[
-            shared_unit(&["supervisor::"]),
+            unit("ch07-auto-restart", Target::Lib, &["supervisor::"]),
             black_box(
                 "ch07_auto_restart",
                 &["a_slot_that_crashes_at_start_backs_off_then_is_given_up_while_the_other_serves"],
@@ -543,7 +543,7 @@ pub const EXERCISES: &[Exercise] = &[
     Exercise {
         name: "ch07-leave",
         chapter: "ch07-auto-restart",
-        file: "shared/src/graceful.rs",
+        file: "chapters/ch07-auto-restart/src/graceful.rs",
         function: "leave",
         anchor: "solution_ch07_leave",
         about: "a worker that must go (a panic, too much memory) tells its master first, then finishes what it holds",
@@ -553,9 +553,10 @@ pub const EXERCISES: &[Exercise] = &[
              more connections and starts its replacement at once; and the worker must take \
              no new connection but finish those it holds.",
             "The master's keeper understands one message from a leaving worker: \
-             `Keeper::message` in shared/src/keeper.rs shows its text. The server has two \
-             ways to end: read `Server::drain` and `Server::stop` in shared/src/server.rs, \
-             and pick the one that finishes what it holds.",
+             `Keeper::message` in chapters/ch07-auto-restart/src/keeper.rs shows its text. \
+             The server has two ways to end: read `Server::drain` and `Server::stop` in \
+             chapters/ch00-server-models/src/server.rs, and pick the one that finishes what \
+             it holds.",
             "The test to read: \
              `a_crash_fails_its_own_request_only_and_the_replacement_serves_before_the_old_worker_exits` \
              (tests/tests/ch07_auto_restart.rs) holds half a request on the worker that \
@@ -644,7 +645,7 @@ pub const EXERCISES: &[Exercise] = &[
     Exercise {
         name: "ch10-reserve",
         chapter: "ch10-reuseport",
-        file: "shared/src/net.rs",
+        file: "chapters/ch10-reuseport/src/reserve.rs",
         function: "reserve",
         anchor: "solution_ch10_reserve",
         about: "the master keeps the port for its workers: a socket bound with SO_REUSEPORT that never listens",
@@ -660,11 +661,11 @@ pub const EXERCISES: &[Exercise] = &[
              of connections that nobody accepts. And no SO_REUSEADDR: with it, any program \
              that sets only SO_REUSEADDR could bind the port beside a socket that never \
              listens, then listen on it. Test to read: \
-             `net::tests::a_reservation_holds_the_port_for_reuseport_listeners_only` \
-             (shared/src/net.rs).",
+             `reserve::tests::a_reservation_holds_the_port_for_reuseport_listeners_only` \
+             (chapters/ch10-reuseport/src/reserve.rs).",
         ],
         tests: &[
-            shared_unit(&["net::"]),
+            unit("ch10-reuseport", Target::Bin("ch10-reuseport"), &["reserve::"]),
             black_box("ch10_reuseport", &[]),
         ],
     },
@@ -687,6 +688,7 @@ impl TestRun {
         let mut args = vec!["test".to_string(), "-p".into(), self.package.into()];
         match self.target {
             Target::Lib => args.push("--lib".into()),
+            Target::Bin(name) => args.extend(["--bin".into(), name.into()]),
             Target::Test(name) => args.extend(["--test".into(), name.into()]),
         }
         args
@@ -708,11 +710,12 @@ impl TestRun {
     }
 
     /// How a test of this run is named in reports and in wrong answers' `caught by`
-    /// lines: `ch04_proxy` for a test file, the package name for unit tests.
+    /// lines: `ch04_proxy` for a test file, the package name for a library's unit tests,
+    /// the binary's name for a binary's.
     pub fn label(&self) -> &'static str {
         match self.target {
             Target::Lib => self.package,
-            Target::Test(name) => name,
+            Target::Bin(name) | Target::Test(name) => name,
         }
     }
 
@@ -761,16 +764,36 @@ mod tests {
             assert!(e.hints.len() >= 2, "{}: at least two hint levels", e.name);
             assert!(!e.tests.is_empty(), "{}: at least one test command", e.name);
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            // The learner rewrites the chapter's own code, where the chapter's page
+            // explains it.
+            assert!(
+                e.file.starts_with(&format!("chapters/{}/src/", e.chapter)),
+                "{}: {} is not in its chapter's crate, chapters/{}",
+                e.name,
+                e.file,
+                e.chapter
+            );
+            let mut labels = std::collections::HashSet::new();
             for run in e.tests {
-                if let Target::Test(file) = run.target {
-                    let path = root.join("tests/tests").join(format!("{file}.rs"));
-                    assert!(
-                        path.exists(),
-                        "{}: {} does not exist",
-                        e.name,
-                        path.display()
-                    );
-                }
+                assert!(
+                    labels.insert(run.label()),
+                    "{}: two test commands are labelled {}, so a wrong answer's `caught by` \
+                     line could not say which it means",
+                    e.name,
+                    run.label()
+                );
+                let path = match run.target {
+                    Target::Test(file) => root.join("tests/tests").join(format!("{file}.rs")),
+                    Target::Lib if run.package == "shared" => root.join("shared/src/lib.rs"),
+                    Target::Lib => root.join("chapters").join(run.package).join("src/lib.rs"),
+                    Target::Bin(_) => root.join("chapters").join(run.package).join("src/main.rs"),
+                };
+                assert!(
+                    path.exists(),
+                    "{}: {} does not exist",
+                    e.name,
+                    path.display()
+                );
             }
         }
     }
@@ -847,17 +870,24 @@ mod tests {
                  a_slot_that_crashes_at_start_backs_off_then_is_given_up_while_the_other_serves"
             ]
         );
-        let unit = &find("ch01-percent").unwrap().tests[0];
+        let unit = &find("ch02-send").unwrap().tests[0];
         assert_eq!(
             unit.command(),
-            "cargo test -p ch01-random-port-fork --lib -- workers::"
+            "cargo test -p ch02-ipc-messaging --lib -- channel::"
         );
-        assert_eq!(unit.label(), "ch01-random-port-fork");
-        assert!(unit.selects("workers::tests::a_share_of_the_cpus"));
-        assert!(!unit.selects("channel::tests::closed_and_too_large"));
-        assert!(find("ch01-percent")
+        assert_eq!(unit.label(), "ch02-ipc-messaging");
+        assert!(unit.selects("channel::tests::closed_and_too_large"));
+        assert!(!unit.selects("worker::tests::a_bad_fd_is_named"));
+        assert!(find("ch02-send")
             .unwrap()
-            .run_labelled("ch01-random-port-fork")
+            .run_labelled("ch02-ipc-messaging")
             .is_some());
+        // Unit tests of a module of a chapter's binary (its main.rs), not of its library.
+        let bin = &find("ch10-reserve").unwrap().tests[0];
+        assert_eq!(
+            bin.command(),
+            "cargo test -p ch10-reuseport --bin ch10-reuseport -- reserve::"
+        );
+        assert_eq!(bin.label(), "ch10-reuseport");
     }
 }

@@ -165,6 +165,10 @@ pub fn build(
                 let name = run.package.replace('-', "_");
                 commands.push((args.map(String::from).to_vec(), vec![(key, name)]));
             }
+            crate::registry::Target::Bin(name) => {
+                let args = ["test", "-p", run.package, "--bin", name, "--no-run"];
+                commands.push((args.map(String::from).to_vec(), vec![(key, name.into())]));
+            }
         }
     }
     if build_args.len() > 1 {
@@ -195,7 +199,9 @@ pub fn build(
             ));
         }
         for artifact in out.stdout.lines().filter_map(Artifact::parse) {
-            if artifact.kind == "bin" {
+            // A binary's unit tests are a `bin` too, of the same name: the test profile
+            // tells them from the program the black-box tests start.
+            if artifact.kind == "bin" && !artifact.test {
                 if chapters.contains(&artifact.name) {
                     copy(&artifact.executable, &bins.join(&artifact.name))?;
                 }
@@ -288,6 +294,8 @@ struct Artifact {
     name: String,
     /// The target's first kind: `bin`, `test`, `lib`...
     kind: String,
+    /// Built as a test executable (a library's or a binary's unit tests, a test file).
+    test: bool,
     executable: PathBuf,
     /// The directory of the package's `Cargo.toml`, where cargo runs its tests.
     package_dir: PathBuf,
@@ -304,9 +312,14 @@ impl Artifact {
         let target = &line[line.find("\"target\":")?..];
         // `"kind":["bin"]`: the first string after it.
         let kinds = &target[target.find("\"kind\":[")? + 8..];
+        // The profile's `"test":true`, not the target's (a target's says whether
+        // `cargo test` runs it by default).
+        let profile = &line[line.find("\"profile\":{")?..];
+        let profile = &profile[..profile.find('}')?];
         Some(Artifact {
             name: json_string(target, "name")?,
             kind: kinds.split('"').nth(1)?.to_string(),
+            test: profile.contains("\"test\":true"),
             executable,
             package_dir: manifest.parent()?.to_path_buf(),
         })
@@ -367,6 +380,16 @@ mod tests {
             Path::new("/w/target/debug/deps/ch04_proxy-1")
         );
         assert_eq!(artifact.package_dir, Path::new("/w/tests"));
+        assert!(artifact.test);
+        // A chapter's program and its binary's unit tests: both `bin`, both test targets.
+        let program = r#"{"reason":"compiler-artifact","package_id":"path+file:///w/chapters/ch10-reuseport#0.1.0","manifest_path":"/w/chapters/ch10-reuseport/Cargo.toml","target":{"kind":["bin"],"crate_types":["bin"],"name":"ch10-reuseport","src_path":"/w/chapters/ch10-reuseport/src/main.rs","edition":"2021","doc":true,"doctest":false,"test":true},"profile":{"opt_level":"0","debuginfo":2,"debug_assertions":true,"overflow_checks":true,"test":false},"features":[],"filenames":["/w/target/debug/ch10-reuseport"],"executable":"/w/target/debug/ch10-reuseport","fresh":true}"#;
+        let program = Artifact::parse(program).expect("an executable");
+        assert_eq!((program.kind.as_str(), program.test), ("bin", false));
+        let units = line
+            .replace(r#""kind":["test"]"#, r#""kind":["bin"]"#)
+            .replace(r#""name":"ch04_proxy""#, r#""name":"ch10-reuseport""#);
+        let units = Artifact::parse(&units).expect("an executable");
+        assert_eq!((units.kind.as_str(), units.test), ("bin", true));
         let library = line.replace(
             r#""executable":"/w/target/debug/deps/ch04_proxy-1""#,
             r#""executable":null"#,
@@ -387,8 +410,10 @@ mod tests {
             chapters_of(&root, &exercise.tests[0], None),
             ["ch01-random-port-fork"]
         );
-        let unit = &crate::registry::find("ch01-percent").unwrap().tests[0];
+        let unit = &crate::registry::find("ch02-send").unwrap().tests[0];
         assert!(chapters_of(&root, unit, None).is_empty());
+        let bin = &crate::registry::find("ch10-reserve").unwrap().tests[0];
+        assert!(chapters_of(&root, bin, None).is_empty());
         // One test of a file that starts five chapters: the one its body names.
         let fds = &crate::registry::find("ch02-recv").unwrap().tests[2];
         assert_eq!(chapters_of(&root, fds, None), ["ch06-round-robin"]);

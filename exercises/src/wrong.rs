@@ -17,7 +17,7 @@
 //!
 //! The first line says what the mistake is. Each `caught by` line names a test that
 //! must fail: the label of one of the exercise's test commands (a `tests/tests` file, or
-//! `shared` for that crate's unit tests) and the test's full name. After each `@@`, a
+//! the package for a crate's unit tests: `ch02-ipc-messaging`) and the test's full name. After each `@@`, a
 //! hunk: lines starting with a space are kept, `-` removed, `+` added; the kept and
 //! removed lines must appear, in order, exactly once in the region.
 
@@ -29,7 +29,7 @@ use crate::registry::Exercise;
 /// A test that must reject a wrong answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestId {
-    /// The test command's label: `ch04_proxy`, or `shared`.
+    /// The test command's label: `ch04_proxy`, or `ch02-ipc-messaging`.
     pub label: String,
     /// The test's full name as libtest prints it.
     pub name: String,

@@ -94,7 +94,8 @@ impl Cluster {
             if let Some(event) = self.pending.pop_front() {
                 if let Event::Exit { id, pid, status } = event {
                     // Only now, after its last words: chapter 1 forgets the worker.
-                    self.processes.note(&processes::Event::Exit { id, pid, status });
+                    self.processes
+                        .note(&processes::Event::Exit { id, pid, status });
                 }
                 return Some(event);
             }
