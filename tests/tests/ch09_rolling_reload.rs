@@ -800,3 +800,19 @@ fn a_connection_the_old_worker_never_took_goes_to_the_new_one_when_it_is_killed(
     }
     no_defunct_children(master.pid());
 }
+
+/// A SIGUSR2 that comes while the workers are still starting: its default action would end
+/// the master, so the master catches it before it forks the first worker. It survives, the
+/// reload it asked for runs once the loop is up, and the new workers serve.
+#[test]
+fn a_sigusr2_while_the_workers_start_is_a_reload_not_the_end_of_the_master() {
+    let master = Chapter::start(CH09, &["--port", "0", "--workers", "2"]);
+    master.wait_for("forked worker 1 ", TIMEOUT);
+    master.signal(Signal::SIGUSR2);
+    let addr = master.wait_master_ready();
+    master.wait_for("SIGUSR2: replacing", TIMEOUT);
+    master.wait_for("reload done", TIMEOUT);
+    assert!(pid_alive(master.pid()), "the master died of its SIGUSR2");
+    let forked = master.wait_forked(4);
+    each_answers(addr, &forked[2..]);
+}

@@ -3,7 +3,7 @@
 //!
 //! Explained in chapter 1 (fork, exit, shutdown). Chapter 2 watches each worker's IPC
 //! channel in the same loop (a worker's own fd, [`Link`]); chapter 6 adds a socket of its
-//! own ([`Cluster::watch`]), and chapter 9 a signal ([`Cluster::on_signal`]).
+//! own ([`Cluster::watch`]), and chapter 9 the pipe its SIGUSR2 handler writes to.
 //!
 //! Node's master is an event emitter: `cluster.on('exit')`, `cluster.on('message')`, all
 //! driven by one libuv loop. Ours is one loop too: [`Cluster::next_event`] waits in epoll
@@ -14,9 +14,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SendError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{pipe2, Pid};
 
@@ -40,8 +40,6 @@ pub use shared::log::Outcome;
 pub enum Event {
     /// Ctrl-C (SIGINT) or SIGTERM reached the master.
     Shutdown,
-    /// A signal the chapter asked for with [`Cluster::on_signal`] (chapter 9's SIGUSR2).
-    Signal(Signal),
     /// Worker `id` (pid `pid`) exited or was killed.
     Exit { id: u32, pid: u32, status: Exited },
     /// An fd the chapter added with [`Cluster::watch`] is readable; the number is the
@@ -69,7 +67,6 @@ impl std::fmt::Display for Exited {
 /// The epoll tokens the cluster keeps for itself. A chapter's own tokens
 /// ([`Cluster::watch`]) must stay below [`WORKER_FDS`].
 const WAKE: u64 = u64::MAX;
-const SIGNALS: u64 = u64::MAX - 2;
 /// Worker `id`'s own fd ([`Link`]) is watched with token `WORKER_FDS + id`.
 pub const WORKER_FDS: u64 = 1 << 32;
 
@@ -88,8 +85,6 @@ pub struct Cluster {
     queue: Receiver<Event>,
     sender: EventSender,
     wake: OwnedFd,
-    /// The read end of the pipe the signal handler of [`Cluster::on_signal`] writes to.
-    signals: Option<OwnedFd>,
     /// Events read from epoll but not handed out yet.
     pending: VecDeque<Event>,
     /// Set by the Ctrl-C handler: a master still forking its workers stops forking.
@@ -146,7 +141,6 @@ impl Cluster {
             queue,
             sender,
             wake,
-            signals: None,
             pending: VecDeque::new(),
             stopping,
             next_id: 1,
@@ -269,7 +263,6 @@ impl Cluster {
         for token in ready[..n].iter().map(EpollEvent::data) {
             match token {
                 WAKE => drain(&self.wake),
-                SIGNALS => self.read_signals(&mut workers),
                 t if t >= WORKER_FDS => workers.push(Event::Ready(t)),
                 t => sockets.push(Event::Ready(t)),
             }
@@ -304,43 +297,6 @@ impl Cluster {
     pub fn unwatch(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         self.epoll.delete(fd)?;
         Ok(())
-    }
-
-    /// Also turns `signal` into [`Event::Signal`] (chapter 9 reloads on SIGUSR2). The
-    /// handler only writes the signal's number to a pipe the loop watches.
-    // ANCHOR: on_signal
-    pub fn on_signal(&mut self, signal: Signal) -> io::Result<()> {
-        if self.signals.is_none() {
-            let (read, write) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-            self.epoll
-                .add(read.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
-            // The write end lives as long as the process: the handler may run at any time.
-            SIGNAL_PIPE.store(write.as_raw_fd(), Ordering::SeqCst);
-            std::mem::forget(write);
-            self.signals = Some(read);
-        }
-        let action = SigAction::new(
-            SigHandler::Handler(note_signal),
-            SaFlags::SA_RESTART,
-            SigSet::empty(),
-        );
-        // SAFETY: `note_signal` only calls write(2) and reads an atomic, both
-        // async-signal-safe, and restores errno.
-        unsafe { sigaction(signal, &action) }?;
-        Ok(())
-    }
-    // ANCHOR_END: on_signal
-
-    fn read_signals(&self, into: &mut Vec<Event>) {
-        let Some(pipe) = &self.signals else { return };
-        let mut bytes = [0u8; 64];
-        while let Ok(n @ 1..) = nix::unistd::read(pipe, &mut bytes) {
-            for byte in &bytes[..n] {
-                if let Ok(signal) = Signal::try_from(i32::from(*byte)) {
-                    into.push(Event::Signal(signal));
-                }
-            }
-        }
     }
 
     /// The live worker `id`, if it has not exited.
@@ -444,26 +400,6 @@ fn drain(pipe: &OwnedFd) {
     let mut bytes = [0u8; 64];
     while let Ok(1..) = nix::unistd::read(pipe, &mut bytes) {}
 }
-
-/// Where the signal handler of [`Cluster::on_signal`] writes: the pipe's write end.
-static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
-
-// ANCHOR: note_signal
-extern "C" fn note_signal(signal: libc::c_int) {
-    let fd: RawFd = SIGNAL_PIPE.load(Ordering::SeqCst);
-    if fd < 0 {
-        return;
-    }
-    // SAFETY: errno is thread-local; we put back what write(2) may change, as a signal
-    // handler must. write(2) is async-signal-safe and reads one byte from our stack.
-    unsafe {
-        let errno = *libc::__errno_location();
-        let byte = signal as u8;
-        libc::write(fd, (&byte as *const u8).cast(), 1);
-        *libc::__errno_location() = errno;
-    }
-}
-// ANCHOR_END: note_signal
 
 /// Waits for process `pid` to end and says how it ended.
 fn reap(pid: u32) -> Exited {

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use ch01_random_port_fork::cluster::{self as processes, Link, WORKER_FDS};
 use ch01_random_port_fork::spawn::{Inherit, Worker};
-use nix::sys::signal::Signal;
 use shared::log;
 
 use crate::channel::{Channel, ChannelError, Message};
@@ -29,8 +28,6 @@ pub use ch01_random_port_fork::cluster::{master_or_worker, Exited, Outcome};
 pub enum Event {
     /// Ctrl-C (SIGINT) or SIGTERM reached the master.
     Shutdown,
-    /// A signal the chapter asked for with [`Cluster::on_signal`] (chapter 9's SIGUSR2).
-    Signal(Signal),
     /// Worker `id` sent a message.
     Message { id: u32, message: Message },
     /// Worker `id` sent something that is not a valid message; it was dropped.
@@ -115,7 +112,6 @@ impl Cluster {
                 }
                 processes::Event::Ready(token) => self.pending.push_back(Event::Ready(token)),
                 processes::Event::Shutdown => self.pending.push_back(Event::Shutdown),
-                processes::Event::Signal(signal) => self.pending.push_back(Event::Signal(signal)),
             }
         }
     }
@@ -194,12 +190,6 @@ impl Cluster {
     /// Stops watching an fd added with [`Cluster::watch`].
     pub fn unwatch(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         self.processes.unwatch(fd)
-    }
-
-    /// Also turns `signal` into [`Event::Signal`]: see chapter 1's
-    /// [`on_signal`](processes::Cluster::on_signal).
-    pub fn on_signal(&mut self, signal: Signal) -> io::Result<()> {
-        self.processes.on_signal(signal)
     }
 
     /// The live worker `id`, if it has not exited.

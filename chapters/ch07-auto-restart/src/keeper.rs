@@ -35,6 +35,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,10 @@ use shared::log::serve;
 use shared::net::ListenError;
 
 use crate::supervisor::{Policy, Supervisor, Verdict};
+
+/// The first token a chapter may give an fd of its own ([`Keeper::watch`]); the tokens
+/// below are the round-robin's listening sockets, one per address.
+pub const OWN_TOKENS: u64 = 1 << 31;
 
 /// The environment variable that tells a worker which slot it fills (1 to N).
 pub const SLOT_VAR: &str = "CLUSTER_SLOT";
@@ -266,26 +271,9 @@ impl Keeper {
     /// Forks `workers` workers, one per slot, and returns the master, which serves once
     /// each has asked it to listen on every one of `ports` addresses (one per `--port`).
     pub fn start(workers: usize, ports: usize, options: &KeeperOptions) -> io::Result<Keeper> {
-        Keeper::start_catching(workers, ports, options, &[])
-    }
-
-    /// [`Keeper::start`], with `signals` turned into events ([`Cluster::on_signal`]) before
-    /// the first worker is forked (chapter 9's SIGUSR2): one that comes while the workers
-    /// start is an event like any other, not the end of the master (SIGUSR2's default
-    /// action is to terminate).
-    pub fn start_catching(
-        workers: usize,
-        ports: usize,
-        options: &KeeperOptions,
-        signals: &[Signal],
-    ) -> io::Result<Keeper> {
         let policy = options.restart.policy();
-        let mut cluster = Cluster::new()?;
-        for signal in signals {
-            cluster.on_signal(*signal)?;
-        }
         let mut keeper = Keeper {
-            cluster,
+            cluster: Cluster::new()?,
             books: Supervisor::new(workers, policy),
             handles: Handles::new(),
             ports,
@@ -412,7 +400,6 @@ impl Keeper {
             }
             Event::BadMessage { id, error } => log!("worker {id}: {error}"),
             Event::Exit { id, .. } => return self.exited(id),
-            Event::Signal(_) => {}
         }
         // What is waiting goes out in `next_event`, before the master waits again.
         None
@@ -688,6 +675,17 @@ impl Keeper {
         let mut ids = self.cluster.ids();
         ids.retain(|id| !self.leaving.contains_key(id));
         ids
+    }
+
+    /// Adds one of the chapter's own fds to the master's loop (chapter 9's signal pipe):
+    /// [`Keeper::next_event`] returns `Event::Ready(token)` when it is readable. `token`
+    /// must be at least [`OWN_TOKENS`]: the ones below name the round-robin's sockets.
+    pub fn watch(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        assert!(
+            token >= OWN_TOKENS,
+            "token {token} names a round-robin socket"
+        );
+        self.cluster.watch(fd, token)
     }
 
     /// Sends a message to worker `id`; errors mean it is gone, and its exit will come.

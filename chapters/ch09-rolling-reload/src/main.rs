@@ -17,13 +17,13 @@ use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use ch00_server_models::signals::SignalPipe;
 use ch01_random_port_fork::workers::Workers;
 use ch02_ipc_messaging::cluster::{self, Event, Exited, Outcome};
 use ch02_ipc_messaging::worker;
 use ch07_auto_restart::graceful;
-use ch07_auto_restart::keeper::{self, Keeper, KeeperOptions};
+use ch07_auto_restart::keeper::{self, Keeper, KeeperOptions, OWN_TOKENS};
 use clap::Parser;
-use nix::sys::signal::Signal;
 use shared::args::{seconds, ListenMany, Seconds};
 use shared::http::{self, Request, Response};
 use shared::log;
@@ -74,9 +74,12 @@ fn main() -> ExitCode {
 // ANCHOR: master
 fn master(options: &Options) -> Outcome {
     let (workers, ports) = (options.workers.count, options.listen.ports.len());
-    // SIGUSR2 becomes one more event of the loop, like a message or an exit.
-    let usr2 = [Signal::SIGUSR2];
-    let mut keeper = Keeper::start_catching(workers, ports, &options.keeper, &usr2)?;
+    // SIGUSR2 becomes one more event of the loop, like a message or an exit: the
+    // prologue's self-pipe, caught before the first fork (its default action would end
+    // the master), watched once the keeper's loop exists.
+    let usr2 = SignalPipe::install(&[libc::SIGUSR2])?;
+    let mut keeper = Keeper::start(workers, ports, &options.keeper)?;
+    keeper.watch(usr2.read_end(), SIGUSR2_PIPE)?;
     let mut reload = Reload::new(options.listen_timeout);
     loop {
         // Chapter 7's loop, with one more thing to wake up for: a new worker's deadline.
@@ -85,7 +88,11 @@ fn master(options: &Options) -> Outcome {
             continue;
         };
         match event {
-            Event::Signal(Signal::SIGUSR2) => reload.requested(&mut keeper),
+            Event::Ready(SIGUSR2_PIPE) => {
+                for _ in usr2.drain() {
+                    reload.requested(&mut keeper);
+                }
+            }
             event => {
                 // The new worker of a turn may be the one that exited.
                 if let Event::Exit { id, status, .. } = &event {
@@ -103,6 +110,9 @@ fn master(options: &Options) -> Outcome {
     }
 }
 // ANCHOR_END: master
+
+/// The token the master's loop watches the SIGUSR2 pipe with.
+const SIGUSR2_PIPE: u64 = OWN_TOKENS;
 
 /// A rolling reload: the old workers still to replace, the turn under way, and whether
 /// another reload was asked for meanwhile.
