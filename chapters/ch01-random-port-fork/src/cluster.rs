@@ -32,7 +32,7 @@ use shared::log;
 
 use crate::spawn::{spawn_worker, Inherit, Worker};
 
-pub use crate::spawn::master_or_worker;
+pub use crate::spawn::{master_or_worker, run};
 pub use shared::log::Outcome;
 
 /// Something that happened, for the master to act on.

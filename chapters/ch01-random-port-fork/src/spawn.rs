@@ -49,6 +49,15 @@ pub fn master_or_worker<Options>(
 }
 // ANCHOR_END: master_or_worker
 
+/// The whole `main` of every chapter after this one: parse the chapter's `Options` (a clap
+/// `Parser`), then [`master_or_worker`]. Chapter 1 writes the two steps out.
+pub fn run<Options: clap::Parser>(
+    master: fn(&Options) -> Outcome,
+    worker: fn(u32, &Options) -> Outcome,
+) -> ExitCode {
+    master_or_worker(&Options::parse(), master, worker)
+}
+
 /// Master or worker, from the environment: `Ok(None)` for a master, `Ok(Some(id))` for
 /// worker `id`, and an error that names the variable when it is set to anything but a
 /// worker id (a learner who sets it by hand must not silently get a master).

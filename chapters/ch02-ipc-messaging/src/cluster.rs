@@ -20,7 +20,7 @@ use shared::log;
 use crate::channel::{Channel, ChannelError, Message};
 use crate::worker::CHANNEL_FD_VAR;
 
-pub use ch01_random_port_fork::cluster::{master_or_worker, Exited, Outcome};
+pub use ch01_random_port_fork::cluster::{master_or_worker, run, Exited, Outcome};
 
 /// Something that happened, for the master to act on: chapter 1's events, and the
 /// workers' messages.
@@ -54,6 +54,16 @@ impl Cluster {
             channels: BTreeMap::new(),
             pending: VecDeque::new(),
         })
+    }
+
+    /// A master with `n` workers started, each with its channel: Node's
+    /// `for (let i = 0; i < n; i++) cluster.fork()`.
+    pub fn with_workers(n: usize) -> io::Result<Self> {
+        let mut cluster = Cluster::new()?;
+        for _ in 0..n {
+            cluster.fork()?;
+        }
+        Ok(cluster)
     }
 
     /// Starts the next worker, with a channel, and returns its id.

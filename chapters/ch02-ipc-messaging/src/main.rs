@@ -28,19 +28,15 @@ struct Options {
 }
 
 fn main() -> ExitCode {
-    let options = Options::parse();
-    // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
-    cluster::master_or_worker(&options, master, worker)
+    // Parse the options, then ask chapter 1's question: master or worker?
+    cluster::run(master, worker)
 }
 
 // ANCHOR: master
 fn master(options: &Options) -> Outcome {
     let workers = options.workers.count;
     log!("master started; forking {workers} workers");
-    let mut cluster: Cluster = Cluster::new()?;
-    for _ in 0..workers {
-        cluster.fork()?;
-    }
+    let mut cluster = Cluster::with_workers(workers)?;
     loop {
         let event = cluster.next_event();
         if let Some(code) = cluster.finished_by(&event) {

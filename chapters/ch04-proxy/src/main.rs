@@ -40,9 +40,8 @@ struct Options {
 }
 
 fn main() -> ExitCode {
-    let options = Options::parse();
-    // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
-    cluster::master_or_worker(&options, master, worker)
+    // Parse the options, then ask chapter 1's question: master or worker?
+    cluster::run(master, worker)
 }
 
 // ANCHOR: master
@@ -50,10 +49,7 @@ fn master(options: &Options) -> Outcome {
     let workers = options.workers.count;
     let listener = net::listen(options.listen.host, options.listen.port)?;
     let public = listener.local_addr()?;
-    let mut cluster: Cluster = Cluster::new()?;
-    for _ in 0..workers {
-        cluster.fork()?;
-    }
+    let mut cluster = Cluster::with_workers(workers)?;
     // The proxy runs on its own thread; this loop keeps its list of workers current.
     let upstreams: proxy::Upstreams = Arc::new(Mutex::new(Vec::new()));
     let mut private: Vec<(u32, SocketAddr)> = Vec::new();

@@ -43,18 +43,14 @@ struct Options {
 }
 
 fn main() -> ExitCode {
-    let options = Options::parse();
-    // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
-    cluster::master_or_worker(&options, master, worker)
+    // Parse the options, then ask chapter 1's question: master or worker?
+    cluster::run(master, worker)
 }
 
 // ANCHOR: master
 fn master(options: &Options) -> Outcome {
     let (listen, workers) = (&options.listen, options.workers.count);
-    let mut cluster = Cluster::new()?;
-    for _ in 0..workers {
-        cluster.fork()?;
-    }
+    let mut cluster = Cluster::with_workers(workers)?;
     // The articles' experiment: send the socket to every worker now, and close ours. With
     // --shared-handle, cluster's SharedHandle instead: the first worker to ask makes the
     // master bind, and the master keeps the socket and sends it to each worker that asks.

@@ -63,10 +63,7 @@ fn main() -> ExitCode {
 fn master(options: &Options) -> Outcome {
     let workers = options.workers.count;
     let weights = options.weights.clone().unwrap_or_default().by_worker();
-    let mut cluster = Cluster::new()?;
-    for _ in 0..workers {
-        cluster.fork()?;
-    }
+    let mut cluster = Cluster::with_workers(workers)?;
     // One round-robin handle per address the workers ask for, made on the first request:
     // Node's `handles` in lib/internal/cluster/primary.js. A handle's place in this list
     // is the token the loop watches its socket with.

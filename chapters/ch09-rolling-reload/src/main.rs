@@ -67,8 +67,8 @@ fn listen_timeout(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let options = Options::parse();
-    cluster::master_or_worker(&options, master, worker)
+    // Parse the options, then ask chapter 1's question: master or worker?
+    cluster::run(master, worker)
 }
 
 // ANCHOR: master

@@ -47,9 +47,8 @@ struct Options {
 }
 
 fn main() -> ExitCode {
-    let options = Options::parse();
-    // Master or worker? `master_or_worker` asks, as Node's `cluster.isPrimary` does.
-    cluster::master_or_worker(&options, master, worker)
+    // Parse the options, then ask chapter 1's question: master or worker?
+    cluster::run(master, worker)
 }
 
 // ANCHOR: master
