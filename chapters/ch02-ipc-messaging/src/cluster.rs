@@ -188,7 +188,24 @@ impl Cluster {
 
     /// Stops every worker: see chapter 1's [`shutdown`](processes::Cluster::shutdown).
     pub fn shutdown(&mut self, grace: Duration) {
+        self.note_pending_exits();
         self.processes.shutdown(grace);
+    }
+
+    /// Exits read but not handed out yet go to chapter 1's books now: a shutdown waits for
+    /// every worker it knows of, and would wait for ever for one whose exit it will never
+    /// see again.
+    fn note_pending_exits(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        for event in pending {
+            match event {
+                Event::Exit { id, pid, status } => {
+                    self.processes
+                        .note(&processes::Event::Exit { id, pid, status });
+                }
+                other => self.pending.push_back(other),
+            }
+        }
     }
 
     /// Adds one of the chapter's own fds to the loop: see chapter 1's
@@ -220,5 +237,13 @@ impl Cluster {
     /// True when no worker is alive.
     pub fn is_empty(&self) -> bool {
         self.processes.is_empty()
+    }
+}
+
+impl Drop for Cluster {
+    /// Chapter 1's cluster stops the workers still alive when it is dropped; it must not
+    /// wait for those whose exits sit here, unread.
+    fn drop(&mut self) {
+        self.note_pending_exits();
     }
 }
