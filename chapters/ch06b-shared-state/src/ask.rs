@@ -37,8 +37,8 @@ pub struct Questions {
     /// Requests have been answered 503 for want of a reply since the last reply: logged
     /// once, when it starts and when it ends.
     late: bool,
-    /// Who this worker is, for the answers' text: `(id, pid)`.
-    worker: (u32, u32),
+    /// This worker's id, for the answers' text.
+    id: u32,
 }
 
 /// One question sent: the request waiting for its reply (`None` once it was answered 503),
@@ -57,14 +57,8 @@ impl Questions {
             waiting: VecDeque::new(),
             timeout,
             late: false,
-            worker: (id, std::process::id()),
+            id,
         }
-    }
-
-    /// The answer to a request for the count: `count N by PID (worker ID)`.
-    pub fn count(&self, n: u64) -> Response {
-        let (id, pid) = self.worker;
-        Response::ok(format!("count {n} by {pid} (worker {id})\n"))
     }
 
     /// Asks for the next count, for the request `later`. `None`: it waits for the reply;
@@ -106,9 +100,9 @@ impl Questions {
         // Its request was answered 503 already: this is its late reply, and the next
         // question's is still to come.
         let later = question.later?;
-        let count = text.strip_prefix("count ").and_then(|n| n.parse().ok());
-        let response = match count {
-            Some(n) => self.count(n),
+        let n = text.strip_prefix("count ").and_then(|n| n.parse().ok());
+        let response = match n {
+            Some(n) => count(n, self.id),
             None => {
                 log!("{} replied '{text}', not 'count N'; answered 503", self.who);
                 unavailable(&format!("{} replied '{text}', not a count", self.who))
@@ -172,6 +166,12 @@ impl Questions {
     pub fn line(&self) -> Option<&Channel> {
         self.to.as_ref()
     }
+}
+
+/// Worker `id`'s answer to `/count`: `count N by PID (worker ID)`.
+pub fn count(n: u64, id: u32) -> Response {
+    let pid = std::process::id();
+    Response::ok(format!("count {n} by {pid} (worker {id})\n"))
 }
 
 /// A 503 that says why there is no count.

@@ -184,8 +184,7 @@ fn count_locally(server: Server, id: u32) -> Server {
     server.handler(move |request| match request.route() {
         "/count" => {
             count.set(count.get() + 1);
-            let pid = std::process::id();
-            Response::ok(format!("count {} by {pid} (worker {id})\n", count.get()))
+            ask::count(count.get(), id)
         }
         _ => http::hello(id),
     })
