@@ -42,6 +42,8 @@ trap cleanup EXIT
 
 cargo build --release -q -p ch06b-shared-state -p loadgen
 bin=target/release
+# Other work on the machine shows in every figure: say how much there was.
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -54,7 +56,7 @@ start() {
   setsid "$@" >"$work/$name.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do
-    if grep -q 'master.*listening on http://' "$work/$name.log"; then return 0; fi
+    if grep -qs 'master.*listening on http://' "$work/$name.log"; then return 0; fi
     sleep 0.1
   done
   echo "$name did not start:" >&2; cat "$work/$name.log" >&2; failed=1; return 1
@@ -74,11 +76,11 @@ load() {
     wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$1" | awk '
       function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
       $1 == "50%" {p50 = ms($2)} $1 == "99%" {p99 = ms($2)} /Requests\/sec/ {rate = $2}
-      END {printf "%.0f %.2f %.2f", rate, p50, p99}'
+      END {printf "%.0f %.2f %.2f\n", rate, p50, p99}'
   else
     $bin/loadgen "$1" -k -n $((DURATION * 20000)) -c "$CONNECTIONS" | awk '
       /requests\/s/ {for (i = 1; i <= NF; i++) {if ($i == "requests/s;") rate = $(i-1); if ($i == "p50") p50 = $(i+1); if ($i == "p99") p99 = $(i+1)}}
-      END {printf "%.0f %.2f %.2f", rate, p50, p99}'
+      END {printf "%.0f %.2f %.2f\n", rate, p50, p99}'
   fi
 }
 
@@ -124,8 +126,8 @@ range() {
 }
 
 echo
-echo "$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) CPUs, $(uname -sr); load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "rustc $(rustc --version | awk '{print $2}'), $(command -v node >/dev/null && echo "node $(node --version)" || echo "no node"); $WORKERS workers; load: $tool; $REPS passes"
+echo "$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) CPUs, $(uname -sr); load average $load_before at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+echo "rustc $(rustc --version | awk '{print $2}'), $(command -v node >/dev/null && echo "node $(node --version)" || echo "no node"); $WORKERS workers; load: $tool; passes: $REPS"
 # column N TITLE: one figure of every run, per target, with its range.
 column() {
   echo

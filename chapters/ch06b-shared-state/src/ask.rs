@@ -149,11 +149,12 @@ impl Questions {
             .filter_map(|question| question.later)
             .map(|later| (later, unavailable(why)))
             .collect();
-        log!(
-            "{why}: answered 503 to {} waiting requests, and /count answers 503 until the \
-             master sends a line to a new agent",
-            answers.len()
-        );
+        let waited = match answers.len() {
+            0 => String::new(),
+            1 => ", and the request that waited for it gets a 503".to_string(),
+            n => format!(", and the {n} requests that waited for it get a 503"),
+        };
+        log!("{why}{waited}; /count answers 503 until the master sends a line to a new agent");
         answers
     }
 
