@@ -514,6 +514,34 @@ pub const EXERCISES: &[Exercise] = &[
         tests: &[black_box("ch06_round_robin", &["weights_skew_the_turns"])],
     },
     Exercise {
+        name: "ch06b-reply",
+        chapter: "ch06b-shared-state",
+        file: "chapters/ch06b-shared-state/src/ask.rs",
+        function: "Questions::reply",
+        anchor: "solution_ch06b_reply",
+        about: "the worker's side of `incr`: match the master's (or the agent's) reply to the request that waits for it",
+        todo: "take the question this reply answers, and return its request with the count, or a 503",
+        hints: &[
+            "The worker sends `incr` and goes on serving; replies come back one per \
+             question, in the order the questions went out, since a channel keeps its \
+             order and the master answers in turn. So a reply is for the oldest question \
+             still in line. Every reply takes one question off the line, whatever it \
+             says: otherwise the line falls out of step, and every later request gets the \
+             count meant for another.",
+            "`self.waiting` holds the questions, oldest at the front of the `VecDeque`. \
+             A question's `later` is the request to answer, or `None` once `overdue` has \
+             answered it 503. Return that request with its answer, and let the caller \
+             send it: `count(n, self.id)` for a reply `count N`, `unavailable(why)` for \
+             anything else. A reply with no question at all answers nothing.",
+            "Whose reply is it, when the oldest question's request already had its 503? \
+             Tests to read, in tests/tests/ch06b_shared_state.rs: \
+             `replies_answer_the_oldest_question_first`, \
+             `a_reply_that_is_not_a_count_is_a_503_and_the_next_reply_still_fits` and \
+             `a_reply_after_its_timeout_is_not_taken_for_the_next_question`.",
+        ],
+        tests: &[black_box("ch06b_shared_state", &[])],
+    },
+    Exercise {
         name: "ch07-backoff",
         chapter: "ch07-auto-restart",
         file: "chapters/ch07-auto-restart/src/supervisor.rs",

@@ -11,6 +11,7 @@ use std::fmt;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What a chapter's `master` and `worker` functions return: an exit code, or an error for
@@ -38,8 +39,21 @@ macro_rules! log {
     };
 }
 
-/// Who is speaking: `master`, or `worker 3` once [`speak_as_worker`] was called.
+/// The name of a process that is neither master nor worker, once [`speak_as`] gave it.
+static NAME: OnceLock<&'static str> = OnceLock::new();
+
+/// From now on this process's lines say `name` (chapter 6b's `agent`): for a helper
+/// process a master starts beside its workers.
+pub fn speak_as(name: &'static str) {
+    let _ = NAME.set(name);
+}
+
+/// Who is speaking: `master`, or `worker 3` once [`speak_as_worker`] was called, or the
+/// name [`speak_as`] gave.
 fn role() -> String {
+    if let Some(name) = NAME.get() {
+        return name.to_string();
+    }
     match WORKER.load(Ordering::SeqCst) {
         0 => "master".to_string(),
         id => format!("worker {id}"),

@@ -3,8 +3,9 @@
 //! Built in the prologue, as its event-loop model; chapter 1 runs one per worker. Later
 //! chapters add to the same loop through its few openings: chapter 2 watches its IPC
 //! channel ([`Server::watch`]), chapter 6 hands it connections accepted elsewhere
-//! ([`Server::adopt_connection`]), chapter 7 closes it gracefully ([`Server::drain`], Node's
-//! `server.close()`) and chapter 9 lets a drain linger for a last request
+//! ([`Server::adopt_connection`]), chapter 6b answers a request once another process has
+//! replied ([`Server::handler_later`]), chapter 7 closes it gracefully ([`Server::drain`],
+//! Node's `server.close()`) and chapter 9 lets a drain linger for a last request
 //! ([`Server::drain_lingering`]).
 //!
 //! A Node process runs all its JavaScript on one thread: libuv waits on epoll for any
@@ -14,8 +15,8 @@
 //! worker, its IPC channel included, and chapter 8 relies on exactly that.
 //!
 //! The loop watches three kinds of things: listening sockets (accept new connections),
-//! connections (read requests, write responses), and one more fd a chapter may give it
-//! (chapter 2's IPC channel), whose callback runs when it is readable.
+//! connections (read requests, write responses), and the fds a chapter gives it (chapter
+//! 2's IPC channel), whose callbacks run when they are readable.
 //!
 //! Nothing a client does can make the loop spin or its memory grow without bound: a
 //! connection is read only while its unsent answers stay under [`OUTPUT_LIMIT`], epoll
@@ -27,7 +28,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
@@ -50,7 +51,7 @@ const INPUT_LIMIT: usize = MAX_HEAD + MAX_BODY;
 /// has closed in the meantime (the fds may be held elsewhere in the process).
 const RETRY_WHEN_OUT_OF_FDS: Duration = Duration::from_secs(1);
 
-type Handler = Box<dyn FnMut(&Request) -> Response>;
+type Handler = Box<dyn FnMut(&Request, Later) -> Option<Response>>;
 type Callback = Box<dyn FnMut(&mut Server)>;
 
 struct Timer {
@@ -58,9 +59,6 @@ struct Timer {
     next: Instant,
     callback: Option<Callback>,
 }
-
-/// The token of the one fd a chapter may add with [`Server::watch`].
-const WATCHED: u64 = 0;
 
 /// Counters a chapter can print or report to its master.
 #[derive(Debug, Default, Clone, Copy)]
@@ -77,6 +75,22 @@ pub struct Stats {
 enum Source {
     Listener(Listener),
     Conn(Conn),
+    Watched(Watched),
+}
+
+/// An fd a chapter added with [`Server::watch`], and what to do when it is readable (taken
+/// out while it runs).
+struct Watched {
+    fd: RawFd,
+    on_readable: Option<Callback>,
+}
+
+/// A request whose handler answers it later ([`Server::handler_later`]): which connection,
+/// and which of its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Later {
+    token: u64,
+    request: u64,
 }
 
 struct Listener {
@@ -99,6 +113,9 @@ struct Conn {
     deadline: Instant,
     /// Requests answered on it so far.
     answered: u64,
+    /// The request being answered later, if any (its keep-alive as the client asked): no
+    /// further request of this connection is read into the handler until it is answered.
+    waiting: Option<bool>,
 }
 
 /// The worker's state when it has run out of fds (or out of room for one more
@@ -118,8 +135,6 @@ pub struct Server {
     worker: u32,
     idle_timeout: Duration,
     handler: Option<Handler>,
-    /// What to do when the fd added with [`Server::watch`] is readable.
-    on_readable: Option<Callback>,
     on_fds_freed: Option<Callback>,
     on_crash: Option<Callback>,
     timers: Vec<Timer>,
@@ -142,11 +157,10 @@ impl Server {
         Ok(Server {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             sources: HashMap::new(),
-            next_token: WATCHED + 1,
+            next_token: 0,
             worker,
             idle_timeout,
             handler: None,
-            on_readable: None,
             on_fds_freed: None,
             on_crash: None,
             timers: Vec::new(),
@@ -160,10 +174,49 @@ impl Server {
     }
 
     /// Replaces the default handler ([`http::hello`]) with one of the chapter's.
-    pub fn handler(mut self, handler: impl FnMut(&Request) -> Response + 'static) -> Server {
+    pub fn handler(mut self, mut handler: impl FnMut(&Request) -> Response + 'static) -> Server {
+        self.handler = Some(Box::new(move |request, _| Some(handler(request))));
+        self
+    }
+
+    /// Like [`Server::handler`], for a handler that may have to wait for another process
+    /// (chapter 6b asks its master, or an agent, for a count). It answers now with
+    /// `Some(response)`, or returns `None` and answers later with
+    /// [`Server::answer_later`] and the [`Later`] it was given. Meanwhile the loop serves
+    /// every other connection; this one waits, its next requests unread.
+    // ANCHOR: handler_later
+    pub fn handler_later(
+        mut self,
+        handler: impl FnMut(&Request, Later) -> Option<Response> + 'static,
+    ) -> Server {
         self.handler = Some(Box::new(handler));
         self
     }
+
+    /// Answers a request its handler left for later, and serves what its client sent
+    /// meanwhile. False, and the answer dropped, if the connection is gone (the client
+    /// left, or the idle timeout closed it) or that request was answered already. Not from
+    /// inside the handler: it may run the handler again.
+    pub fn answer_later(&mut self, later: Later, response: Response) -> bool {
+        let Some(Source::Conn(conn)) = self.sources.get_mut(&later.token) else {
+            return false;
+        };
+        if conn.answered != later.request {
+            return false;
+        }
+        let Some(keep_alive) = conn.waiting.take() else {
+            return false;
+        };
+        let keep_alive = keep_alive && !self.draining;
+        conn.answered += 1;
+        self.stats.served += 1;
+        conn.output.extend(response.to_bytes(keep_alive));
+        conn.closing = !keep_alive;
+        conn.deadline = Instant::now() + self.idle_timeout;
+        self.serve(later.token, EpollFlags::empty());
+        true
+    }
+    // ANCHOR_END: handler_later
 
     /// Watches one more fd besides the sockets (chapter 2's IPC channel): each time it is
     /// readable, `on_readable` runs on the loop's thread and gets the server itself to act
@@ -173,10 +226,33 @@ impl Server {
         fd: BorrowedFd<'_>,
         on_readable: impl FnMut(&mut Server) + 'static,
     ) -> io::Result<Server> {
-        self.epoll
-            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, WATCHED))?;
-        self.on_readable = Some(Box::new(on_readable));
+        self.add_watch(fd, on_readable)?;
         Ok(self)
+    }
+
+    /// [`Server::watch`], from a running loop: chapter 6b's worker watches the line to
+    /// its agent once the master has sent it.
+    pub fn add_watch(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        on_readable: impl FnMut(&mut Server) + 'static,
+    ) -> io::Result<()> {
+        let token = self.register(fd, EpollFlags::EPOLLIN)?;
+        let watched = Watched {
+            fd: fd.as_raw_fd(),
+            on_readable: Some(Box::new(on_readable)),
+        };
+        self.sources.insert(token, Source::Watched(watched));
+        Ok(())
+    }
+
+    /// Stops watching `fd`, and drops its callback with what it owns. (Closing the fd alone
+    /// would not do: another handle on it may keep it open, and watched.)
+    pub fn unwatch(&mut self, fd: BorrowedFd<'_>) {
+        let _ = self.epoll.delete(fd);
+        let raw = fd.as_raw_fd();
+        self.sources
+            .retain(|_, source| !matches!(source, Source::Watched(w) if w.fd == raw));
     }
 
     /// Calls `callback` every `every`, on the loop's thread, between events.
@@ -256,6 +332,7 @@ impl Server {
             interest: EpollFlags::EPOLLIN,
             deadline: Instant::now() + self.idle_timeout,
             answered: 0,
+            waiting: None,
         };
         self.sources.insert(token, Source::Conn(conn));
         self.open += 1;
@@ -294,7 +371,7 @@ impl Server {
                 // Read what has arrived first: a request sent but not yet read is owed
                 // an answer. Answers from now on say `Connection: close`.
                 Some(Source::Conn(_)) => self.serve(token, EpollFlags::EPOLLIN),
-                None => {}
+                _ => {}
             }
         }
         // An idle kept-alive connection is closed now; after `drain_lingering` (chapter 9),
@@ -392,10 +469,7 @@ impl Server {
                 Err(e) => return Err(e.into()),
             };
             for event in &events[..ready] {
-                match event.data() {
-                    WATCHED => self.readable(),
-                    token => self.ready(token, event.events()),
-                }
+                self.ready(event.data(), event.events());
                 if !self.running {
                     break;
                 }
@@ -426,11 +500,18 @@ impl Server {
         }
     }
 
-    fn readable(&mut self) {
+    fn readable(&mut self, token: u64) {
+        let Some(Source::Watched(watched)) = self.sources.get_mut(&token) else {
+            return;
+        };
         // Taken out while it runs, so it can borrow the server.
-        if let Some(mut on_readable) = self.on_readable.take() {
-            on_readable(self);
-            self.on_readable = Some(on_readable);
+        let Some(mut on_readable) = watched.on_readable.take() else {
+            return;
+        };
+        on_readable(self);
+        // Put back, unless it stopped watching its fd meanwhile.
+        if let Some(Source::Watched(watched)) = self.sources.get_mut(&token) {
+            watched.on_readable = Some(on_readable);
         }
     }
 
@@ -438,6 +519,7 @@ impl Server {
         match self.sources.get(&token) {
             Some(Source::Listener(_)) => self.accept(token),
             Some(Source::Conn(_)) => self.serve(token, flags),
+            Some(Source::Watched(_)) => self.readable(token),
             None => {}
         }
     }
@@ -567,6 +649,15 @@ impl Server {
         {
             broken = conn.receive().is_err();
         }
+        // Waiting for its answer with nothing more to read, the connection is watched for
+        // nothing, yet epoll reports a hang-up or an error for as long as it lasts: the
+        // client is gone, and waiting on would wake the loop again and again.
+        if conn.waiting.is_some()
+            && !conn.wants_input()
+            && flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
+        {
+            broken = true;
+        }
         let mut crash = None;
         while !broken {
             let buffered = conn.input.len();
@@ -575,6 +666,7 @@ impl Server {
             let held_back = conn.output.len() >= OUTPUT_LIMIT;
             crash = crash.or(answer(
                 conn,
+                token,
                 &mut self.handler,
                 self.worker,
                 &mut self.stats,
@@ -649,19 +741,21 @@ impl Server {
 }
 
 /// Answers every whole request that has arrived (clients may pipeline several), as long
-/// as the unsent answers stay under [`OUTPUT_LIMIT`]. While the worker drains, the answer
-/// says `Connection: close`. If the handler panics, the client gets a 500 and the panic
-/// is returned, for the loop to report once the connection is in order.
+/// as the unsent answers stay under [`OUTPUT_LIMIT`] and no answer is left for later
+/// (the connection `token`'s requests are answered in order). While the worker drains, the
+/// answer says `Connection: close`. If the handler panics, the client gets a 500 and the
+/// panic is returned, for the loop to report once the connection is in order.
 // ANCHOR: answer
 fn answer(
     conn: &mut Conn,
+    token: u64,
     handler: &mut Option<Handler>,
     worker: u32,
     stats: &mut Stats,
     idle_timeout: Duration,
     draining: bool,
 ) -> Option<Box<dyn Any + Send>> {
-    while !conn.closing && conn.output.len() < OUTPUT_LIMIT {
+    while !conn.closing && conn.waiting.is_none() && conn.output.len() < OUTPUT_LIMIT {
         match http::parse(&conn.input) {
             Parsed::Partial => {
                 // Nothing more will come: what is left can never be a whole request.
@@ -670,14 +764,28 @@ fn answer(
             }
             Parsed::Request { request, used } => {
                 conn.input.drain(..used);
+                let later = Later {
+                    token,
+                    request: conn.answered,
+                };
                 // The handler runs right here, on the loop's only thread: while it
                 // runs, nothing else in this worker does.
                 let response = match handler.as_mut() {
-                    Some(handler) => catch_unwind(AssertUnwindSafe(|| handler(&request))),
-                    None => Ok(http::hello(worker)),
+                    Some(handler) => catch_unwind(AssertUnwindSafe(|| handler(&request, later))),
+                    None => Ok(Some(http::hello(worker))),
                 };
                 let keep_alive = request.keep_alive && !draining;
                 conn.deadline = Instant::now() + idle_timeout;
+                let response = match response {
+                    Ok(Some(response)) => Ok(response),
+                    // Answered later (`Server::answer_later`), and the requests after it
+                    // only then.
+                    Ok(None) => {
+                        conn.waiting = Some(request.keep_alive);
+                        break;
+                    }
+                    Err(panic) => Err(panic),
+                };
                 conn.answered += 1;
                 stats.served += 1;
                 match response {
@@ -737,7 +845,10 @@ impl Conn {
     /// once, owes nothing and has nothing half-read. (A fresh connection is not idle: its
     /// first request may be on the way.)
     fn is_idle(&self) -> bool {
-        self.answered > 0 && self.input.is_empty() && self.output.is_empty()
+        self.answered > 0
+            && self.waiting.is_none()
+            && self.input.is_empty()
+            && self.output.is_empty()
     }
 
     /// Over: everything owed is written and nothing more will be answered.
@@ -919,6 +1030,67 @@ mod tests {
         finished
             .recv_timeout(Duration::from_secs(5))
             .expect("run returns once the last connection is closed");
+    }
+
+    /// Reads one response and returns its body.
+    fn body(reader: &mut BufReader<TcpStream>) -> String {
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.strip_prefix("Content-Length: ") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        String::from_utf8(body).unwrap()
+    }
+
+    #[test]
+    fn an_answer_left_for_later_holds_its_connection_only_and_keeps_the_order() {
+        use std::cell::RefCell;
+        use std::rc::Rc;
+        let (addr, _finished) = serve_in_thread(|server| {
+            let later: Rc<RefCell<Option<Later>>> = Rc::default();
+            let kept = later.clone();
+            server
+                .handler_later(move |request, ticket| match request.path.as_str() {
+                    "/later" => {
+                        *kept.borrow_mut() = Some(ticket);
+                        None
+                    }
+                    _ => Some(Response::ok("now")),
+                })
+                // What it waited for arrives once another client has been served.
+                .every(Duration::from_millis(10), move |server| {
+                    let ticket = *later.borrow();
+                    if let Some(ticket) = ticket.filter(|_| server.stats().served >= 1) {
+                        later.borrow_mut().take();
+                        assert!(server.answer_later(ticket, Response::ok("later")));
+                        assert!(!server.answer_later(ticket, Response::ok("twice")));
+                    }
+                })
+        });
+        // Two requests at once: the second waits behind the first.
+        let mut waiting = TcpStream::connect(addr).unwrap();
+        write!(
+            waiting,
+            "GET /later HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        .unwrap();
+        let mut other = TcpStream::connect(addr).unwrap();
+        assert_eq!(
+            get(&mut other, "/").0,
+            "HTTP/1.1 200 OK",
+            "the loop is not held"
+        );
+        let mut reader = BufReader::new(waiting);
+        assert_eq!(body(&mut reader), "later");
+        assert_eq!(body(&mut reader), "now");
     }
 
     #[test]
