@@ -179,9 +179,14 @@ impl Cluster {
     }
     // ANCHOR_END: fork
 
-    /// [`Cluster::fork_with`] for a worker that runs `command`, any program, instead of
-    /// this one (chapter 11's Node.js workers): see [`spawn_command`].
-    pub fn fork_command(&mut self, command: Command, link: Option<Link>) -> io::Result<u32> {
+    /// [`Cluster::fork_with`] for a worker that runs any program instead of this one
+    /// (chapter 11's Node.js workers): `command` makes worker `id`'s command, see
+    /// [`spawn_command`].
+    pub fn fork_command(
+        &mut self,
+        command: impl FnOnce(u32) -> Command,
+        link: Option<Link>,
+    ) -> io::Result<u32> {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(io::Error::new(
                 io::ErrorKind::Interrupted,
@@ -193,7 +198,7 @@ impl Cluster {
             Some(Link { theirs, ours }) => (Some(theirs), Some(ours)),
             None => (None, None),
         };
-        let worker = spawn_command(id, command, theirs).map_err(explain_spawn_error)?;
+        let worker = spawn_command(id, command(id), theirs).map_err(explain_spawn_error)?;
         self.next_id += 1;
         log!("forked worker {id} (pid {})", worker.pid);
         self.watch_worker(&worker, ours)?;
