@@ -165,7 +165,9 @@ impl Handle {
     /// for that answer (an `ack` of another handle's, or of nothing).
     // ANCHOR: answered
     pub fn answered(&mut self, id: u32, ack: u64, accepted: bool, send: &mut Send) -> bool {
-        if !self.sent.get(&id).is_some_and(|(seq, _)| *seq == ack) {
+        // Node's callbacks are found by `ack` alone; here each worker has at most one
+        // connection in flight per handle, and the `ack` says which handle's it is.
+        if self.sent.get(&id).is_none_or(|(seq, _)| *seq != ack) {
             return false;
         }
         let Some((_, conn)) = self.sent.remove(&id) else {

@@ -682,10 +682,9 @@ impl Primary {
                 log!("worker {id} serves: it takes worker {old}'s place in slot {slot}");
             }
             self.leave(old, &format!("worker {id} serves in its place"));
-            if self.reload.as_ref().and_then(|r| r.turn) == Some((old, id)) {
-                if let Some(reload) = &mut self.reload {
-                    reload.replaced += 1;
-                }
+            if let Some(reload) = self.reload.as_mut().filter(|r| r.turn == Some((old, id))) {
+                reload.turn = None;
+                reload.replaced += 1;
                 self.reload_step();
             }
         }
@@ -899,12 +898,9 @@ impl Primary {
     /// Moves the reload on: the next old worker's replacement, or the end.
     fn reload_step(&mut self) {
         while let Some(reload) = &mut self.reload {
-            if let Some((_, new)) = reload.turn {
-                if self.workers.contains_key(&new) {
-                    return; // not serving yet: `serving` calls again
-                }
+            if reload.turn.is_some() {
+                return; // its new worker does not serve yet: `serving` calls again
             }
-            reload.turn = None;
             let Some(old) = reload.todo.pop_front() else {
                 let (replaced, took, again) =
                     (reload.replaced, reload.started.elapsed(), reload.again);

@@ -46,7 +46,7 @@ pub fn table(head: &str, rows: &[Row]) -> String {
     for r in rows {
         let rss = r
             .rss
-            .map_or("-".into(), |b| format!("{:.1} MB", b as f64 / 1e6));
+            .map_or("-".into(), |b| format!("{:.1}MB", b as f64 / 1e6));
         let conns = r.connections.map_or("-".into(), |n| n.to_string());
         let _ = writeln!(
             out,
@@ -66,14 +66,14 @@ pub fn table(head: &str, rows: &[Row]) -> String {
 }
 // ANCHOR_END: table
 
-/// `850 ms`, `12.3 s`, `4 min`, `2.5 h`.
+/// `850ms`, `12.3s`, `4m`, `2.5h`: one word each, as `pm2 ls` writes them.
 fn uptime(d: Duration) -> String {
     let s = d.as_secs_f64();
     match s {
-        s if s < 1.0 => format!("{} ms", d.as_millis()),
-        s if s < 60.0 => format!("{s:.1} s"),
-        s if s < 3600.0 => format!("{} min", (s / 60.0) as u64),
-        s => format!("{:.1} h", s / 3600.0),
+        s if s < 1.0 => format!("{}ms", d.as_millis()),
+        s if s < 60.0 => format!("{s:.1}s"),
+        s if s < 3600.0 => format!("{}m", (s / 60.0) as u64),
+        s => format!("{:.1}h", s / 3600.0),
     }
 }
 
