@@ -200,7 +200,8 @@ pm2_version = subprocess.run([PM2, "--version"], capture_output=True, text=True)
 wrk = re.search(r"\d+\.\d+\.\d+", subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout) if HAVE_WRK else None
 tool = f"wrk {wrk.group(0) if wrk else '?'}" if HAVE_WRK else "loadgen"
 print(f"{os.cpu_count()} CPUs, Linux {os.uname().release}, node {node_version}, pm2 {pm2_version}, {tool}")
-print(f"2 workers of book/node/app.js each; -c{CONNECTIONS}, {DURATION} s per load")
+print(f"2 workers of book/node/app.js each; -c{CONNECTIONS}, {DURATION} s per load; "
+      f"load average {os.getloadavg()[0]:.1f} at the start")
 print()
 results = {name: measure(name) for name in ("node", "pm2", "ch11")}
 def cell(v, fmt):
@@ -217,4 +218,5 @@ rows = [
 print(f"{'':<38}{'node':>16}{'pm2':>16}{'ch11':>16}")
 for label, key, fmt in rows:
     print(f"{label:<38}" + "".join(f"{cell(results[n][key], fmt):>16}" for n in ("node", "pm2", "ch11")))
+print(f"load average {os.getloadavg()[0]:.1f} at the end")
 PY

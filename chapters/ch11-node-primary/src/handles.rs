@@ -139,7 +139,6 @@ impl Handle {
     /// goes back to `free` if there is none.
     // ANCHOR: handoff
     fn handoff(&mut self, id: u32, send: &mut Send) {
-        // ANCHOR: solution_ch11_handoff
         if !self.all.contains(&id) {
             return; // the worker is closing this server
         }
@@ -157,7 +156,6 @@ impl Handle {
             // this one's exit will take it off every list.
             None => self.handles.push_front(conn),
         }
-        // ANCHOR_END: solution_ch11_handoff
     }
     // ANCHOR_END: handoff
 
@@ -170,17 +168,21 @@ impl Handle {
         if self.sent.get(&id).is_none_or(|(seq, _)| *seq != ack) {
             return false;
         }
+        // ANCHOR: solution_ch11_answered
         let Some((_, conn)) = self.sent.remove(&id) else {
             return false;
         };
         match accepted {
             // The worker has its own fd now: dropping ours closes the primary's copy.
             true => *self.taken.entry(id).or_default() += 1,
-            // Its server is closing, or at its maxConnections: another worker gets it.
+            // Its server is closing, or at its maxConnections: the connection goes to the
+            // back of the line, and to the first free worker if there is one.
             false => self.distribute(conn, send),
         }
+        // Either way the worker is free again: its next connection, or the free line.
         self.handoff(id, send);
         true
+        // ANCHOR_END: solution_ch11_answered
     }
     // ANCHOR_END: answered
 
