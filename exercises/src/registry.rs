@@ -671,6 +671,34 @@ pub const EXERCISES: &[Exercise] = &[
         tests: &[black_box("ch10_reuseport", &[])],
     },
     Exercise {
+        name: "ch11-answered",
+        chapter: "ch11-node-primary",
+        file: "chapters/ch11-node-primary/src/handles.rs",
+        function: "Handle::answered",
+        anchor: "solution_ch11_answered",
+        about: "a Node worker answered newconn: close the primary's copy, or deal the connection to another worker, and free the worker",
+        todo: "settle the connection worker `id` answered about, accepted or not, and free the worker for its next one",
+        hints: &[
+            "Node's worker answers every `newconn` with `accepted: true` (it took the \
+             connection) or `false` (its server is closing, or is at its \
+             `maxConnections`). The primary kept its own copy of the connection in `sent` \
+             until this answer. Read `RoundRobinHandle.prototype.handoff` in Node's \
+             `lib/internal/cluster/round_robin_handle.js`: its callback does what this \
+             function does.",
+            "Taken: the primary's copy can go (dropping a `TcpStream` closes it), and the \
+             status table counts it in `taken`. Not taken: the client is still waiting, \
+             so the connection must reach another worker; `distribute` queues it and gives \
+             it to the first free worker, as Node's `distribute(0, handle)` does.",
+            "Whatever the answer, the worker is ready for more: `handoff` gives it the next \
+             waiting connection or puts it back on the free line. Which comes first, the \
+             refused connection going out, or this worker's handoff? Tests to read: \
+             `connections_alternate_between_the_node_workers` and \
+             `a_worker_at_its_max_connections_sends_a_connection_back_and_another_takes_it` \
+             in tests/tests/ch11_node_primary.rs.",
+        ],
+        tests: &[black_box("ch11_node_primary", &[])],
+    },
+    Exercise {
         name: "ch10-reserve",
         chapter: "ch10-reuseport",
         file: "chapters/ch10-reuseport/src/reserve.rs",

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SendError, Sender};
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use nix::unistd::{pipe2, Pid};
 
 use shared::log;
 
-use crate::spawn::{spawn_worker, Inherit, Worker};
+use crate::spawn::{spawn_command, spawn_worker, Inherit, Worker};
 
 pub use crate::spawn::{master_or_worker, run};
 pub use shared::log::Outcome;
@@ -178,6 +178,33 @@ impl Cluster {
         Ok(id)
     }
     // ANCHOR_END: fork
+
+    /// [`Cluster::fork_with`] for a worker that runs any program instead of this one
+    /// (chapter 11's Node.js workers): `command` makes worker `id`'s command, see
+    /// [`spawn_command`].
+    pub fn fork_command(
+        &mut self,
+        command: impl FnOnce(u32) -> Command,
+        link: Option<Link>,
+    ) -> io::Result<u32> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "stopped by Ctrl-C while starting the workers",
+            ));
+        }
+        let id = self.next_id;
+        let (theirs, ours) = match link {
+            Some(Link { theirs, ours }) => (Some(theirs), Some(ours)),
+            None => (None, None),
+        };
+        let worker = spawn_command(id, command(id), theirs).map_err(explain_spawn_error)?;
+        self.next_id += 1;
+        log!("forked worker {id} (pid {})", worker.pid);
+        self.watch_worker(&worker, ours)?;
+        self.workers.insert(id, worker);
+        Ok(id)
+    }
 
     /// Listens to a new worker: its own fd, if it has one, joins the master's epoll, and a
     /// helper thread waits for its exit.

@@ -136,6 +136,29 @@ pub fn spawn_worker(
 }
 // ANCHOR_END: spawn
 
+/// Starts worker `id` running `command`, any program rather than this one (chapter 11
+/// starts `node app.js`), with the same care as [`spawn_worker`]: `theirs`, if given, is
+/// inherited and named in its variable, and `prepare_child` runs in the child, so the
+/// worker dies with its master. `command` comes with its arguments and environment, and
+/// with any `pre_exec` of its own, which runs before `prepare_child`.
+pub fn spawn_command(id: u32, mut command: Command, theirs: Option<Inherit>) -> io::Result<Worker> {
+    if let Some(theirs) = &theirs {
+        command.env(theirs.var, theirs.fd.as_raw_fd().to_string());
+    }
+    let inherit = theirs.as_ref().map(|theirs| theirs.fd.as_raw_fd());
+    let master = std::process::id();
+    // SAFETY: as in `spawn_worker`: `prepare_child` makes only async-signal-safe calls.
+    unsafe {
+        command.pre_exec(move || prepare_child(inherit, master));
+    }
+    let child = command.spawn()?;
+    Ok(Worker {
+        id,
+        pid: child.id(),
+        _child: child,
+    })
+}
+
 /// The path of this program, as it was when the master first asked: every worker runs
 /// what is at that path *now*. Rebuild the binary while the master runs, and the next
 /// worker started runs the new code (chapter 9's reload); the kernel's own name for the

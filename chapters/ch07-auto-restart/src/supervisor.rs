@@ -196,6 +196,19 @@ impl Supervisor {
     }
     // ANCHOR_END: exited
 
+    /// Worker `id` exited without ever getting ready (chapter 11: it did not serve within
+    /// its listen timeout): however long it lived, it died at start.
+    pub fn exited_unready(&mut self, id: u32, now: Instant) -> Verdict {
+        if self.leaving.remove(&id) {
+            return Verdict::Planned;
+        }
+        let Some(slot) = self.slot_of(id) else {
+            return Verdict::Planned;
+        };
+        self.slots[slot - 1].worker = None;
+        self.died(slot, Duration::ZERO, now)
+    }
+
     /// A worker for `slot` could not even be forked (out of processes, out of fds): that
     /// counts as a death at start, with the same backoff.
     pub fn start_failed(&mut self, slot: usize, now: Instant) -> Verdict {
@@ -427,6 +440,18 @@ mod tests {
         assert_eq!(sup.exited(1, t), Verdict::Planned, "its exit is no crash");
         assert_eq!(sup.next_due(), None, "and no restart is due");
         assert_eq!(sup.slot_of(2), Some(2));
+    }
+
+    #[test]
+    fn a_worker_that_never_got_ready_died_at_start_however_long_it_lived() {
+        let mut sup = Supervisor::new(1, quick());
+        let t = Instant::now();
+        sup.started(1, 1, t);
+        let verdict = sup.exited_unready(1, t + Duration::from_secs(5));
+        assert!(
+            matches!(verdict, Verdict::Restart { crashes: 1, .. }),
+            "{verdict:?}"
+        );
     }
 
     #[test]
