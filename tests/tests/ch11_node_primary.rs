@@ -357,7 +357,7 @@ fn a_worker_whose_line_never_ends_is_killed_at_the_limit() {
     let (_, bad) = forked[0];
     master.wait_for(&format!("worker 1 (pid {bad}): it sent"), TIMEOUT);
     master.wait_for(
-        "without a newline, over the limit of 1048576; killing it",
+        "of one line, over the limit of 1048576; killing it",
         TIMEOUT,
     );
     master.wait_for("forked worker 3", TIMEOUT);

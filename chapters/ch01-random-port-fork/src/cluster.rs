@@ -157,6 +157,15 @@ impl Cluster {
     /// [`Cluster::fork`], with extra environment variables for the worker and, with a
     /// `link`, an fd it inherits and the master's end to watch (chapter 2).
     pub fn fork_with(&mut self, env: &[(&str, String)], link: Option<Link>) -> io::Result<u32> {
+        self.start(link, |id, theirs| spawn_worker(id, theirs, env))
+    }
+
+    /// Starts worker `id` with `spawn`, and watches it.
+    fn start(
+        &mut self,
+        link: Option<Link>,
+        spawn: impl FnOnce(u32, Option<Inherit>) -> io::Result<Worker>,
+    ) -> io::Result<u32> {
         // Ctrl-C while the workers are still starting: start no more. The error ends
         // the master, and dropping the cluster stops the workers already started.
         if self.stopping.load(Ordering::SeqCst) {
@@ -170,7 +179,7 @@ impl Cluster {
             Some(Link { theirs, ours }) => (Some(theirs), Some(ours)),
             None => (None, None),
         };
-        let worker = spawn_worker(id, theirs, env).map_err(explain_spawn_error)?;
+        let worker = spawn(id, theirs).map_err(explain_spawn_error)?;
         self.next_id += 1;
         log!("forked worker {id} (pid {})", worker.pid);
         self.watch_worker(&worker, ours)?;
@@ -187,23 +196,7 @@ impl Cluster {
         command: impl FnOnce(u32) -> Command,
         link: Option<Link>,
     ) -> io::Result<u32> {
-        if self.stopping.load(Ordering::SeqCst) {
-            return Err(io::Error::new(
-                io::ErrorKind::Interrupted,
-                "stopped by Ctrl-C while starting the workers",
-            ));
-        }
-        let id = self.next_id;
-        let (theirs, ours) = match link {
-            Some(Link { theirs, ours }) => (Some(theirs), Some(ours)),
-            None => (None, None),
-        };
-        let worker = spawn_command(id, command(id), theirs).map_err(explain_spawn_error)?;
-        self.next_id += 1;
-        log!("forked worker {id} (pid {})", worker.pid);
-        self.watch_worker(&worker, ours)?;
-        self.workers.insert(id, worker);
-        Ok(id)
+        self.start(link, |id, theirs| spawn_command(id, command(id), theirs))
     }
 
     /// Listens to a new worker: its own fd, if it has one, joins the master's epoll, and a

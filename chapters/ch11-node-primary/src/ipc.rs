@@ -62,7 +62,7 @@ pub enum Fault {
     Closed,
     /// A line that is not JSON (the text, cut short).
     NotJson(String),
-    /// More than [`MAX_LINE`] bytes without a newline.
+    /// A line of more than [`MAX_LINE`] bytes, ended or not.
     TooLong(usize),
     /// The worker does not read what the primary sends: its end of the socket is full.
     NotReading,
@@ -77,7 +77,7 @@ impl fmt::Display for Fault {
             Fault::NotJson(line) => write!(f, "it sent a line that is not JSON: {line}"),
             Fault::TooLong(n) => write!(
                 f,
-                "it sent {n} bytes without a newline, over the limit of {MAX_LINE}"
+                "it sent {n} bytes of one line, over the limit of {MAX_LINE}"
             ),
             Fault::NotReading => write!(
                 f,
@@ -133,6 +133,10 @@ impl Channel {
             // merged. It belongs to the NODE_HANDLE line of this chunk.
             let mut fd = fds.into_iter().next();
             while let Some(end) = self.unread.iter().position(|&b| b == b'\n') {
+                // Too long is too long, whether its newline came in the same read or not.
+                if end > MAX_LINE {
+                    return (messages, Some(Fault::TooLong(end)));
+                }
                 let line: Vec<u8> = self.unread.drain(..=end).collect();
                 let message = match serde_json::from_slice::<Value>(&line[..end]) {
                     Ok(message) => message,
@@ -323,6 +327,27 @@ mod tests {
         let writer = std::thread::spawn(move || {
             let mut theirs = theirs;
             let _ = theirs.write_all(&vec![b'x'; MAX_LINE + 100_000]);
+        });
+        let fault = loop {
+            if let (_, Some(fault)) = ours.read() {
+                break fault;
+            }
+        };
+        assert!(matches!(fault, Fault::TooLong(_)), "{fault}");
+        drop(ours);
+        writer.join().unwrap();
+    }
+
+    /// A line over the limit whose newline arrives in the same read as its last bytes (a
+    /// Node worker's own next message right behind it) is still over the limit.
+    #[test]
+    fn a_line_over_the_limit_is_too_long_even_with_its_newline() {
+        let (mut ours, theirs) = pair();
+        let writer = std::thread::spawn(move || {
+            let mut theirs = theirs;
+            let mut line = vec![b'x'; MAX_LINE + 100];
+            line.extend_from_slice(b"{\"cmd\":\"NODE_CLUSTER\"}\n");
+            let _ = theirs.write_all(&line);
         });
         let fault = loop {
             if let (_, Some(fault)) = ours.read() {
