@@ -7,6 +7,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 
 use nix::errno::Errno;
+use nix::sys::socket::Backlog;
 
 /// A `listen` that failed: where, and the operating system's error.
 #[derive(Debug)]
@@ -71,11 +72,22 @@ impl fmt::Display for ListenError {
 
 impl std::error::Error for ListenError {}
 
-/// Binds `host:port` and listens, with std's `TcpListener::bind`, which on Unix sets
-/// `SO_REUSEADDR` first, as Node's `server.listen()` does: a restarted server binds its
-/// port while old connections linger in TIME_WAIT. The socket is close-on-exec and
-/// blocking. Chapter 3 opens a socket step by step, with the options of its own.
+/// Node's default backlog for `server.listen()`: how many connections the kernel queues
+/// before the server accepts them.
+pub const BACKLOG: i32 = 511;
+
+/// Binds `host:port` and listens, as Node's `server.listen()` does. std's
+/// `TcpListener::bind` sets `SO_REUSEADDR` first, so a restarted server binds its port
+/// while old connections linger in TIME_WAIT, but listens with a backlog of 128; a second
+/// `listen` on the listening socket raises it to Node's 511. The socket is close-on-exec
+/// and blocking. Chapter 3 opens a socket step by step, with options of its own.
 pub fn listen(host: IpAddr, port: u16) -> Result<TcpListener, ListenError> {
     let addr = SocketAddr::new(host, port);
-    TcpListener::bind(addr).map_err(|error| ListenError { addr, error })
+    let listen = || -> io::Result<TcpListener> {
+        let listener = TcpListener::bind(addr)?;
+        let backlog = Backlog::new(BACKLOG).map_err(io::Error::from)?;
+        nix::sys::socket::listen(&listener, backlog)?;
+        Ok(listener)
+    };
+    listen().map_err(|error| ListenError { addr, error })
 }

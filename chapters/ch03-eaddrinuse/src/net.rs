@@ -12,8 +12,8 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 use shared::net::ListenError;
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Node's default backlog for `server.listen()`.
-pub const BACKLOG: i32 = 511;
+/// Node's default backlog for `server.listen()`, 511.
+pub use shared::net::BACKLOG;
 
 /// Binds `host:port` and listens, the way Node's `server.listen()` does: with
 /// `SO_REUSEADDR` set (so a restarted server can bind while old connections linger in
