@@ -16,6 +16,24 @@ const PACKAGE: &str = "ch11-node-primary";
 
 /// `node`, or a failure that says how to get it.
 #[track_caller]
+/// Whether `tool` is installed. Chapter 11's tests drive real programs and never pretend:
+/// in CI (`CI` set, as `.ci/run` does after installing Node.js) a missing tool fails the
+/// test; on a learner's machine without it, the test says it is skipped, and why.
+fn installed(tool: &str) -> bool {
+    if on_path(tool).is_some() {
+        return true;
+    }
+    let why = format!(
+        "chapter 11's tests need `{tool}` on PATH (Node.js 20 or later: apt-get install \
+         nodejs; python3: apt-get install python3)"
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{why}");
+    }
+    eprintln!("skipped: {why}");
+    false
+}
+
 fn node() -> PathBuf {
     on_path("node").unwrap_or_else(|| {
         panic!(
@@ -132,6 +150,9 @@ fn pid_of(addr: SocketAddr, forked: &[(u32, u32)]) -> u32 {
 
 #[test]
 fn the_unmodified_app_serves_through_our_primary() {
+    if !installed("node") {
+        return;
+    }
     let (master, addr, forked) = start_app(2, &[]);
     each_answers(addr, &forked);
     for (id, pid) in &forked {
@@ -168,6 +189,9 @@ fn the_unmodified_app_serves_through_our_primary() {
 
 #[test]
 fn a_plain_single_process_program_is_a_worker_too() {
+    if !installed("node") {
+        return;
+    }
     // It never requires 'cluster': with NODE_UNIQUE_ID set, Node sets the worker up
     // before the program runs, and its listen() asks the primary.
     let program = Script::new(
@@ -195,6 +219,9 @@ fn a_plain_single_process_program_is_a_worker_too() {
 
 #[test]
 fn connections_alternate_between_the_node_workers() {
+    if !installed("node") {
+        return;
+    }
     let (_master, addr, forked) = start_app(2, &[]);
     let pids: Vec<u32> = (0..8).map(|_| pid_of(addr, &forked)).collect();
     for pair in pids.windows(2) {
@@ -216,6 +243,9 @@ fn connections_alternate_between_the_node_workers() {
 
 #[test]
 fn a_node_worker_killed_with_sigkill_is_replaced() {
+    if !installed("node") {
+        return;
+    }
     let (master, addr, forked) = start_app(2, &[]);
     let (_, victim) = forked[0];
     kill_pid(victim, Signal::SIGKILL);
@@ -233,6 +263,9 @@ fn a_node_worker_killed_with_sigkill_is_replaced() {
 
 #[test]
 fn a_reload_under_steady_load_loses_nothing_and_replaces_every_pid() {
+    if !installed("node") {
+        return;
+    }
     let (master, addr, forked) = start_app(2, &[]);
     let load = SteadyLoad::start(addr);
     load.wait_for_more(20);
@@ -287,6 +320,9 @@ fn a_reload_under_steady_load_loses_nothing_and_replaces_every_pid() {
 
 #[test]
 fn a_worker_that_sends_garbage_is_killed_and_replaced_while_the_other_serves() {
+    if !installed("node") {
+        return;
+    }
     // Worker 1 writes a line that is not JSON on its own channel, once it serves. Node's
     // own primary dies of such a line (JSON.parse throws in its channel reader).
     let program = Script::new(
@@ -330,6 +366,9 @@ fn a_worker_that_sends_garbage_is_killed_and_replaced_while_the_other_serves() {
 
 #[test]
 fn a_worker_whose_line_never_ends_is_killed_at_the_limit() {
+    if !installed("node") {
+        return;
+    }
     let program = Script::new(
         "endless.js",
         &app_with(
@@ -366,6 +405,9 @@ fn a_worker_whose_line_never_ends_is_killed_at_the_limit() {
 
 #[test]
 fn a_worker_that_never_listens_is_given_up_at_the_listen_timeout() {
+    if !installed("node") {
+        return;
+    }
     // Worker 1 runs, says online, and never calls listen().
     let program = Script::new(
         "silent.js",
@@ -410,6 +452,9 @@ fn a_worker_that_never_listens_is_given_up_at_the_listen_timeout() {
 
 #[test]
 fn a_worker_at_its_max_connections_sends_a_connection_back_and_another_takes_it() {
+    if !installed("node") {
+        return;
+    }
     // Worker 1 takes one connection at a time (server.maxConnections = 1): while it holds
     // one, it answers every newconn with accepted: false, and the primary deals the
     // connection to worker 2 instead.
@@ -426,6 +471,9 @@ fn a_worker_at_its_max_connections_sends_a_connection_back_and_another_takes_it(
 
 #[test]
 fn node_workers_die_with_a_killed_primary_even_a_stopped_one() {
+    if !installed("node") {
+        return;
+    }
     let (master, _addr, forked) = start_app(2, &[]);
     let (_, stopped_pid) = forked[0];
     pause(stopped_pid);
@@ -441,6 +489,9 @@ fn node_workers_die_with_a_killed_primary_even_a_stopped_one() {
 
 #[test]
 fn ctrl_c_lets_every_node_worker_finish_and_exit_zero() {
+    if !installed("node") {
+        return;
+    }
     let (mut master, addr, forked) = start_app(2, &[]);
     each_answers(addr, &forked);
     let lines = master.interrupt_and_collect();
@@ -456,6 +507,9 @@ fn ctrl_c_lets_every_node_worker_finish_and_exit_zero() {
 
 #[test]
 fn policy_none_gives_each_node_worker_the_listening_socket() {
+    if !installed("node") {
+        return;
+    }
     let (master, addr, forked) = start_app(2, &["--policy", "none"]);
     let listener = listening_inodes(addr);
     assert_eq!(listener.len(), 1, "one listening socket on {addr}");
@@ -474,6 +528,9 @@ fn policy_none_gives_each_node_worker_the_listening_socket() {
 
 #[test]
 fn the_python_program_via_listen_fds_serves_and_reloads() {
+    if !installed("python3") {
+        return;
+    }
     let script = book_file("src/scripts/socket-activated.py");
     let python = on_path("python3").expect("python3 on PATH");
     let (master, addr, forked) = start(
