@@ -1908,6 +1908,22 @@ pub fn on_path(program: &str) -> Option<PathBuf> {
         })
 }
 
+/// `tool` on PATH, for a test that runs it (`node`, `python3`), or `None` after saying
+/// on stderr that `what` was skipped. Only on a learner's machine: in CI (`CI` set, as
+/// `.ci/run` sets it after installing Node.js) a missing tool fails the test instead, so
+/// CI never passes a test it did not run.
+#[track_caller]
+pub fn tool_or_skip(tool: &str, what: &str) -> Option<PathBuf> {
+    if let Some(path) = on_path(tool) {
+        return Some(path);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("`{tool}` is not on PATH, and CI must run {what}: install it (apt-get install nodejs / python3)");
+    }
+    eprintln!("skipped: `{tool}` is not on PATH, so {what} was not run");
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,8 +126,7 @@ fn the_rust_example_starts_a_child_four_ways() {
 
 #[test]
 fn the_node_program_starts_a_child_four_ways() {
-    let Some(node) = on_path("node") else {
-        eprintln!("skipped: `node` is not on PATH, so book/node/ch01-four-ways.js was not run");
+    let Some(node) = tool_or_skip("node", "book/node/ch01-four-ways.js") else {
         return;
     };
     let mut command = Command::new(node);

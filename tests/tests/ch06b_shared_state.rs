@@ -361,8 +361,7 @@ fn a_reply_after_its_timeout_is_not_taken_for_the_next_question() {
 /// `book/node/ch06b-counter.js`: a count in the master is exact, one per worker is not.
 #[test]
 fn the_node_counter_is_exact_in_the_master_only() {
-    let Some(node) = on_path("node") else {
-        eprintln!("skipped: `node` is not on PATH, so book/node/ch06b-counter.js was not run");
+    let Some(node) = tool_or_skip("node", "book/node/ch06b-counter.js") else {
         return;
     };
     let program = Path::new(env!("CARGO_MANIFEST_DIR")).join("../book/node/ch06b-counter.js");

@@ -16,22 +16,9 @@ const PACKAGE: &str = "ch11-node-primary";
 
 /// `node`, or a failure that says how to get it.
 #[track_caller]
-/// Whether `tool` is installed. Chapter 11's tests drive real programs and never pretend:
-/// in CI (`CI` set, as `.ci/run` does after installing Node.js) a missing tool fails the
-/// test; on a learner's machine without it, the test says it is skipped, and why.
+/// Whether `tool` is installed: see the harness's `tool_or_skip`.
 fn installed(tool: &str) -> bool {
-    if on_path(tool).is_some() {
-        return true;
-    }
-    let why = format!(
-        "chapter 11's tests need `{tool}` on PATH (Node.js 20 or later: apt-get install \
-         nodejs; python3: apt-get install python3)"
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{why}");
-    }
-    eprintln!("skipped: {why}");
-    false
+    tool_or_skip(tool, "chapter 11's tests").is_some()
 }
 
 fn node() -> PathBuf {
