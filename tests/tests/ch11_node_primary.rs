@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use chapter_tests::*;
 use nix::sys::signal::Signal;
@@ -577,4 +578,57 @@ impl ReadyLine for Chapter {
             parse_master(l).is_some() && parse_listen_addr(l).is_some()
         })
     }
+}
+
+/// Out of fds (`ulimit -n 64`, the Node workers too): 120 clients that connect and hold
+/// their connections fill every fd table. The primary says so once, does not spin on a
+/// socket it cannot accept from, and a worker whose fd did not arrive rests and is tried
+/// again: once the clients have gone, both workers serve again. (Before, both workers were
+/// left out of the rotation for good once each had missed an fd.)
+#[test]
+fn out_of_fds_the_primary_waits_without_spinning_and_both_workers_serve_again() {
+    if !installed("node") {
+        return;
+    }
+    let node = node();
+    let app = book_file("node/app.js");
+    let args = [
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--",
+        node.to_str().unwrap(),
+        app.to_str().unwrap(),
+    ];
+    let master = Chapter::start_limited(PACKAGE, &args, 64);
+    let addr = master.wait_master_ready();
+    let forked = master.wait_forked(2);
+    let held: Vec<std::net::TcpStream> = (0..120)
+        .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+        .collect();
+    master.wait_for("out of fds (accept:", TIMEOUT);
+    let share = cpu_share(master.pid(), Duration::from_millis(500));
+    assert!(
+        share < 0.10,
+        "the primary uses {:.0}% of a CPU while it cannot accept: it spins",
+        share * 100.0
+    );
+    drop(held);
+    let mut seen = BTreeSet::new();
+    assert!(
+        wait_until(TIMEOUT, || {
+            if let Ok(response) = http_get(addr) {
+                seen.insert(answered_by(&response, &forked).1);
+            }
+            seen.len() == 2
+        }),
+        "after the clients left, only workers {seen:?} of 2 answered"
+    );
+    master.wait_for("fds available again; accepting again", TIMEOUT);
+    assert_eq!(
+        master.count("out of fds (accept:"),
+        1,
+        "one line for the episode"
+    );
 }

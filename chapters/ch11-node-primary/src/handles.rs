@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
 
 use ch01_random_port_fork::cluster::Cluster;
 use shared::log;
@@ -40,7 +41,13 @@ pub struct Handle {
     sent: HashMap<u32, (u64, TcpStream)>,
     /// Connections each worker took, for the status table.
     taken: BTreeMap<u32, u64>,
+    /// Workers whose last fd did not arrive (their fd table was full), and until when
+    /// they rest before they are tried again: a Node worker never says it has room again.
+    resting: Vec<(u32, Instant)>,
 }
+
+/// How long a worker that could not take a connection's fd gets none.
+pub const REST: Duration = Duration::from_secs(1);
 
 impl Handle {
     /// A handle for `key` on `listener`, bound already. A round-robin handle's socket
@@ -65,6 +72,7 @@ impl Handle {
             handles: VecDeque::new(),
             sent: HashMap::new(),
             taken: BTreeMap::new(),
+            resting: Vec::new(),
         })
     }
 
@@ -101,19 +109,24 @@ impl Handle {
     /// Accepts every connection in the socket's queue, and gives each to a free worker
     /// if there is one (Node's `distribute`, once per connection).
     // ANCHOR: accept
-    pub fn accept(&mut self, send: &mut Send) {
-        let Some(listener) = &self.listener else {
-            return;
-        };
+    /// Returns the error when the primary is short of fds (or of the kernel memory a
+    /// socket needs): the connection stays in the kernel's queue, the socket stays
+    /// readable, and accepting again at once would fail again, in a loop.
+    pub fn accept(&mut self, send: &mut Send) -> Option<io::Error> {
+        let listener = self.listener.as_ref()?;
         let mut accepted = Vec::new();
+        let mut short = None;
         loop {
             match listener.accept() {
                 Ok((conn, _)) => accepted.push(conn),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                // Out of fds: the connection stays in the kernel's queue. Node's handle
-                // skips it too (`if (err) return`); the next readiness tries again.
+                Err(e) if short_of_fds(&e) => {
+                    short = Some(e);
+                    break;
+                }
+                // An error of that one connection: the kernel dropped it.
                 Err(e) => {
                     log!("accept on {} failed: {e}", self.key);
                     break;
@@ -123,6 +136,7 @@ impl Handle {
         for conn in accepted {
             self.distribute(conn, send);
         }
+        short
     }
     // ANCHOR_END: accept
 
@@ -187,14 +201,33 @@ impl Handle {
     // ANCHOR_END: answered
 
     /// Worker `id`'s fd did not arrive (`NODE_HANDLE_NACK`, its fd table is full): the
-    /// connection goes to another worker; this one gets none until it answers again.
+    /// connection goes to another worker, and this one rests for [`REST`] before it is
+    /// tried again. Handing it the next connection at once would only bounce back; never
+    /// trying it again would leave a cluster whose workers were all full once serving
+    /// nobody after they had room again.
     pub fn not_arrived(&mut self, id: u32, send: &mut Send) -> bool {
         match self.sent.remove(&id) {
             Some((_, conn)) => {
+                self.resting.push((id, Instant::now() + REST));
                 self.distribute(conn, send);
                 true
             }
             None => false,
+        }
+    }
+
+    /// When the first resting worker is to be tried again, if one rests.
+    pub fn next_rested(&self) -> Option<Instant> {
+        self.resting.iter().map(|(_, until)| *until).min()
+    }
+
+    /// Workers whose rest is over are free again, and get what waits.
+    pub fn rested(&mut self, now: Instant, send: &mut Send) {
+        let (ready, resting): (Vec<_>, Vec<_>) =
+            self.resting.drain(..).partition(|(_, until)| *until <= now);
+        self.resting = resting;
+        for (id, _) in ready {
+            self.handoff(id, send);
         }
     }
 
@@ -204,6 +237,7 @@ impl Handle {
     pub fn retire(&mut self, id: u32) {
         self.all.remove(&id);
         self.free.retain(|&free| free != id);
+        self.resting.retain(|(resting, _)| *resting != id);
     }
 
     /// Worker `id` exited: unlike Node's `remove`, the connection it had not answered goes
@@ -239,4 +273,12 @@ impl Handle {
             }
         }
     }
+}
+
+/// Out of fds, or of the kernel memory a new socket needs.
+fn short_of_fds(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }

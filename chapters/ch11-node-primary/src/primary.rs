@@ -128,6 +128,11 @@ pub struct Primary {
     /// every worker as fd 3 (systemd).
     prebound: Option<TcpListener>,
     handles: Vec<Handle>,
+    /// Short of fds: the round-robin sockets are off the loop until then, or until a
+    /// connection is handed off.
+    accept_paused_until: Option<Instant>,
+    /// Out of fds since the accept queue was last emptied: logged once.
+    short_of_fds: bool,
     messages: protocol::Primary,
     notify: Option<Notify>,
     control: Control,
@@ -176,6 +181,8 @@ impl Primary {
             address,
             prebound: Some(listener),
             handles: Vec::new(),
+            accept_paused_until: None,
+            short_of_fds: false,
             messages: protocol::Primary::new(),
             notify,
             control,
@@ -306,7 +313,13 @@ impl Primary {
             .flat_map(|w| [w.serve_by, w.kill_at])
             .flatten();
         let rss = (self.settings.max_rss > 0).then_some(self.next_rss_check);
-        workers.chain(self.books.next_due()).chain(rss).min()
+        let rested = self.handles.iter().filter_map(Handle::next_rested);
+        workers
+            .chain(self.books.next_due())
+            .chain(rss)
+            .chain(self.accept_paused_until)
+            .chain(rested)
+            .min()
     }
 
     /// Handles one event. Returns the exit code once the primary is done.
@@ -337,6 +350,17 @@ impl Primary {
     /// What falls due whatever the event: deadlines, restarts, the memory check, the end.
     pub fn tick(&mut self) -> Option<ExitCode> {
         let now = Instant::now();
+        if self.accept_paused_until.is_some_and(|at| at <= now) {
+            self.resume_accepting();
+        }
+        for index in 0..self.handles.len() {
+            if self.handles[index]
+                .next_rested()
+                .is_some_and(|at| at <= now)
+            {
+                self.with_sender(index, |handle, send, _| handle.rested(now, send));
+            }
+        }
         for id in self.due(now, |w| w.serve_by) {
             self.too_slow(id);
         }
@@ -627,9 +651,48 @@ impl Primary {
         Ok(self.handles.len() - 1)
     }
 
-    /// A handle's socket is readable: accept what waits, and hand it out.
+    /// A handle's socket is readable: accept what waits, and hand it out. Short of fds,
+    /// the sockets leave the loop until one of the primary's copies is closed (a worker
+    /// took its connection) or a second has passed: watched, a socket whose connection
+    /// cannot be accepted would wake the loop again at once, for ever.
     fn accept(&mut self, index: usize) {
-        self.with_sender(index, |handle, send, _| handle.accept(send));
+        let mut short = None;
+        self.with_sender(index, |handle, send, _| short = handle.accept(send));
+        match short {
+            Some(e) => self.pause_accepting(e),
+            // The queue emptied: if fds ran short before, that episode is over.
+            None if std::mem::take(&mut self.short_of_fds) => {
+                log!("fds available again; accepting again")
+            }
+            None => {}
+        }
+    }
+
+    fn pause_accepting(&mut self, e: io::Error) {
+        // One line per episode, however often the sockets are tried again meanwhile.
+        if !std::mem::replace(&mut self.short_of_fds, true) {
+            log!("out of fds (accept: {e}); no new connections until one is handed off");
+        }
+        if self.accept_paused_until.is_none() {
+            for handle in &self.handles {
+                if let Some(listener) = handle.listener().filter(|_| handle.is_round_robin()) {
+                    let _ = self.cluster.unwatch(listener.as_fd());
+                }
+            }
+        }
+        self.accept_paused_until = Some(Instant::now() + Duration::from_secs(1));
+    }
+
+    /// Watches the sockets again after `pause_accepting`.
+    fn resume_accepting(&mut self) {
+        if self.accept_paused_until.take().is_none() {
+            return;
+        }
+        for (token, handle) in self.handles.iter().enumerate() {
+            if let Some(listener) = handle.listener().filter(|_| handle.is_round_robin()) {
+                let _ = self.cluster.watch(listener.as_fd(), token as u64);
+            }
+        }
     }
 
     /// Worker `id` answered the `newconn` whose seq is `ack`.
@@ -640,6 +703,10 @@ impl Primary {
                 found = h.answered(id, ack, accepted, send)
             });
             if found {
+                // The primary's copy of a connection is closed: an fd is free again.
+                if accepted {
+                    self.resume_accepting();
+                }
                 return;
             }
         }
