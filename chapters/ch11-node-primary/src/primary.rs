@@ -674,6 +674,7 @@ impl Primary {
             log!("out of fds (accept: {e}); no new connections until one is handed off");
         }
         if self.accept_paused_until.is_none() {
+            let _ = self.cluster.unwatch(self.control.as_fd());
             for handle in &self.handles {
                 if let Some(listener) = handle.listener().filter(|_| handle.is_round_robin()) {
                     let _ = self.cluster.unwatch(listener.as_fd());
@@ -688,6 +689,7 @@ impl Primary {
         if self.accept_paused_until.take().is_none() {
             return;
         }
+        let _ = self.cluster.watch(self.control.as_fd(), CONTROL);
         for (token, handle) in self.handles.iter().enumerate() {
             if let Some(listener) = handle.listener().filter(|_| handle.is_round_robin()) {
                 let _ = self.cluster.watch(listener.as_fd(), token as u64);
@@ -1088,11 +1090,15 @@ impl Primary {
     /// New clients of the control socket: each is answered at once if its command has
     /// come, and watched until it has.
     fn control_clients(&mut self) {
-        let new = self.control.accept();
+        let (new, failed) = self.control.accept();
         for (n, fd) in &new {
             let _ = self.cluster.watch(*fd, CONTROL_CLIENTS + n);
         }
         let new: Vec<u64> = new.into_iter().map(|(n, _)| n).collect();
+        if let Some(e) = failed {
+            // Out of fds, most likely: the control socket rests with the others.
+            self.pause_accepting(e);
+        }
         for n in new {
             self.control_command(n);
         }

@@ -16,6 +16,9 @@ use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, sockopt};
 
+/// How many control clients may wait to send their command at once.
+const MAX_CLIENTS: usize = 16;
+
 /// The control socket's name for the primary serving `port`.
 pub fn control_name(port: u16) -> String {
     format!("ch11-node-primary:{port}")
@@ -97,10 +100,22 @@ impl Control {
         })
     }
 
-    /// New clients, each with the number its socket is to be watched with (`client`).
-    pub fn accept(&mut self) -> Vec<(u64, BorrowedFd<'_>)> {
+    /// New clients, each with the number its socket is to be watched with (`client`), and
+    /// the error that stopped accepting if it was not "nothing more": out of fds, the
+    /// socket stays readable, and the primary must stop watching it for a while.
+    pub fn accept(&mut self) -> (Vec<(u64, BorrowedFd<'_>)>, Option<io::Error>) {
         let mut new = Vec::new();
-        while let Ok((stream, _)) = self.listener.accept() {
+        let mut failed = None;
+        loop {
+            let (stream, _) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
             // SAFETY: getuid takes nothing and cannot fail.
             let uid = unsafe { libc::getuid() };
             let same_user =
@@ -108,13 +123,22 @@ impl Control {
             if !same_user || stream.set_nonblocking(true).is_err() {
                 continue;
             }
+            // A client that never sends its line holds an fd: at most MAX_CLIENTS wait,
+            // and the longest-waiting one makes room for a new one.
+            if self.clients.len() >= MAX_CLIENTS {
+                if let Some(oldest) = self.clients.keys().min().copied() {
+                    self.clients.remove(&oldest);
+                }
+            }
             self.next += 1;
             self.clients.insert(self.next, (stream, Vec::new()));
             new.push(self.next);
         }
-        new.into_iter()
+        let new = new
+            .into_iter()
             .filter_map(|n| Some((n, self.clients.get(&n)?.0.as_fd())))
-            .collect()
+            .collect();
+        (new, failed)
     }
 
     /// Reads what client `n` sent: its command once a whole line has come (the client is
