@@ -632,3 +632,43 @@ fn out_of_fds_the_primary_waits_without_spinning_and_both_workers_serve_again() 
         "one line for the episode"
     );
 }
+
+/// Ctrl-C or SIGTERM while out of fds: connections the primary accepted wait for workers
+/// that cannot take them, and would wait for ever; `--kill-timeout` after the signal the
+/// primary stops waiting, says how many found no worker, kills what is left, and exits.
+#[test]
+fn a_stop_while_out_of_fds_ends_within_the_kill_timeout() {
+    if !installed("node") {
+        return;
+    }
+    let node = node();
+    let app = book_file("node/app.js");
+    let args = [
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--kill-timeout",
+        "1",
+        "--",
+        node.to_str().unwrap(),
+        app.to_str().unwrap(),
+    ];
+    let mut master = Chapter::start_limited(PACKAGE, &args, 64);
+    let addr = master.wait_master_ready();
+    let held: Vec<std::net::TcpStream> = (0..120)
+        .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+        .collect();
+    master.wait_for("out of fds (accept:", TIMEOUT);
+    // A worker's fd table is full too: what the primary holds can go nowhere.
+    master.wait_for("did not receive a connection's fd", TIMEOUT);
+    master.signal(Signal::SIGTERM);
+    let status = master.wait_exit(TIMEOUT);
+    assert!(status.success(), "{}", describe(status));
+    let lines = master.lines();
+    assert!(
+        lines.iter().any(|l| l.contains("all workers stopped")),
+        "{lines:#?}"
+    );
+    drop(held);
+}

@@ -144,6 +144,8 @@ pub struct Primary {
     /// Node workers have been told to disconnect (after the last connection held was
     /// handed out).
     disconnected: bool,
+    /// When a stop stops waiting: `--kill-timeout` after Ctrl-C or SIGTERM.
+    stop_by: Option<Instant>,
     next_rss_check: Instant,
 }
 
@@ -191,6 +193,7 @@ impl Primary {
             announced: false,
             stopping: false,
             disconnected: false,
+            stop_by: None,
             next_rss_check: Instant::now(),
         };
         for slot in primary.books.slots() {
@@ -319,6 +322,7 @@ impl Primary {
             .chain(rss)
             .chain(self.accept_paused_until)
             .chain(rested)
+            .chain(self.stop_by)
             .min()
     }
 
@@ -384,6 +388,20 @@ impl Primary {
         }
         if self.stopping && !self.disconnected && self.handles.iter().all(|h| h.waiting() == 0) {
             self.disconnect_all();
+        }
+        // --kill-timeout is over and connections still wait for a worker that cannot take
+        // them (out of fds, say): the workers are not waited for any longer.
+        if self.stop_by.is_some_and(|at| at <= now) {
+            self.stop_by = None;
+            let waiting: usize = self.handles.iter().map(Handle::waiting).sum();
+            if !self.disconnected {
+                log!("{waiting} accepted connections found no worker within --kill-timeout");
+                self.disconnect_all();
+            }
+            for w in self.workers.values_mut() {
+                w.kill_at = Some(now);
+            }
+            return self.tick();
         }
         if self.stopping && self.workers.is_empty() {
             log!("all workers stopped");
@@ -1180,6 +1198,7 @@ impl Primary {
             return;
         }
         self.stopping = true;
+        self.stop_by = Some(Instant::now() + self.settings.kill_timeout);
         self.reload = None;
         log!(
             "stopping: no new connections; {} finish what they hold, for at most {} \
