@@ -220,13 +220,20 @@ fn connections_alternate_between_the_node_workers() {
     }
     assert_eq!(pids.iter().collect::<BTreeSet<_>>().len(), 2, "{pids:?}");
     // The status counts them: 4 connections each.
-    let table = status(addr.port());
-    let counts: Vec<&str> = table
+    assert_eq!(taken(addr.port()), ["4", "4"]);
+}
+
+/// The `connections` column of `--status`, for each serving worker in order.
+fn taken(port: u16) -> Vec<String> {
+    let table = status(port);
+    let counts: Vec<String> = table
         .lines()
         .filter(|l| l.contains("serving"))
         .filter_map(|l| l.split_whitespace().nth(7))
+        .map(str::to_string)
         .collect();
-    assert_eq!(counts, ["4", "4"], "{table}");
+    assert!(!counts.is_empty(), "no serving worker in {table}");
+    counts
 }
 
 #[test]
@@ -455,6 +462,14 @@ fn a_worker_at_its_max_connections_sends_a_connection_back_and_another_takes_it(
         assert_eq!(pid_of(addr, &forked), forked[1].1, "worker 2 answers all");
     }
     assert!(pid_alive(master.pid()));
+    // A connection sent back is not one taken: worker 1 took the one it holds, and only
+    // that one (worker 2 took the six, and any that `connection_to` opened on the way).
+    let counts = taken(addr.port());
+    assert_eq!(
+        counts[0], "1",
+        "worker 1 took only the held connection: {counts:?}"
+    );
+    assert!(counts[1].parse::<u32>().is_ok_and(|n| n >= 6), "{counts:?}");
 }
 
 #[test]
