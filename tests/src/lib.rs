@@ -845,6 +845,18 @@ pub fn run_to_end(package: &str, args: &[&str]) -> (ExitStatus, String, String) 
     (status, stdout, stderr)
 }
 
+/// A port another program holds is the master's failure, not its workers': the first
+/// `queryServer` for it fails in the master, and no restart can free the port. The master
+/// of `package` (chapters 7 to 9) stops its workers and exits 1 with one error line,
+/// without restarting anything, the port asked for alone or after one it could bind.
+#[track_caller]
+pub fn a_busy_port_ends_the_start(package: &str) {
+    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let busy = other.local_addr().expect("its address").port();
+    refused_at_start(package, &busy.to_string(), busy);
+    refused_at_start(package, &format!("0,{busy}"), busy);
+}
+
 /// Starts `package` (a master of chapters 7 to 9) with `--port PORTS --workers 2`, where
 /// `busy` (one of `ports`) is held by another program, and checks that the master refuses
 /// at once: exit 1 with one error line, the same one the other chapters print, its two

@@ -548,16 +548,11 @@ fn a_master_killed_with_sigkill_leaves_no_worker_behind() {
     }
 }
 
-/// A port another program holds is the master's failure, not its workers': the first
-/// `queryServer` for it fails in the master, and no restart can free the port. The master
-/// stops its workers and exits 1 with one error line, without restarting anything, the
-/// port asked for alone or after one it could bind.
+/// A port another program holds ends the start at once: see the harness's
+/// `a_busy_port_ends_the_start`.
 #[test]
 fn a_port_held_by_another_program_ends_the_start_at_once_with_one_error_line() {
-    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
-    let busy = other.local_addr().expect("its address").port();
-    refused_at_start(CH07, &busy.to_string(), busy);
-    refused_at_start(CH07, &format!("0,{busy}"), busy);
+    a_busy_port_ends_the_start(CH07);
 }
 
 /// A worker killed after a rebuild whose program listens on one more port, one another
