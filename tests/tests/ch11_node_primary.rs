@@ -99,6 +99,21 @@ fn start(
     (master, addr, forked)
 }
 
+/// The primary's command line for two workers running `node PROGRAM`, with `extra`
+/// options of its own before the `--`.
+fn two_node_workers(extra: &[&str], program: &str) -> Vec<String> {
+    let node = node();
+    let mut args = vec!["--port", "0", "--workers", "2"];
+    args.extend_from_slice(extra);
+    args.extend(["--", node.to_str().unwrap(), program]);
+    args.into_iter().map(String::from).collect()
+}
+
+/// `args` as `Chapter::start` takes them.
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// The primary running `node book/node/app.js`.
 #[track_caller]
 fn start_app(workers: usize, extra: &[&str]) -> (Chapter, SocketAddr, Vec<(u32, u32)>) {
@@ -328,19 +343,8 @@ fn a_worker_that_sends_garbage_is_killed_and_replaced_while_the_other_serves() {
             "fs.writeSync(process.channel.fd, 'this is not json\\n');",
         ),
     );
-    let node = node();
-    let master = Chapter::start(
-        PACKAGE,
-        &[
-            "--port",
-            "0",
-            "--workers",
-            "2",
-            "--",
-            node.to_str().unwrap(),
-            program.path(),
-        ],
-    );
+    let args = two_node_workers(&[], program.path());
+    let master = Chapter::start(PACKAGE, &strs(&args));
     let forked = master.wait_forked(2);
     let (_, bad) = forked[0];
     master.wait_for(
@@ -374,19 +378,8 @@ fn a_worker_whose_line_never_ends_is_killed_at_the_limit() {
              catch (e) { if (e.code !== 'EAGAIN') throw e; } }",
         ),
     );
-    let node = node();
-    let master = Chapter::start(
-        PACKAGE,
-        &[
-            "--port",
-            "0",
-            "--workers",
-            "2",
-            "--",
-            node.to_str().unwrap(),
-            program.path(),
-        ],
-    );
+    let args = two_node_workers(&[], program.path());
+    let master = Chapter::start(PACKAGE, &strs(&args));
     let forked = master.wait_forked(2);
     let (_, bad) = forked[0];
     master.wait_for(&format!("worker 1 (pid {bad}): it sent"), TIMEOUT);
@@ -411,23 +404,11 @@ fn a_worker_that_never_listens_is_given_up_at_the_listen_timeout() {
     let program_text = std::fs::read_to_string(&program.0).unwrap();
     // `return` at the top of a CommonJS module ends it: no listen for worker 1.
     assert!(program_text.contains("return;"));
-    let node = node();
-    let master = Chapter::start(
-        PACKAGE,
-        &[
-            "--port",
-            "0",
-            "--workers",
-            "2",
-            "--listen-timeout",
-            "1",
-            "--max-restarts",
-            "0",
-            "--",
-            node.to_str().unwrap(),
-            program.path(),
-        ],
+    let args = two_node_workers(
+        &["--listen-timeout", "1", "--max-restarts", "0"],
+        program.path(),
     );
+    let master = Chapter::start(PACKAGE, &strs(&args));
     let forked = master.wait_forked(2);
     let (_, silent) = forked[0];
     master.wait_for(
@@ -605,18 +586,9 @@ fn out_of_fds_the_primary_waits_without_spinning_and_both_workers_serve_again() 
     if !installed("node") {
         return;
     }
-    let node = node();
     let app = book_file("node/app.js");
-    let args = [
-        "--port",
-        "0",
-        "--workers",
-        "2",
-        "--",
-        node.to_str().unwrap(),
-        app.to_str().unwrap(),
-    ];
-    let master = Chapter::start_limited(PACKAGE, &args, 64);
+    let args = two_node_workers(&[], app.to_str().unwrap());
+    let master = Chapter::start_limited(PACKAGE, &strs(&args), 64);
     let addr = master.wait_master_ready();
     let forked = master.wait_forked(2);
     let held: Vec<std::net::TcpStream> = (0..120)
@@ -656,20 +628,9 @@ fn a_stop_while_out_of_fds_ends_within_the_kill_timeout() {
     if !installed("node") {
         return;
     }
-    let node = node();
     let app = book_file("node/app.js");
-    let args = [
-        "--port",
-        "0",
-        "--workers",
-        "2",
-        "--kill-timeout",
-        "1",
-        "--",
-        node.to_str().unwrap(),
-        app.to_str().unwrap(),
-    ];
-    let mut master = Chapter::start_limited(PACKAGE, &args, 64);
+    let args = two_node_workers(&["--kill-timeout", "1"], app.to_str().unwrap());
+    let mut master = Chapter::start_limited(PACKAGE, &strs(&args), 64);
     let addr = master.wait_master_ready();
     let held: Vec<std::net::TcpStream> = (0..120)
         .filter_map(|_| std::net::TcpStream::connect(addr).ok())
