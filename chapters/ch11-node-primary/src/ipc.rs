@@ -323,40 +323,36 @@ mod tests {
         assert_eq!(messages.len(), 1);
         assert!(matches!(fault, Some(Fault::NotJson(ref l)) if l.contains("not json")));
 
+        let fault = fault_after(vec![b'x'; MAX_LINE + 100_000]);
+        assert!(matches!(fault, Fault::TooLong(_)), "{fault}");
+    }
+
+    /// The fault our end reports while a worker writes `bytes` (from a thread: more than
+    /// the socket holds at once).
+    fn fault_after(bytes: Vec<u8>) -> Fault {
         let (mut ours, theirs) = pair();
         let writer = std::thread::spawn(move || {
             let mut theirs = theirs;
-            let _ = theirs.write_all(&vec![b'x'; MAX_LINE + 100_000]);
+            let _ = theirs.write_all(&bytes);
         });
         let fault = loop {
             if let (_, Some(fault)) = ours.read() {
                 break fault;
             }
         };
-        assert!(matches!(fault, Fault::TooLong(_)), "{fault}");
         drop(ours);
         writer.join().unwrap();
+        fault
     }
 
     /// A line over the limit whose newline arrives in the same read as its last bytes (a
     /// Node worker's own next message right behind it) is still over the limit.
     #[test]
     fn a_line_over_the_limit_is_too_long_even_with_its_newline() {
-        let (mut ours, theirs) = pair();
-        let writer = std::thread::spawn(move || {
-            let mut theirs = theirs;
-            let mut line = vec![b'x'; MAX_LINE + 100];
-            line.extend_from_slice(b"{\"cmd\":\"NODE_CLUSTER\"}\n");
-            let _ = theirs.write_all(&line);
-        });
-        let fault = loop {
-            if let (_, Some(fault)) = ours.read() {
-                break fault;
-            }
-        };
+        let mut line = vec![b'x'; MAX_LINE + 100];
+        line.extend_from_slice(b"{\"cmd\":\"NODE_CLUSTER\"}\n");
+        let fault = fault_after(line);
         assert!(matches!(fault, Fault::TooLong(_)), "{fault}");
-        drop(ours);
-        writer.join().unwrap();
     }
 
     #[test]
