@@ -22,48 +22,13 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
 WORKERS=${WORKERS:-2}
 CONNECTIONS=${CONNECTIONS:-50}
-REPS=${REPS:-3}
-while [ $# -gt 0 ]; do
-  case $1 in
-    --reps) REPS=${2:?--reps needs a number}; shift 2 ;;
-    --reps=*) REPS=${1#--reps=}; shift ;;
-    -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
-    *) echo "bench/run.sh: unknown argument '$1' (try --reps N)" >&2; exit 2 ;;
-  esac
-done
-case $REPS in
-  ''|*[!0-9]*|0) echo "bench/run.sh: --reps takes a whole number from 1, not '$REPS'" >&2; exit 2 ;;
-esac
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. bench/common.sh
+bench_options "$0" "$@"
 
 # (--bin would limit every package to that binary, so two builds.)
 cargo build --release -q -p ch04-proxy -p ch05-handle-passing -p ch06-round-robin
 cargo build --release -q -p loadgen
 bin=target/release
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# start NAME COMMAND...: runs COMMAND in its own process group and waits for its ready line.
-start() {
-  local name=$1; shift
-  setsid "$@" >"$work/$name.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do
-    if grep -q 'listening on http://' "$work/$name.log"; then return 0; fi
-    sleep 0.1
-  done
-  echo "$name did not start:" >&2; cat "$work/$name.log" >&2; failed=1; return 1
-}
-
-stop() { kill -TERM -- "-${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
 
 # load URL: prints requests per second, new connection per request.
 load() {
@@ -76,7 +41,6 @@ load() {
 
 tool=$(command -v wrk >/dev/null && echo "wrk -t2 -c$CONNECTIONS -d${DURATION}s, Connection: close" || echo "loadgen -c$CONNECTIONS (wrk not installed)")
 declare -A rate
-failed=0
 run() { # run NAME COMMAND...
   local name=$1; shift
   local port; port=$(free_port)

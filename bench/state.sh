@@ -20,49 +20,13 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
 WORKERS=${WORKERS:-2}
 CONNECTIONS=${CONNECTIONS:-50}
-REPS=${REPS:-3}
-while [ $# -gt 0 ]; do
-  case $1 in
-    --reps) REPS=${2:?--reps needs a number}; shift 2 ;;
-    --reps=*) REPS=${1#--reps=}; shift ;;
-    -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
-    *) echo "bench/state.sh: unknown argument '$1' (try --reps N)" >&2; exit 2 ;;
-  esac
-done
-case $REPS in
-  ''|*[!0-9]*|0) echo "bench/state.sh: --reps takes a whole number from 1, not '$REPS'" >&2; exit 2 ;;
-esac
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. bench/common.sh
+bench_options "$0" "$@"
 
 cargo build --release -q -p ch06b-shared-state -p loadgen
 bin=target/release
 # Other work on the machine shows in every figure: say how much there was.
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# start NAME COMMAND...: runs COMMAND in its own process group and waits for the master's
-# ready line.
-start() {
-  local name=$1; shift
-  setsid "$@" >"$work/$name.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do
-    if grep -qs 'master.*listening on http://' "$work/$name.log"; then return 0; fi
-    sleep 0.1
-  done
-  echo "$name did not start:" >&2; cat "$work/$name.log" >&2; failed=1; return 1
-}
-
-stop() { kill -TERM -- "-${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
 
 # cpu PID: the CPU time the process has used so far, in clock ticks (0 if there is none).
 cpu() {
